@@ -1,0 +1,50 @@
+"""The HTTP API: the Alloy Embedded API, version 2025-09 (contract/API.md)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from solder import __version__
+from solder.api import demo, errors, logs, run, users, workflows
+from solder.api.protocol import ProtocolMiddleware
+from solder.api.responses import OrjsonResponse
+from solder.app import Solder
+from solder.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, dev: bool = False) -> FastAPI:
+    """The ASGI application; starting it migrates the database and starts the workers."""
+    solder = Solder(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await solder.start()
+        try:
+            yield
+        finally:
+            await solder.stop()
+
+    app = FastAPI(
+        title="Solder",
+        version=__version__,
+        summary="Embedded integrations engine speaking the Alloy Embedded API 2025-09.",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.solder = solder
+    errors.install(app)
+
+    @app.get("/health", tags=["health"])
+    async def health() -> dict[str, str]:
+        """Liveness: answers without authentication."""
+        return {"status": "ok"}
+
+    for module in (users, workflows, run, logs):
+        app.include_router(module.router)
+    if dev:
+        app.include_router(demo.router)
+    app.add_middleware(ProtocolMiddleware, max_body_bytes=solder.settings.max_body_bytes)
+    return app

@@ -1,0 +1,86 @@
+"""What handlers depend on: the running Solder, the caller's tenant, paging parameters."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from solder import keys
+from solder.app import Solder
+from solder.errors import InvalidRequest, Unauthorized
+from solder.executions import Idempotency
+from solder.keys import Tenant
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `solder keys create`.")
+
+
+def get_solder(request: Request) -> Solder:
+    solder: Solder = request.app.state.solder
+    return solder
+
+
+App = Annotated[Solder, Depends(get_solder)]
+
+
+async def get_tenant(
+    solder: App,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Tenant:
+    if credentials is None or not credentials.credentials.strip():
+        raise Unauthorized("missing API key: send the header `Authorization: bearer <API key>`")
+    async with solder.db.read() as conn:
+        return await keys.authenticate(conn, credentials.credentials.strip())
+
+
+CurrentTenant = Annotated[Tenant, Depends(get_tenant)]
+
+
+async def get_idempotency(
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Idempotency | None:
+    """The `Idempotency-Key` header with a fingerprint of the request it came with."""
+    if idempotency_key is None:
+        return None
+    if not 1 <= len(idempotency_key) <= 255:
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters")
+    fingerprint = hashlib.sha256()
+    fingerprint.update(f"{request.method} {request.url.path}?{request.url.query}\n".encode())
+    fingerprint.update(await request.body())
+    return Idempotency(idempotency_key, fingerprint.hexdigest())
+
+
+IdempotencyKey = Annotated[Idempotency | None, Depends(get_idempotency)]
+
+
+def page_and_limit(
+    page: str | None, limit: str | None, *, default_limit: int = 10, max_limit: int = 30
+) -> tuple[int, int]:
+    """Parse 1-based `page` and `limit`, refusing anything outside their bounds."""
+    page_number = _integer("page", page, 1)
+    if page_number < 1:
+        raise InvalidRequest("page must be a positive integer")
+    size = _integer("limit", limit, default_limit)
+    if not 1 <= size <= max_limit:
+        raise InvalidRequest(f"limit must be between 1 and {max_limit}")
+    return page_number, size
+
+
+def descending(order: str | None) -> bool:
+    if order is None or order == "":
+        return True
+    if order.lower() not in ("asc", "desc"):
+        raise InvalidRequest("order must be asc or desc")
+    return order.lower() == "desc"
+
+
+def _integer(name: str, raw: str | None, default: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer, got {raw!r}") from None

@@ -1,0 +1,39 @@
+"""The running Solder: database, engine and dispatcher, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import httpx
+
+from solder.connectors import Connector, registry
+from solder.dispatch import EmbeddedDispatcher
+from solder.engine import Engine
+from solder.settings import Settings
+from solder.store.database import Database
+
+log = logging.getLogger("solder")
+
+
+class Solder:
+    """What every request handler and worker shares."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        self.connectors: Mapping[str, Connector] = registry()
+        # Redirects are not followed: each hop would need the address check again.
+        self.http = httpx.AsyncClient(follow_redirects=False)
+        self.engine = Engine(self.db, settings, self.http, self.connectors)
+        self.dispatcher = EmbeddedDispatcher(self.db, self.engine, settings.worker_concurrency)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.db.migrate)
+        await self.dispatcher.start()
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop(self.settings.shutdown_grace_seconds)
+        await self.http.aclose()
+        await self.db.dispose()

@@ -1,0 +1,212 @@
+"""The `solder` command: serve the API, manage API keys, migrate the database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from solder import __version__, keys
+from solder.errors import NotFound
+from solder.ids import iso_ms
+from solder.settings import Settings
+from solder.store import queries as q
+from solder.store.database import Database
+
+T = TypeVar("T")
+cli = typer.Typer(
+    help="Solder: a self-hostable engine for embedded integrations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+err = Console(stderr=True)
+
+
+def main() -> None:
+    cli()
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+
+        return uvloop.run(coroutine)
+    except ImportError:  # pragma: no cover (uvloop is not on every platform)
+        return asyncio.run(coroutine)
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(1)
+
+
+def _database(settings: Settings) -> Database:
+    try:
+        db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        db.migrate()
+    except Exception as exc:
+        raise _fail(
+            f"cannot open the database at {settings.database_url}: {exc}\n"
+            "Check SOLDER_DATABASE_URL (docs/settings.md)."
+        ) from exc
+    return db
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on [SOLDER_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [SOLDER_PORT].")] = None,
+    dev: Annotated[
+        bool,
+        typer.Option(
+            help="Dev mode: create a dev tenant, API key, demo user and demo workflow if "
+            "missing, run the demo, print a curl line listing its logs, and let the http "
+            "connector call loopback and private addresses."
+        ),
+    ] = False,
+) -> None:
+    """Migrate the database, then serve the API and run workflows."""
+    from solder.api import create_app
+
+    settings = Settings()
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    if dev:
+        overrides["http_allow_private_networks"] = True
+    settings = settings.model_copy(update=overrides)
+    _configure_logging()
+    _database(settings)  # fail early, with a clear message, on a bad database URL
+    app = create_app(settings, dev=dev)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        announcer = asyncio.create_task(_announce(server, app)) if dev else None
+        await server.serve()
+        if announcer is not None:
+            announcer.cancel()
+
+    _run(main())
+    if not server.started:
+        raise _fail(f"could not listen on {settings.host}:{settings.port}; is it already in use?")
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    # httpx logs every URL it calls (query strings may hold secrets); alembic its plugins.
+    for noisy in ("httpx", "httpcore", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _announce(server: uvicorn.Server, app: Any) -> None:
+    from solder import dev
+
+    while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
+        await asyncio.sleep(0.05)
+    settings: Settings = app.state.solder.settings
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
+    port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
+    try:
+        line = await dev.bootstrap(app.state.solder, f"http://{host}:{port}")
+    except Exception as exc:
+        err.print(f"[red]dev setup failed:[/red] {exc!r}")
+        return
+    err.print(
+        "\n[bold green]Solder is running in dev mode.[/bold green] "
+        "The demo workflow ran; list its logs with:"
+    )
+    print(line, flush=True)
+    err.print()
+
+
+@keys_cli.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name; created if it does not exist.")],
+) -> None:
+    """Create an API key for a tenant. The key is printed once, alone on the last line."""
+
+    async def create() -> tuple[keys.Tenant, str, str]:
+        async with db.write() as conn:
+            owner = await keys.ensure_tenant(conn, tenant)
+            key_id, key = await keys.create_key(conn, owner)
+        await db.dispose()
+        return owner, key_id, key
+
+    db = _database(Settings())
+    owner, key_id, key = _run(create())
+    err.print(
+        f"Created API key [bold]{key_id}[/bold] for tenant [bold]{owner.name}[/bold] "
+        f"({owner.id}). Store it now: it is not shown again."
+    )
+    print(key, flush=True)
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List API keys (never the keys themselves, only their first characters)."""
+
+    async def rows() -> list[Any]:
+        async with db.read() as conn:
+            found = list(await q.list_api_keys(conn))
+        await db.dispose()
+        return found
+
+    db = _database(Settings())
+    table = Table("id", "tenant", "starts with", "created", "revoked")
+    for row in _run(rows()):
+        table.add_row(
+            row["id"],
+            row["tenant_name"],
+            row["prefix"] + "…",
+            iso_ms(row["created_at"]),
+            iso_ms(row["revoked_at"]) or "",
+        )
+    Console().print(table)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (see `keys list`).")],
+) -> None:
+    """Revoke an API key: requests with it get 401 from then on."""
+
+    async def revoke() -> None:
+        async with db.write() as conn:
+            await keys.revoke(conn, key_id)
+        await db.dispose()
+
+    db = _database(Settings())
+    try:
+        _run(revoke())
+    except NotFound as exc:
+        raise _fail(exc.message) from exc
+    err.print(f"Revoked API key {key_id}.")
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the database schema up to date (serve does this by itself)."""
+    settings = Settings()
+    _database(settings)
+    err.print(f"Database at {settings.database_url} is up to date.")
+
+
+@cli.command()
+def version() -> None:
+    """Print Solder's version."""
+    print(__version__)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

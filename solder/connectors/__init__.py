@@ -1,0 +1,124 @@
+"""Connectors: what a block does. One module each, found through a registry.
+
+A connector is a class with a `name`, a pydantic `Config` model and an async `run`.
+Third-party packages add connectors through the `solder.connectors` entry point group
+(see docs/connectors.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from solder.expressions import has_template
+from solder.settings import Settings
+
+Item = dict[str, Any]
+"""One output item: at least `json`; the engine adds `id`; connectors may add keys."""
+
+
+class ConnectorConfig(BaseModel):
+    """Base of every connector's configuration model: unknown keys are problems."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class RunContext:
+    """What a connector may use while it runs one block."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    execution_id: str
+    user: Mapping[str, Any]
+
+
+@dataclass
+class BlockResult:
+    """A block's outputs (each a list of items) and how many calls it made to other apps."""
+
+    outputs: list[list[Item]]
+    app_actions: int = 0
+
+
+@dataclass
+class BlockFailed(Exception):
+    """The block failed; `items` (e.g. the error response) are recorded as its output."""
+
+    message: str
+    items: list[Item] = field(default_factory=list)
+    app_actions: int = 0
+    retryable: bool = False
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Connector:
+    """The interface every connector implements."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
+
+    async def run(self, config: Any, ctx: RunContext) -> BlockResult:
+        raise NotImplementedError
+
+    def check(self, config: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Problems in a configuration before its expressions are resolved.
+
+        A value that is an expression is checked only once resolved, at run time.
+        """
+        try:
+            self.Config.model_validate(dict(config))
+        except ValidationError as exc:
+            return [
+                (_loc(error["loc"]), _message(error))
+                for error in exc.errors()
+                if not (isinstance(error.get("input"), str) and has_template(error["input"]))
+            ]
+        return []
+
+    def parse(self, resolved: Mapping[str, Any]) -> Any:
+        """The resolved configuration as the connector's `Config` model."""
+        try:
+            return self.Config.model_validate(dict(resolved))
+        except ValidationError as exc:
+            problems = "; ".join(f"config{_loc(e['loc'])}: {_message(e)}" for e in exc.errors())
+            raise BlockFailed(
+                f"invalid configuration after resolving expressions: {problems}"
+            ) from None
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+
+
+def _message(error: Any) -> str:
+    if error["type"] == "missing":
+        return "required"
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(error["msg"])
+
+
+@cache
+def registry() -> Mapping[str, Connector]:
+    """Every connector by name: the built-in ones, then those of installed plugins."""
+    from solder.connectors.http import HttpConnector
+    from solder.connectors.transform import TransformConnector
+
+    found: dict[str, Connector] = {c.name: c for c in (HttpConnector(), TransformConnector())}
+    for entry in entry_points(group="solder.connectors"):
+        connector = entry.load()()
+        if connector.name in found:
+            raise RuntimeError(
+                f"connector {connector.name!r} from {entry.value} is already defined"
+            )
+        found[connector.name] = connector
+    return found

@@ -1,0 +1,98 @@
+"""`http`: calls any REST API and outputs the response body and status code."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import httpx
+import orjson
+from pydantic import Field
+
+from solder.connectors import BlockFailed, BlockResult, Connector, ConnectorConfig, RunContext
+from solder.network import AddressRefused, check_host
+
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class HttpConfig(ConnectorConfig):
+    method: Method = "GET"
+    url: str = Field(min_length=1)
+    query: dict[str, Any] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = None
+    timeoutMs: int | None = Field(default=None, ge=1, le=600_000)
+
+
+class HttpConnector(Connector):
+    name = "http"
+    Config = HttpConfig
+
+    async def run(self, config: HttpConfig, ctx: RunContext) -> BlockResult:
+        url = httpx.URL(config.url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise BlockFailed(f"url must be an absolute http(s) URL, got {config.url!r}")
+        try:
+            await check_host(
+                url.host,
+                url.port or (443 if url.scheme == "https" else 80),
+                allow_private=ctx.settings.http_allow_private_networks,
+            )
+        except AddressRefused as exc:
+            raise BlockFailed(f"refused to call {url.host}: {exc}") from exc
+        timeout = (config.timeoutMs or ctx.settings.http_timeout_ms) / 1000
+        request = ctx.http.build_request(
+            config.method,
+            url,
+            params={k: _query_value(v) for k, v in config.query.items()},
+            headers=config.headers,
+            content=None if config.body is None else _body(config.body),
+            timeout=timeout,
+        )
+        if config.body is not None and not isinstance(config.body, str | bytes):
+            request.headers.setdefault("content-type", "application/json")
+        try:
+            response = await ctx.http.send(request)
+        except httpx.TimeoutException as exc:
+            raise BlockFailed(
+                f"{config.method} {url} timed out after {timeout:g} s", retryable=True
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise BlockFailed(f"{config.method} {url} failed: {exc}", retryable=True) from exc
+        item = {"json": _response_body(response), "statusCode": response.status_code}
+        if response.status_code >= 400:
+            raise BlockFailed(
+                f"{config.method} {url} answered HTTP {response.status_code}",
+                items=[item],
+                app_actions=1,
+                retryable=response.status_code == 429 or response.status_code >= 500,
+            )
+        return BlockResult([[item]], app_actions=1)
+
+
+def _query_value(value: Any) -> str | list[str]:
+    if isinstance(value, list):
+        return [_scalar_text(v) for v in value]
+    return _scalar_text(value)
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _body(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return orjson.dumps(body)
+
+
+def _response_body(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.text

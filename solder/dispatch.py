@@ -1,0 +1,94 @@
+"""Embedded dispatch: an asyncio worker pool inside the server process.
+
+The queue is the `executions` table itself: a run request is answered only once its
+execution row is committed as `queued`, and workers claim rows from it. Nothing is held
+only in memory, so a process that dies loses no accepted run: at the next start,
+executions it left `running` are queued again and resume after their last finished step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from solder.engine import Engine
+from solder.errors import Unavailable
+from solder.ids import now_ms
+from solder.store import queries as q
+from solder.store.database import Database
+
+log = logging.getLogger("solder.dispatch")
+
+_POLL_SECONDS = 1.0
+
+
+class EmbeddedDispatcher:
+    """Runs queued executions on `concurrency` asyncio tasks."""
+
+    def __init__(self, db: Database, engine: Engine, concurrency: int) -> None:
+        self.db = db
+        self.engine = engine
+        self.concurrency = concurrency
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._workers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        async with self.db.write() as conn:
+            resumed = await q.requeue_running(conn)
+        if resumed:
+            log.info("resuming %d executions left running by a previous process", resumed)
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"solder-worker-{n}")
+            for n in range(self.concurrency)
+        ]
+
+    def notify(self) -> None:
+        """Tell idle workers that an execution was queued."""
+        self._wake.set()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop claiming; give running executions `grace_seconds` to finish, then cancel."""
+        self._stopping = True
+        self._wake.set()
+        _, pending = await asyncio.wait(self._workers, timeout=grace_seconds or None)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if pending:
+            log.info("%d executions interrupted; they resume at the next start", len(pending))
+
+    async def _work(self) -> None:
+        while not self._stopping:
+            try:
+                claimed = await self._claim()
+            except Unavailable:
+                await asyncio.sleep(_POLL_SECONDS)
+                continue
+            if claimed is None:
+                await self._idle()
+                continue
+            tenant_id, execution_id = claimed
+            try:
+                await self.engine.run(tenant_id, execution_id)
+            except Unavailable:
+                # Left `running`: it resumes after its last finished step at the next start.
+                log.warning("database unreachable while running execution %s", execution_id)
+                await asyncio.sleep(_POLL_SECONDS)
+            except Exception as exc:
+                log.exception("execution %s stopped by an internal error", execution_id)
+                with contextlib.suppress(Exception):
+                    await self.engine.fail(tenant_id, execution_id, f"internal error: {exc!r}")
+
+    async def _claim(self) -> tuple[str, str] | None:
+        async with self.db.write() as conn:
+            row = await q.claim_next_execution(conn, now_ms())
+        return None if row is None else (row["tenant_id"], row["id"])
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), _POLL_SECONDS)
+        self._wake.clear()

@@ -1,0 +1,261 @@
+"""Executions: accepting runs and reruns, and reading their logs, errors and totals."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from solder import logs, users, workflows
+from solder.connectors import Connector
+from solder.errors import InvalidRequest, NotFound
+from solder.ids import execution_id, iso_ms, item_id, now_ms
+from solder.keys import Tenant
+from solder.store import queries as q
+from solder.store.database import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """An `Idempotency-Key` header and a fingerprint of the request it came with."""
+
+    key: str
+    request_hash: str
+
+
+async def once(
+    db: Database,
+    tenant: Tenant,
+    idempotency: Idempotency | None,
+    action: Callable[[AsyncConnection], Awaitable[dict[str, Any]]],
+) -> dict[str, Any]:
+    """Run `action` in a write transaction, or return its first answer for a reused key."""
+    for attempt in (1, 2):
+        try:
+            async with db.write() as conn:
+                if idempotency is not None:
+                    prior = await q.idempotent_response(conn, tenant.id, idempotency.key)
+                    if prior is not None:
+                        if prior["request_hash"] != idempotency.request_hash:
+                            raise InvalidRequest(
+                                "this Idempotency-Key was already used with a different "
+                                "request; use a new key for a new request"
+                            )
+                        answer: dict[str, Any] = orjson.loads(prior["response"])
+                        return answer
+                response = await action(conn)
+                if idempotency is not None:
+                    await q.insert_idempotent_response(
+                        conn,
+                        tenant_id=tenant.id,
+                        key=idempotency.key,
+                        request_hash=idempotency.request_hash,
+                        response=orjson.dumps(response).decode(),
+                        created_at=now_ms(),
+                    )
+                return response
+        except IntegrityError:
+            # A concurrent request with the same key won the race: answer as it did.
+            if idempotency is None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def enqueue(
+    conn: AsyncConnection,
+    tenant: Tenant,
+    *,
+    workflow_id: str,
+    user_id: str,
+    version: int,
+    trigger_id: str,
+    trigger_data: str,
+    rerun_of: str | None = None,
+) -> str:
+    """Record a queued execution and its trigger step; the dispatcher picks it up."""
+    new_id = execution_id()
+    now = now_ms()
+    await q.insert_execution(
+        conn,
+        tenant_id=tenant.id,
+        id=new_id,
+        workflow_id=workflow_id,
+        user_id=user_id,
+        workflow_version=version,
+        status="queued",
+        trigger_id=trigger_id,
+        trigger_data=trigger_data,
+        started_at=now,
+        rerun_of=rerun_of,
+    )
+    trigger_item = f'[[{{"json":{trigger_data},"id":"{item_id()}"}}]]'
+    await q.insert_step(
+        conn,
+        tenant_id=tenant.id,
+        execution_id=new_id,
+        seq=0,
+        connector_id=trigger_id,
+        block_name="trigger",
+        started_at=now,
+        stopped_at=now_ms(),
+        data=trigger_item,
+        inputs="{}",
+    )
+    return new_id
+
+
+async def run_workflow(
+    conn: AsyncConnection,
+    tenant: Tenant,
+    connectors: Mapping[str, Connector],
+    *,
+    user_ref: str,
+    workflow_ref: str,
+    data: Any,
+) -> dict[str, Any]:
+    """Queue a run of a webhook-triggered workflow for a user, with `data` as its payload."""
+    user = await users.resolve(conn, tenant, user_ref)
+    workflow = await workflows.resolve(conn, tenant, workflow_ref)
+    installed = await _active_installation(conn, tenant, workflow, user)
+    definition = await workflows.definition(
+        conn, tenant, workflow["id"], installed["version"], connectors
+    )
+    if definition.trigger.type != "webhook":
+        raise InvalidRequest(
+            f"workflow {workflow['name']!r} is triggered by {definition.trigger.type!r}, "
+            "not by a webhook; it cannot be run with POST /run/workflow"
+        )
+    new_id = await enqueue(
+        conn,
+        tenant,
+        workflow_id=workflow["id"],
+        user_id=user["id"],
+        version=installed["version"],
+        trigger_id=definition.trigger.id,
+        trigger_data=orjson.dumps(data).decode(),
+    )
+    return {"message": "success", "executionId": new_id}
+
+
+async def rerun(
+    conn: AsyncConnection,
+    tenant: Tenant,
+    *,
+    workflow_ref: str,
+    execution_ref: str,
+    user_ref: str | None,
+) -> dict[str, Any]:
+    """Queue a new execution with the trigger data and workflow version of an earlier one."""
+    workflow = await workflows.resolve(conn, tenant, workflow_ref)
+    original = await q.execution(conn, tenant.id, execution_ref)
+    if original is None or original["workflow_id"] != workflow["id"]:
+        raise NotFound(f"no execution {execution_ref!r} of this workflow")
+    user = await users.resolve(conn, tenant, user_ref or original["user_id"])
+    if user["id"] != original["user_id"]:
+        raise NotFound(f"no execution {execution_ref!r} of this workflow for this user")
+    await _active_installation(conn, tenant, workflow, user)
+    new_id = await enqueue(
+        conn,
+        tenant,
+        workflow_id=workflow["id"],
+        user_id=user["id"],
+        version=original["workflow_version"],
+        trigger_id=original["trigger_id"],
+        trigger_data=original["trigger_data"],
+        rerun_of=original["id"],
+    )
+    return {"message": "success", "executionId": new_id}
+
+
+async def _active_installation(
+    conn: AsyncConnection, tenant: Tenant, workflow: RowMapping, user: RowMapping
+) -> RowMapping:
+    installed = await q.installation(conn, tenant.id, workflow["id"], user["id"])
+    if installed is None or not installed["active"]:
+        raise InvalidRequest(
+            f"workflow {workflow['name']!r} is not active for user {user['username']!r}; "
+            "activate it first with PUT /workflows/activate"
+        )
+    return installed
+
+
+async def page_of_logs(
+    db: Database,
+    tenant: Tenant,
+    workflow_ref: str,
+    user_ref: str | None,
+    *,
+    page: int,
+    limit: int,
+    descending: bool,
+) -> bytes:
+    """One page of logs as the JSON document `{"data": [...]}`."""
+    async with db.read() as conn:
+        workflow = await workflows.resolve(conn, tenant, workflow_ref)
+        user_id = await users.optional_id(conn, tenant, user_ref)
+        rows = await q.page_of_logs(
+            conn,
+            tenant.id,
+            workflow["id"],
+            user_id,
+            descending=descending,
+            limit=limit,
+            offset=(page - 1) * limit,
+        )
+        unfinished = [row["id"] for row in rows if row["log"] is None]
+        steps_by_execution: dict[str, list[RowMapping]] = defaultdict(list)
+        if unfinished:
+            for step in await q.steps_of(conn, tenant.id, unfinished):
+                steps_by_execution[step["execution_id"]].append(step)
+    return logs.page_document(
+        row["log"] or orjson.dumps(logs.render(row, steps_by_execution[row["id"]])) for row in rows
+    )
+
+
+async def errors(
+    db: Database,
+    tenant: Tenant,
+    workflow_ref: str,
+    user_ref: str | None,
+    *,
+    page: int,
+    limit: int,
+) -> dict[str, Any]:
+    async with db.read() as conn:
+        workflow = await workflows.resolve(conn, tenant, workflow_ref)
+        user_id = await users.optional_id(conn, tenant, user_ref)
+        rows = await q.failed_executions(
+            conn, tenant.id, workflow["id"], user_id, limit=limit, offset=(page - 1) * limit
+        )
+    return {
+        "data": [
+            {
+                "workflowId": workflow["id"],
+                "executionId": row["id"],
+                "block": row["error_block"],
+                "errorOccurredAt": iso_ms(row["stopped_at"]),
+                "message": row["error_message"],
+            }
+            for row in rows
+        ]
+    }
+
+
+async def analytics(
+    db: Database, tenant: Tenant, workflow_ref: str, user_ref: str | None
+) -> dict[str, Any]:
+    async with db.read() as conn:
+        workflow = await workflows.resolve(conn, tenant, workflow_ref)
+        user_id = await users.optional_id(conn, tenant, user_ref)
+        totals = await q.execution_totals(conn, tenant.id, workflow["id"], user_id)
+    return {
+        "totalWorkflowRuns": int(totals["runs"]),
+        "totalErrors": int(totals["errors"]),
+        "totalAppActions": int(totals["app_actions"]),
+    }

@@ -1,0 +1,72 @@
+"""Every setting of Solder, read from `SOLDER_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Solder's configuration; each field is documented in docs/settings.md."""
+
+    model_config = SettingsConfigDict(env_prefix="SOLDER_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".solder"),
+        description="Directory for Solder's own files: the SQLite database (by default) "
+        "and, in dev mode, the dev API key.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the database. Empty means a SQLite file "
+        "`solder.db` under the data directory. `sqlite:///path.db` and "
+        "`postgresql://user@host/db` are accepted.",
+    )
+    host: str = Field(default="127.0.0.1", description="Interface `solder serve` listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port `solder serve` listens on.")
+    http_allow_private_networks: bool = Field(
+        default=False,
+        description="Let the `http` connector call loopback and private addresses "
+        "(127.0.0.0/8, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7, ::1). "
+        "Link-local and cloud-metadata addresses are refused whatever this says.",
+    )
+    worker_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="How many executions the embedded worker pool runs at once.",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest request body the API accepts, in bytes; larger bodies get 413.",
+    )
+    http_timeout_ms: int = Field(
+        default=30_000,
+        ge=1,
+        description="Timeout of one `http` block request when the block sets no `timeoutMs`.",
+    )
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        default="normal",
+        description="SQLite `synchronous` pragma. `normal` (with WAL) survives any process "
+        "crash; `full` also survives a power loss, at some cost in write speed.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="On shutdown, how long running executions get to finish their current "
+        "block before the process exits; unfinished ones resume at the next start.",
+    )
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'solder.db'}"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

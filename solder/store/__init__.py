@@ -1,0 +1,1 @@
+"""Persistence: the schema, every SQL statement, and the database connection."""

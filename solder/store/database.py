@@ -1,0 +1,126 @@
+"""The database: one async engine, read and write transactions, and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from solder.errors import Unavailable
+
+
+def _urls(database_url: str) -> tuple[URL, URL]:
+    """The async and sync SQLAlchemy URLs for a user-facing database URL."""
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return url.set(drivername="sqlite+aiosqlite"), url.set(drivername="sqlite")
+    if backend in ("postgresql", "postgres"):
+        pg = url.set(drivername="postgresql+psycopg")
+        return pg, pg
+    raise ValueError(
+        f"unsupported database URL {database_url!r}: use sqlite:///path.db or postgresql://..."
+    )
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def _configure_sqlite(sync_engine: Any, synchronous: str) -> None:
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN itself (pysqlite's own
+        # transaction handling would defer it and break BEGIN IMMEDIATE).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # Deleted logs are overwritten with zeros: an erased log is really gone.
+        cursor.execute("PRAGMA secure_delete=ON")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front, so two writers never deadlock on a
+        # lock upgrade; busy_timeout then makes other processes (the CLI) wait their turn.
+        if conn.get_execution_options().get("solder_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+class Database:
+    """The async engine and the transactions every query runs in."""
+
+    def __init__(self, database_url: str, *, sqlite_synchronous: str = "normal") -> None:
+        async_url, self.sync_url = _urls(database_url)
+        self.is_sqlite = async_url.get_backend_name() == "sqlite"
+        sqlite_file = _sqlite_file(async_url)
+        if sqlite_file is not None:
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        self.engine: AsyncEngine = create_async_engine(async_url, pool_pre_ping=not self.is_sqlite)
+        if self.is_sqlite:
+            _configure_sqlite(self.engine.sync_engine, sqlite_synchronous)
+        # SQLite has one writer at a time; queueing writers of this process here is
+        # cheaper than letting them spin on busy_timeout.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only transaction."""
+        async with self._connect() as conn, conn.begin():
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, committed when the block exits without error."""
+        if self._write_lock is None:
+            async with self._connect() as conn, conn.begin():
+                yield conn
+            return
+        async with self._write_lock, self._connect() as conn:
+            conn = await conn.execution_options(solder_write=True)
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except DBAPIError as exc:
+            if exc.connection_invalidated or _is_unreachable(exc):
+                raise Unavailable("the database is unreachable; retry shortly") from exc
+            raise
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    def migrate(self) -> None:
+        """Bring the schema up to date (Alembic `upgrade head`)."""
+        from solder.store.migrate import upgrade
+
+        engine = create_engine(self.sync_url)
+        if self.is_sqlite:
+            _configure_sqlite(engine, "normal")
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
+
+
+def _is_unreachable(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return any(s in text for s in ("connection refused", "could not connect", "server closed"))

@@ -1,0 +1,480 @@
+"""Every SQL statement Solder runs. Each takes a connection and, for tenant data, a tenant id."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, case, delete, func, insert, select, tuple_, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from solder.store.schema import (
+    api_keys,
+    executions,
+    idempotency_keys,
+    installations,
+    steps,
+    tenants,
+    users,
+    workflow_versions,
+    workflows,
+)
+
+Conn = AsyncConnection
+
+# --- tenants and API keys ----------------------------------------------------------
+
+
+async def tenant_by_name(conn: Conn, name: str) -> RowMapping | None:
+    result = await conn.execute(select(tenants).where(tenants.c.name == name))
+    return result.mappings().first()
+
+
+async def insert_tenant(conn: Conn, *, id: str, name: str, created_at: int) -> None:
+    await conn.execute(insert(tenants).values(id=id, name=name, created_at=created_at))
+
+
+async def tenant_by_key_hash(conn: Conn, key_hash: str) -> RowMapping | None:
+    result = await conn.execute(
+        select(tenants.c.id, tenants.c.name)
+        .join(api_keys, api_keys.c.tenant_id == tenants.c.id)
+        .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
+    )
+    return result.mappings().first()
+
+
+async def insert_api_key(conn: Conn, **values: Any) -> None:
+    await conn.execute(insert(api_keys).values(**values))
+
+
+async def list_api_keys(conn: Conn) -> Sequence[RowMapping]:
+    result = await conn.execute(
+        select(api_keys, tenants.c.name.label("tenant_name"))
+        .join(tenants, tenants.c.id == api_keys.c.tenant_id)
+        .order_by(tenants.c.name, api_keys.c.created_at)
+    )
+    return result.mappings().all()
+
+
+async def revoke_api_key(conn: Conn, key_id: str, revoked_at: int) -> int:
+    result = await conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=revoked_at)
+    )
+    return result.rowcount
+
+
+# --- users -------------------------------------------------------------------------
+
+
+async def user_by_id(conn: Conn, tenant_id: str, user_id: str) -> RowMapping | None:
+    result = await conn.execute(
+        select(users).where(users.c.tenant_id == tenant_id, users.c.id == user_id)
+    )
+    return result.mappings().first()
+
+
+async def user_by_username(conn: Conn, tenant_id: str, username: str) -> RowMapping | None:
+    result = await conn.execute(
+        select(users).where(users.c.tenant_id == tenant_id, users.c.username == username)
+    )
+    return result.mappings().first()
+
+
+async def insert_user(conn: Conn, **values: Any) -> None:
+    await conn.execute(insert(users).values(**values))
+
+
+async def list_users(
+    conn: Conn, tenant_id: str, *, limit: int, offset: int
+) -> Sequence[RowMapping]:
+    result = await conn.execute(
+        select(users)
+        .where(users.c.tenant_id == tenant_id)
+        .order_by(users.c.created_at, users.c.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return result.mappings().all()
+
+
+async def update_user(conn: Conn, tenant_id: str, user_id: str, **values: Any) -> None:
+    await conn.execute(
+        update(users).where(users.c.tenant_id == tenant_id, users.c.id == user_id).values(**values)
+    )
+
+
+async def delete_user(conn: Conn, tenant_id: str, user_id: str) -> None:
+    await conn.execute(
+        delete(installations).where(
+            installations.c.tenant_id == tenant_id, installations.c.user_id == user_id
+        )
+    )
+    await conn.execute(delete(users).where(users.c.tenant_id == tenant_id, users.c.id == user_id))
+
+
+# --- workflows ---------------------------------------------------------------------
+
+
+async def workflow_by_id(conn: Conn, tenant_id: str, workflow_id: str) -> RowMapping | None:
+    result = await conn.execute(
+        select(workflows).where(workflows.c.tenant_id == tenant_id, workflows.c.id == workflow_id)
+    )
+    return result.mappings().first()
+
+
+async def workflow_by_name(conn: Conn, tenant_id: str, name: str) -> RowMapping | None:
+    result = await conn.execute(
+        select(workflows).where(workflows.c.tenant_id == tenant_id, workflows.c.name == name)
+    )
+    return result.mappings().first()
+
+
+async def list_workflows(conn: Conn, tenant_id: str) -> Sequence[RowMapping]:
+    result = await conn.execute(
+        select(workflows)
+        .where(workflows.c.tenant_id == tenant_id)
+        .order_by(workflows.c.created_at, workflows.c.id)
+    )
+    return result.mappings().all()
+
+
+async def insert_workflow(conn: Conn, **values: Any) -> None:
+    await conn.execute(insert(workflows).values(**values))
+
+
+async def update_workflow(conn: Conn, tenant_id: str, workflow_id: str, **values: Any) -> None:
+    await conn.execute(
+        update(workflows)
+        .where(workflows.c.tenant_id == tenant_id, workflows.c.id == workflow_id)
+        .values(**values)
+    )
+
+
+async def delete_workflow(conn: Conn, tenant_id: str, workflow_id: str) -> None:
+    for table in (installations, workflow_versions):
+        await conn.execute(
+            delete(table).where(table.c.tenant_id == tenant_id, table.c.workflow_id == workflow_id)
+        )
+    await conn.execute(
+        delete(executions).where(
+            executions.c.tenant_id == tenant_id, executions.c.workflow_id == workflow_id
+        )
+    )
+    await conn.execute(
+        delete(workflows).where(workflows.c.tenant_id == tenant_id, workflows.c.id == workflow_id)
+    )
+
+
+async def insert_version(conn: Conn, **values: Any) -> None:
+    await conn.execute(insert(workflow_versions).values(**values))
+
+
+async def workflow_version(
+    conn: Conn, tenant_id: str, workflow_id: str, version: int
+) -> RowMapping | None:
+    result = await conn.execute(
+        select(workflow_versions).where(
+            workflow_versions.c.tenant_id == tenant_id,
+            workflow_versions.c.workflow_id == workflow_id,
+            workflow_versions.c.version == version,
+        )
+    )
+    return result.mappings().first()
+
+
+async def list_versions(conn: Conn, tenant_id: str, workflow_id: str) -> Sequence[RowMapping]:
+    result = await conn.execute(
+        select(workflow_versions.c.version, workflow_versions.c.created_at)
+        .where(
+            workflow_versions.c.tenant_id == tenant_id,
+            workflow_versions.c.workflow_id == workflow_id,
+        )
+        .order_by(workflow_versions.c.version)
+    )
+    return result.mappings().all()
+
+
+# --- installations (a user's copy of a workflow) -----------------------------------
+
+
+async def installation(
+    conn: Conn, tenant_id: str, workflow_id: str, user_id: str
+) -> RowMapping | None:
+    result = await conn.execute(
+        select(installations).where(
+            installations.c.tenant_id == tenant_id,
+            installations.c.workflow_id == workflow_id,
+            installations.c.user_id == user_id,
+        )
+    )
+    return result.mappings().first()
+
+
+async def installations_of_user(conn: Conn, tenant_id: str, user_id: str) -> Sequence[RowMapping]:
+    result = await conn.execute(
+        select(installations).where(
+            installations.c.tenant_id == tenant_id, installations.c.user_id == user_id
+        )
+    )
+    return result.mappings().all()
+
+
+async def insert_installation(conn: Conn, **values: Any) -> None:
+    await conn.execute(insert(installations).values(**values))
+
+
+async def update_installation(
+    conn: Conn, tenant_id: str, workflow_id: str, user_id: str, **values: Any
+) -> None:
+    await conn.execute(
+        update(installations)
+        .where(
+            installations.c.tenant_id == tenant_id,
+            installations.c.workflow_id == workflow_id,
+            installations.c.user_id == user_id,
+        )
+        .values(**values)
+    )
+
+
+async def delete_installation(conn: Conn, tenant_id: str, workflow_id: str, user_id: str) -> int:
+    result = await conn.execute(
+        delete(installations).where(
+            installations.c.tenant_id == tenant_id,
+            installations.c.workflow_id == workflow_id,
+            installations.c.user_id == user_id,
+        )
+    )
+    return result.rowcount
+
+
+async def workflow_users(conn: Conn, tenant_id: str, workflow_id: str) -> Sequence[RowMapping]:
+    result = await conn.execute(
+        select(
+            users.c.id,
+            users.c.username,
+            users.c.full_name,
+            installations.c.active,
+            installations.c.version,
+            installations.c.installed_at,
+        )
+        .join(
+            installations,
+            and_(
+                installations.c.tenant_id == users.c.tenant_id,
+                installations.c.user_id == users.c.id,
+            ),
+        )
+        .where(installations.c.tenant_id == tenant_id, installations.c.workflow_id == workflow_id)
+        .order_by(installations.c.installed_at, users.c.id)
+    )
+    return result.mappings().all()
+
+
+# --- executions and their steps ----------------------------------------------------
+
+
+async def insert_execution(conn: Conn, **values: Any) -> None:
+    await conn.execute(insert(executions).values(**values))
+
+
+async def insert_step(conn: Conn, **values: Any) -> None:
+    await conn.execute(insert(steps).values(**values))
+
+
+async def execution(conn: Conn, tenant_id: str, execution_id: str) -> RowMapping | None:
+    result = await conn.execute(
+        select(executions).where(
+            executions.c.tenant_id == tenant_id, executions.c.id == execution_id
+        )
+    )
+    return result.mappings().first()
+
+
+async def execution_steps(conn: Conn, tenant_id: str, execution_id: str) -> Sequence[RowMapping]:
+    result = await conn.execute(
+        select(steps)
+        .where(steps.c.tenant_id == tenant_id, steps.c.execution_id == execution_id)
+        .order_by(steps.c.seq)
+    )
+    return result.mappings().all()
+
+
+async def steps_of(
+    conn: Conn, tenant_id: str, execution_ids: Sequence[str]
+) -> Sequence[RowMapping]:
+    result = await conn.execute(
+        select(steps)
+        .where(steps.c.tenant_id == tenant_id, steps.c.execution_id.in_(execution_ids))
+        .order_by(steps.c.execution_id, steps.c.seq)
+    )
+    return result.mappings().all()
+
+
+_LOG_COLUMNS = (
+    executions.c.id,
+    executions.c.user_id,
+    executions.c.workflow_version,
+    executions.c.status,
+    executions.c.started_at,
+    executions.c.stopped_at,
+    executions.c.rerun_of,
+    executions.c.log,
+)
+
+
+async def page_of_logs(
+    conn: Conn,
+    tenant_id: str,
+    workflow_id: str,
+    user_id: str | None,
+    *,
+    descending: bool,
+    limit: int,
+    offset: int,
+) -> Sequence[RowMapping]:
+    conditions = [executions.c.tenant_id == tenant_id, executions.c.workflow_id == workflow_id]
+    if user_id is not None:
+        conditions.append(executions.c.user_id == user_id)
+    order = (
+        (executions.c.started_at.desc(), executions.c.id.desc())
+        if descending
+        else (executions.c.started_at.asc(), executions.c.id.asc())
+    )
+    result = await conn.execute(
+        select(*_LOG_COLUMNS).where(*conditions).order_by(*order).limit(limit).offset(offset)
+    )
+    return result.mappings().all()
+
+
+async def failed_executions(
+    conn: Conn, tenant_id: str, workflow_id: str, user_id: str | None, *, limit: int, offset: int
+) -> Sequence[RowMapping]:
+    conditions = [
+        executions.c.tenant_id == tenant_id,
+        executions.c.workflow_id == workflow_id,
+        executions.c.status == "failed",
+    ]
+    if user_id is not None:
+        conditions.append(executions.c.user_id == user_id)
+    result = await conn.execute(
+        select(
+            executions.c.id,
+            executions.c.error_block,
+            executions.c.error_message,
+            executions.c.stopped_at,
+        )
+        .where(*conditions)
+        .order_by(executions.c.started_at.desc(), executions.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return result.mappings().all()
+
+
+async def execution_totals(
+    conn: Conn, tenant_id: str, workflow_id: str, user_id: str | None
+) -> RowMapping:
+    conditions = [executions.c.tenant_id == tenant_id, executions.c.workflow_id == workflow_id]
+    if user_id is not None:
+        conditions.append(executions.c.user_id == user_id)
+    failed = func.coalesce(func.sum(case((executions.c.status == "failed", 1), else_=0)), 0)
+    result = await conn.execute(
+        select(
+            func.count().label("runs"),
+            failed.label("errors"),
+            func.coalesce(func.sum(executions.c.app_actions), 0).label("app_actions"),
+        ).where(*conditions)
+    )
+    return result.mappings().one()
+
+
+async def finish_execution(conn: Conn, tenant_id: str, execution_id: str, **values: Any) -> int:
+    """Record an execution's end, its log document included, and drop its steps."""
+    result = await conn.execute(
+        update(executions)
+        .where(
+            executions.c.tenant_id == tenant_id,
+            executions.c.id == execution_id,
+            executions.c.status == "running",
+        )
+        .values(**values)
+    )
+    await conn.execute(
+        delete(steps).where(steps.c.tenant_id == tenant_id, steps.c.execution_id == execution_id)
+    )
+    return result.rowcount
+
+
+async def claim_next_execution(conn: Conn, claimed_at: int) -> RowMapping | None:
+    """Mark the oldest queued execution running and return its keys."""
+    oldest = (
+        select(executions.c.tenant_id, executions.c.id)
+        .where(executions.c.status == "queued")
+        .order_by(executions.c.started_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    result = await conn.execute(
+        update(executions)
+        .where(
+            tuple_(executions.c.tenant_id, executions.c.id).in_(oldest),
+            executions.c.status == "queued",
+        )
+        .values(status="running", claimed_at=claimed_at)
+        .returning(executions.c.tenant_id, executions.c.id)
+    )
+    return result.mappings().first()
+
+
+async def requeue_running(conn: Conn) -> int:
+    """Put executions a dead process left running back in the queue."""
+    result = await conn.execute(
+        update(executions)
+        .where(executions.c.status == "running")
+        .values(status="queued", claimed_at=None)
+    )
+    return result.rowcount
+
+
+async def count_unfinished(conn: Conn) -> int:
+    result = await conn.execute(
+        select(func.count()).where(executions.c.status.in_(("queued", "running")))
+    )
+    return int(result.scalar_one())
+
+
+async def erase_user_logs(conn: Conn, tenant_id: str, user_id: str) -> None:
+    await conn.execute(
+        delete(executions).where(
+            executions.c.tenant_id == tenant_id, executions.c.user_id == user_id
+        )
+    )
+
+
+async def any_execution(conn: Conn, tenant_id: str, workflow_id: str) -> bool:
+    result = await conn.execute(
+        select(executions.c.id)
+        .where(executions.c.tenant_id == tenant_id, executions.c.workflow_id == workflow_id)
+        .limit(1)
+    )
+    return result.first() is not None
+
+
+# --- idempotency -------------------------------------------------------------------
+
+
+async def idempotent_response(conn: Conn, tenant_id: str, key: str) -> RowMapping | None:
+    result = await conn.execute(
+        select(idempotency_keys).where(
+            idempotency_keys.c.tenant_id == tenant_id, idempotency_keys.c.key == key
+        )
+    )
+    return result.mappings().first()
+
+
+async def insert_idempotent_response(conn: Conn, **values: Any) -> None:
+    await conn.execute(insert(idempotency_keys).values(**values))

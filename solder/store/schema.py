@@ -1,0 +1,188 @@
+"""The schema: every table, as SQLAlchemy Core.
+
+Every table's primary key and indexes lead with `tenant_id`, so that every query is
+scoped by tenant and the tables can later be distributed by tenant (Citus).
+Timestamps are integer milliseconds since the epoch (UTC).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(24), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("tenant_id", String(24), nullable=False),
+    Column("id", String(24), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    # sha256 of the key: keys are 256-bit random, so a fast hash is enough.
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("tenant_id", String(24), nullable=False),
+    Column("id", String(24), nullable=False),
+    Column("username", String(255), nullable=False),
+    Column("full_name", String(255)),
+    Column("created_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    UniqueConstraint("tenant_id", "username"),
+    ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
+)
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("tenant_id", String(24), nullable=False),
+    Column("id", String(24), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("latest_version", Integer, nullable=False),
+    Column("trigger_type", String(32), nullable=False),
+    Column("trigger_event", String(255)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    UniqueConstraint("tenant_id", "name"),
+    ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
+)
+
+workflow_versions = Table(
+    "workflow_versions",
+    metadata,
+    Column("tenant_id", String(24), nullable=False),
+    Column("workflow_id", String(24), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("definition", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "workflow_id", "version"),
+    ForeignKeyConstraint(
+        ["tenant_id", "workflow_id"], ["workflows.tenant_id", "workflows.id"], ondelete="CASCADE"
+    ),
+)
+
+# A user's copy of a workflow: which version they run and whether it is active.
+installations = Table(
+    "installations",
+    metadata,
+    Column("tenant_id", String(24), nullable=False),
+    Column("workflow_id", String(24), nullable=False),
+    Column("user_id", String(24), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("installed_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "workflow_id", "user_id"),
+    ForeignKeyConstraint(
+        ["tenant_id", "workflow_id"], ["workflows.tenant_id", "workflows.id"], ondelete="CASCADE"
+    ),
+    ForeignKeyConstraint(
+        ["tenant_id", "user_id"], ["users.tenant_id", "users.id"], ondelete="CASCADE"
+    ),
+)
+
+# One row per execution. While it runs, its steps live in `steps`; when it ends, its
+# whole log is written here once as a pre-serialized JSON document (`log`) and the
+# steps are deleted, so reads of finished logs never rebuild JSON.
+executions = Table(
+    "executions",
+    metadata,
+    Column("tenant_id", String(24), nullable=False),
+    Column("id", String(21), nullable=False),
+    Column("workflow_id", String(24), nullable=False),
+    Column("user_id", String(24), nullable=False),
+    Column("workflow_version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("trigger_id", String(36), nullable=False),
+    Column("trigger_data", Text, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("stopped_at", BigInteger),
+    Column("rerun_of", String(21)),
+    Column("error_block", String(255)),
+    Column("error_message", Text),
+    Column("app_actions", Integer, nullable=False, server_default=text("0")),
+    Column("claimed_at", BigInteger),
+    Column("log", LargeBinary),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    Index("ix_executions_user_logs", "tenant_id", "workflow_id", "user_id", "started_at", "id"),
+    Index("ix_executions_workflow_logs", "tenant_id", "workflow_id", "started_at", "id"),
+    # The dispatch queue: only unfinished executions are in this index.
+    Index(
+        "ix_executions_pending",
+        "status",
+        "started_at",
+        sqlite_where=text("status IN ('queued', 'running')"),
+        postgresql_where=text("status IN ('queued', 'running')"),
+    ),
+)
+
+# The finished blocks of executions still running (see `executions`).
+steps = Table(
+    "steps",
+    metadata,
+    Column("tenant_id", String(24), nullable=False),
+    Column("execution_id", String(21), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("connector_id", String(36), nullable=False),
+    Column("block_name", String(255), nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("stopped_at", BigInteger, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("inputs", Text, nullable=False),
+    Column("error", Text),
+    Column("app_actions", Integer, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("tenant_id", "execution_id", "seq"),
+    ForeignKeyConstraint(
+        ["tenant_id", "execution_id"],
+        ["executions.tenant_id", "executions.id"],
+        ondelete="CASCADE",
+    ),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("tenant_id", String(24), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("response", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "key"),
+)
