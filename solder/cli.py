@@ -156,23 +156,33 @@ def keys_create(
 def keys_list() -> None:
     """List API keys (never the keys themselves, only their first characters)."""
 
-    async def rows() -> list[Any]:
+    async def fetch() -> list[Any]:
         async with db.read() as conn:
             found = list(await q.list_api_keys(conn))
         await db.dispose()
         return found
 
     db = _database(Settings())
-    table = Table("id", "tenant", "starts with", "created", "revoked")
-    for row in _run(rows()):
-        table.add_row(
+    header = ("id", "tenant", "starts with", "created", "revoked")
+    rows = [
+        (
             row["id"],
             row["tenant_name"],
             row["prefix"] + "…",
-            iso_ms(row["created_at"]),
+            iso_ms(row["created_at"]) or "",
             iso_ms(row["revoked_at"]) or "",
         )
-    Console().print(table)
+        for row in _run(fetch())
+    ]
+    out = Console()
+    if not out.is_terminal:  # piped: tab-separated lines, whole ids, for scripts
+        for line in (header, *rows):
+            print("\t".join(line))
+        return
+    table = Table(*header)
+    for values in rows:
+        table.add_row(*values)
+    out.print(table)
 
 
 @keys_cli.command("revoke")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from solder.connectors import Connector
-from solder.errors import InvalidDefinition
+from solder.errors import InvalidDefinition, InvalidRequest
 from solder.expressions import ExpressionError, parse_template, referenced_blocks, templates_in
 
 TRIGGER_TYPES = ("webhook",)
@@ -23,6 +23,10 @@ BACKOFF = ("fixed", "exponential")
 _BLOCK_KEYS = {"id", "name", "connector", "config", "retry", "onError"}
 _ROOT_KEYS = {"name", "description", "trigger", "blocks"}
 _MAX_ATTEMPTS = 10
+# What Solder can store and serve as JSON: 64-bit integers, and nesting well within the
+# depth its serializer accepts (a log wraps a value in a few more levels).
+_INT_RANGE = (-(2**63), 2**64 - 1)
+MAX_DEPTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +71,9 @@ def parse(
 
     Blocks without an `id` keep the id of the block of the same name in `previous`.
     """
-    problems: list[tuple[str, str]] = []
     if not isinstance(raw, dict):
         raise InvalidDefinition([("$", "a workflow definition must be a JSON object")])
+    problems = value_problems(raw, "")
     for key in sorted(set(raw) - _ROOT_KEYS):
         problems.append((key, "unknown key"))
     name = raw.get("name")
@@ -90,6 +94,35 @@ def parse(
         document["description"] = raw["description"]
     assert isinstance(name, str)
     return Definition(name, trigger, tuple(blocks), document)
+
+
+def value_problems(value: Any, path: str, depth: int = 0) -> list[tuple[str, str]]:
+    """Where `value` holds JSON Solder cannot store: integers beyond 64 bits, deep nesting."""
+    where = path or "$"
+    if depth > MAX_DEPTH:
+        return [(where, f"nested deeper than {MAX_DEPTH} levels")]
+    if _is_int(value) and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        return [(where, "integer out of the 64-bit range")]
+    if isinstance(value, dict):
+        return [
+            problem
+            for key, item in value.items()
+            for problem in value_problems(item, f"{path}.{key}" if path else key, depth + 1)
+        ]
+    if isinstance(value, list):
+        return [
+            problem
+            for index, item in enumerate(value)
+            for problem in value_problems(item, f"{path}[{index}]", depth + 1)
+        ]
+    return []
+
+
+def check_payload(value: Any, path: str) -> None:
+    """Refuse a trigger payload Solder could not store, naming where the problem is."""
+    problems = value_problems(value, path)
+    if problems:
+        raise InvalidRequest("; ".join(f"{where}: {message}" for where, message in problems))
 
 
 def from_document(document: Mapping[str, Any], connectors: Mapping[str, Connector]) -> Definition:

@@ -26,8 +26,10 @@ def check_address(address: IPAddress, *, allow_private: bool) -> None:
         address = address.ipv4_mapped
     if address.is_link_local or address in _METADATA:
         raise AddressRefused(f"{address} is a link-local or cloud-metadata address")
-    if address.is_multicast or address.is_unspecified or address.is_reserved:
+    if address.is_multicast or address.is_unspecified:
         raise AddressRefused(f"{address} is not a unicast address")
+    if address.is_reserved and not (address.is_loopback or address.is_private):
+        raise AddressRefused(f"{address} is a reserved address")
     if not address.is_global and not allow_private:
         raise AddressRefused(
             f"{address} is a loopback or private address; "

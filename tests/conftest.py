@@ -95,7 +95,8 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def make(**overrides: Any) -> Server:
-        server = Server(settings_for(tmp_path / f"solder-{len(started)}", **overrides))
+        data_dir = overrides.pop("data_dir", tmp_path / f"solder-{len(started)}")
+        server = Server(settings_for(data_dir, **overrides))
         server.start()
         started.append(server)
         return server

@@ -14,6 +14,9 @@ from solder.errors import InvalidRequest, Unauthorized
 from solder.executions import Idempotency
 from solder.keys import Tenant
 
+# Keeps the row offset a page implies within a 64-bit integer, as databases need it.
+MAX_PAGE = 1_000_000_000
+
 _bearer = HTTPBearer(auto_error=False, description="An API key from `solder keys create`.")
 
 
@@ -61,8 +64,8 @@ def page_and_limit(
 ) -> tuple[int, int]:
     """Parse 1-based `page` and `limit`, refusing anything outside their bounds."""
     page_number = _integer("page", page, 1)
-    if page_number < 1:
-        raise InvalidRequest("page must be a positive integer")
+    if not 1 <= page_number <= MAX_PAGE:
+        raise InvalidRequest(f"page must be an integer from 1 to {MAX_PAGE}")
     size = _integer("limit", limit, default_limit)
     if not 1 <= size <= max_limit:
         raise InvalidRequest(f"limit must be between 1 and {max_limit}")

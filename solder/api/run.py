@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from solder import executions
 from solder.api.deps import App, CurrentTenant, IdempotencyKey
+from solder.definitions import check_payload
 from solder.errors import InvalidRequest
 
 router = APIRouter(tags=["run"])
@@ -30,6 +31,7 @@ async def run_workflow(
     workflow_ref = body.workflowId or body.workflowName
     if not workflow_ref:
         raise InvalidRequest("workflowId or workflowName is required")
+    check_payload(body.data, "data")
     answer = await executions.once(
         solder.db,
         tenant,

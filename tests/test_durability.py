@@ -1,0 +1,135 @@
+"""An accepted run is never lost: a killed server's runs finish, exactly once, after restart."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import TIMEOUT, Api, Server
+from tests.processes import ServeProcess, environment, solder
+from tests.upstream import Reply, Upstream
+
+RUNS = 40
+
+
+def workflow(upstream: Upstream) -> dict[str, Any]:
+    return {
+        "name": "Count",
+        "trigger": {"type": "webhook"},
+        "blocks": [
+            {
+                "name": "call",
+                "connector": "http",
+                "config": {"url": f"{upstream.base_url}/count", "query": {"n": "{{ trigger.n }}"}},
+            },
+            {
+                "name": "double",
+                "connector": "transform",
+                "config": {"expression": "{{ blocks.call.n * 2 }}"},
+            },
+        ],
+    }
+
+
+def echo_n(request: Any) -> Reply:
+    return Reply(200, {"n": int(request.query["n"][0])})
+
+
+def all_logs(api: Api, workflow_id: str) -> list[dict[str, Any]]:
+    logs: list[dict[str, Any]] = []
+    page = 1
+    while batch := api.logs(workflow_id, limit=30, page=page):
+        logs += batch
+        page += 1
+    return logs
+
+
+def wait_until_all_ended(api: Api, workflow_id: str, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 2 * TIMEOUT
+    while time.monotonic() < deadline:
+        logs = all_logs(api, workflow_id)
+        if len(logs) >= count and all(log["stoppedAt"] is not None for log in logs):
+            return logs
+        time.sleep(0.2)
+    raise AssertionError("accepted runs did not all end after the restart")
+
+
+def assert_each_ran_exactly_once(logs: list[dict[str, Any]], accepted: dict[str, int]) -> None:
+    ran = Counter(log["executionId"] for log in logs)
+    assert ran == Counter(list(accepted)), "lost or extra runs"
+    for log in logs:
+        n = accepted[log["executionId"]]
+        assert log["finished"] is True, log
+        ids = [result["connectorId"] for result in log["results"]]
+        assert len(ids) == 3, f"steps recorded twice or missing: {ids}"
+        assert len(set(ids)) == 3, f"steps recorded twice: {ids}"
+        assert log["results"][2]["data"][0][0]["json"] == 2 * n
+
+
+def test_sigkill_with_runs_queued_and_in_flight_loses_nothing(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    upstream.route("/count", echo_n)
+    env = environment(
+        tmp_path, SOLDER_HTTP_ALLOW_PRIVATE_NETWORKS="true", SOLDER_WORKER_CONCURRENCY="4"
+    )
+    created = solder("keys", "create", "--tenant", "acme", env=env)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    log = tmp_path / "serve.log"
+
+    first = ServeProcess(env, log)
+    headers = {"Authorization": f"bearer {key}"}
+    with Api(base_url=first.base_url, headers=headers, timeout=TIMEOUT) as api:
+        user_id = api.create_user("ada")
+        workflow_id = api.create_workflow(workflow(upstream))
+        api.activate(user_id, workflow_id)
+        upstream.hold()  # the first runs block in their http call; the rest stay queued
+        accepted = {api.run(user_id, workflow_id, {"n": n}): n for n in range(RUNS)}
+        deadline = time.monotonic() + TIMEOUT
+        while len(upstream.requests) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(upstream.requests) == 4, "four runs should be in flight"
+    first.kill()
+    upstream.release()
+
+    second = ServeProcess(env, log)
+    try:
+        with Api(base_url=second.base_url, headers=headers, timeout=TIMEOUT) as api:
+            logs = wait_until_all_ended(api, workflow_id, RUNS)
+            assert_each_ran_exactly_once(logs, accepted)
+    finally:
+        second.terminate()
+    assert "Application shutdown complete" in log.read_text(), "SIGTERM shuts down cleanly"
+    # The blocks in flight at the kill ran again (at-least-once); every other block once.
+    calls = Counter(int(r.query["n"][0]) for r in upstream.requests)
+    assert set(calls) == set(range(RUNS))
+    assert sum(calls.values()) <= RUNS + 4
+
+
+def test_runs_queued_at_shutdown_finish_after_restart(
+    make_server: Callable[..., Server], upstream: Upstream, tmp_path: Path
+) -> None:
+    upstream.route("/count", echo_n)
+    data_dir = tmp_path / "shared"
+    first = make_server(data_dir=data_dir, worker_concurrency=1, shutdown_grace_seconds=0.2)
+    key = first.new_key("acme")
+    client = httpx.Client(headers={"Authorization": f"bearer {key}"}, timeout=TIMEOUT)
+    with Api(base_url=first.base_url, headers=client.headers, timeout=TIMEOUT) as api:
+        user_id = api.create_user("ada")
+        workflow_id = api.create_workflow(workflow(upstream))
+        api.activate(user_id, workflow_id)
+        upstream.hold()
+        accepted = {api.run(user_id, workflow_id, {"n": n}): n for n in range(5)}
+    first.stop()  # the grace period ends with a run in flight and four queued
+    upstream.release()
+
+    second = make_server(data_dir=data_dir)
+    with Api(base_url=second.base_url, headers=client.headers, timeout=TIMEOUT) as api:
+        logs = wait_until_all_ended(api, workflow_id, 5)
+        assert_each_ran_exactly_once(logs, accepted)

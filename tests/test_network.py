@@ -1,0 +1,42 @@
+"""Which addresses the http connector may call."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import pytest
+
+from solder.network import AddressRefused, check_address, check_host
+
+ALWAYS_REFUSED = ["169.254.169.254", "169.254.1.1", "fe80::1", "fd00:ec2::254", "100.100.100.200"]
+PRIVATE = ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "::1", "fc00::1", "100.64.0.1"]
+
+
+@pytest.mark.parametrize("address", ALWAYS_REFUSED)
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_link_local_and_metadata_are_always_refused(address: str, allow_private: bool) -> None:
+    with pytest.raises(AddressRefused):
+        check_address(ipaddress.ip_address(address), allow_private=allow_private)
+
+
+@pytest.mark.parametrize("address", PRIVATE)
+def test_private_addresses_need_the_setting(address: str) -> None:
+    with pytest.raises(AddressRefused, match="SOLDER_HTTP_ALLOW_PRIVATE_NETWORKS"):
+        check_address(ipaddress.ip_address(address), allow_private=False)
+    check_address(ipaddress.ip_address(address), allow_private=True)
+
+
+def test_ipv4_mapped_ipv6_is_checked_as_ipv4() -> None:
+    with pytest.raises(AddressRefused):
+        check_address(ipaddress.ip_address("::ffff:169.254.169.254"), allow_private=True)
+
+
+def test_public_addresses_pass() -> None:
+    check_address(ipaddress.ip_address("93.184.216.34"), allow_private=False)
+
+
+def test_a_name_is_checked_by_what_it_resolves_to() -> None:
+    with pytest.raises(AddressRefused, match="loopback or private"):
+        asyncio.run(check_host("localhost", 80, allow_private=False))
+    asyncio.run(check_host("localhost", 80, allow_private=True))
