@@ -11,6 +11,7 @@ import httpx
 from solder.connectors import Connector, registry
 from solder.dispatch import EmbeddedDispatcher
 from solder.engine import Engine
+from solder.retention import Retention
 from solder.settings import Settings
 from solder.store.database import Database
 
@@ -28,12 +29,15 @@ class Solder:
         self.http = httpx.AsyncClient(follow_redirects=False)
         self.engine = Engine(self.db, settings, self.http, self.connectors)
         self.dispatcher = EmbeddedDispatcher(self.db, self.engine, settings.worker_concurrency)
+        self.retention = Retention(self.db, settings)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.db.migrate)
         await self.dispatcher.start()
+        self.retention.start()
 
     async def stop(self) -> None:
+        await self.retention.stop()
         await self.dispatcher.stop(self.settings.shutdown_grace_seconds)
         await self.http.aclose()
         await self.db.dispose()

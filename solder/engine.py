@@ -113,7 +113,7 @@ class Engine:
             try:
                 if connector is None:
                     raise BlockFailed(f"connector {block.connector!r} is not installed")
-                resolved = resolve(block.config, context)
+                resolved = resolve(block.config, context, self.settings.expression_timeout_ms)
                 result: BlockResult = await connector.run(connector.parse(resolved), run_context)
                 outputs = result.outputs
                 app_actions += result.app_actions

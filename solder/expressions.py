@@ -10,6 +10,8 @@ from typing import Any
 import jsonata
 import orjson
 
+DEFAULT_TIMEOUT_MS = 1000
+
 
 class ExpressionError(Exception):
     """An expression does not parse or fails to evaluate."""
@@ -20,9 +22,13 @@ class Expression:
     source: str
     compiled: Any
 
-    def evaluate(self, context: Mapping[str, Any]) -> Any:
+    def evaluate(self, context: Mapping[str, Any], timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Any:
+        # A fresh frame per evaluation carries the time bound: a runaway expression
+        # (endless recursion, a huge range) fails instead of freezing the event loop.
+        frame = self.compiled.create_frame()
+        frame.set_runtime_bounds(timeout_ms, None)
         try:
-            return self.compiled.evaluate(context)
+            return self.compiled.evaluate(context, frame)
         except Exception as exc:  # jsonata raises RuntimeError subclasses and bare errors
             raise ExpressionError(f"{{{{ {self.source} }}}} failed: {exc}") from exc
 
@@ -37,11 +43,11 @@ class Template:
     def expressions(self) -> Iterator[Expression]:
         return (p for p in self.parts if isinstance(p, Expression))
 
-    def render(self, context: Mapping[str, Any]) -> Any:
+    def render(self, context: Mapping[str, Any], timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Any:
         if len(self.parts) == 1 and isinstance(self.parts[0], Expression):
-            return self.parts[0].evaluate(context)
+            return self.parts[0].evaluate(context, timeout_ms)
         return "".join(
-            part if isinstance(part, str) else _as_text(part.evaluate(context))
+            part if isinstance(part, str) else _as_text(part.evaluate(context, timeout_ms))
             for part in self.parts
         )
 
@@ -117,14 +123,14 @@ def has_template(value: str) -> bool:
     return "{{" in value
 
 
-def resolve(value: Any, context: Mapping[str, Any]) -> Any:
+def resolve(value: Any, context: Mapping[str, Any], timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Any:
     """`value` with every template string in it rendered against `context`."""
     if isinstance(value, str):
-        return parse_template(value).render(context) if has_template(value) else value
+        return parse_template(value).render(context, timeout_ms) if has_template(value) else value
     if isinstance(value, dict):
-        return {key: resolve(item, context) for key, item in value.items()}
+        return {key: resolve(item, context, timeout_ms) for key, item in value.items()}
     if isinstance(value, list):
-        return [resolve(item, context) for item in value]
+        return [resolve(item, context, timeout_ms) for item in value]
     return value
 
 

@@ -49,6 +49,28 @@ class Settings(BaseSettings):
         ge=1,
         description="Timeout of one `http` block request when the block sets no `timeoutMs`.",
     )
+    http_max_response_bytes: int = Field(
+        default=5_242_880,
+        ge=1024,
+        description="Largest response body an `http` block accepts, in bytes; a larger "
+        "one fails the block (it would be stored in the execution log).",
+    )
+    expression_timeout_ms: int = Field(
+        default=1000,
+        ge=1,
+        description="How long one `{{ }}` expression may run before it fails its block.",
+    )
+    log_retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="How long execution logs are kept after they end; older ones are purged.",
+    )
+    retention_sweep_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often expired logs are looked for; each sweep purges them in "
+        "small batches so that it never holds the database for long.",
+    )
     sqlite_synchronous: Literal["normal", "full"] = Field(
         default="normal",
         description="SQLite `synchronous` pragma. `normal` (with WAL) survives any process "

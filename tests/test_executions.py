@@ -6,7 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.conftest import Api
+from tests.conftest import Api, api_client
 from tests.upstream import Reply, Request, Upstream
 
 
@@ -224,8 +224,6 @@ def test_an_expression_error_fails_the_block_with_a_clear_message(api: Api) -> N
 def test_the_http_connector_refuses_private_addresses_unless_allowed(
     make_server: Any, upstream: Upstream
 ) -> None:
-    from tests.conftest import api_client
-
     server = make_server(http_allow_private_networks=False)
     with api_client(server) as api:
         user_id, workflow_id = setup(api, call_then_transform(upstream))
@@ -233,3 +231,34 @@ def test_the_http_connector_refuses_private_addresses_unless_allowed(
     assert log["status"] == "failed"
     assert "SOLDER_HTTP_ALLOW_PRIVATE_NETWORKS" in log["results"][1]["error"]["message"]
     assert upstream.requests == []
+
+
+def test_a_runaway_expression_fails_its_block_and_the_server_keeps_answering(
+    make_server: Any,
+) -> None:
+    server = make_server(expression_timeout_ms=300)
+    forever = "{{ ($f := function($x){ $f($x + 1) }; $f(0)) }}"
+    definition = {
+        "name": "Forever",
+        "trigger": {"type": "webhook"},
+        "blocks": [{"name": "loop", "connector": "transform", "config": {"expression": forever}}],
+    }
+    with api_client(server) as api:
+        user_id, workflow_id = setup(api, definition)
+        log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
+        assert api.get("/health").status_code == 200
+    assert log["status"] == "failed"
+    assert "timeout" in log["results"][1]["error"]["message"].lower()
+
+
+def test_an_oversized_response_fails_the_block_instead_of_filling_the_log(
+    make_server: Any, upstream: Upstream
+) -> None:
+    upstream.route("/hook", Reply(200, {"blob": "x" * 10_000}))
+    server = make_server(http_max_response_bytes=2048)
+    with api_client(server) as api:
+        user_id, workflow_id = setup(api, call_then_transform(upstream))
+        log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
+    assert log["status"] == "failed"
+    assert "SOLDER_HTTP_MAX_RESPONSE_BYTES" in log["results"][1]["error"]["message"]
+    assert "xxxx" not in str(log)

@@ -51,20 +51,26 @@ class HttpConnector(Connector):
         if config.body is not None and not isinstance(config.body, str | bytes):
             request.headers.setdefault("content-type", "application/json")
         try:
-            response = await ctx.http.send(request)
+            status, content = await _send(ctx, request, ctx.settings.http_max_response_bytes)
         except httpx.TimeoutException as exc:
             raise BlockFailed(
                 f"{config.method} {url} timed out after {timeout:g} s", retryable=True
             ) from exc
         except httpx.HTTPError as exc:
             raise BlockFailed(f"{config.method} {url} failed: {exc}", retryable=True) from exc
-        item = {"json": _response_body(response), "statusCode": response.status_code}
-        if response.status_code >= 400:
+        except _TooLarge as exc:
             raise BlockFailed(
-                f"{config.method} {url} answered HTTP {response.status_code}",
+                f"{config.method} {url} answered more than {exc.limit} bytes "
+                "(SOLDER_HTTP_MAX_RESPONSE_BYTES)",
+                app_actions=1,
+            ) from None
+        item = {"json": _response_body(content), "statusCode": status}
+        if status >= 400:
+            raise BlockFailed(
+                f"{config.method} {url} answered HTTP {status}",
                 items=[item],
                 app_actions=1,
-                retryable=response.status_code == 429 or response.status_code >= 500,
+                retryable=status == 429 or status >= 500,
             )
         return BlockResult([[item]], app_actions=1)
 
@@ -89,10 +95,31 @@ def _body(body: Any) -> bytes:
     return orjson.dumps(body)
 
 
-def _response_body(response: httpx.Response) -> Any:
-    if not response.content:
+class _TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+
+async def _send(ctx: RunContext, request: httpx.Request, limit: int) -> tuple[int, bytes]:
+    """Status and body of the response, reading no more than `limit` bytes of it."""
+    response = await ctx.http.send(request, stream=True)
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge(limit)
+            chunks.append(chunk)
+        return response.status_code, b"".join(chunks)
+    finally:
+        await response.aclose()
+
+
+def _response_body(content: bytes) -> Any:
+    if not content:
         return None
     try:
-        return orjson.loads(response.content)
+        return orjson.loads(content)
     except orjson.JSONDecodeError:
-        return response.text
+        return content.decode("utf-8", errors="replace")

@@ -102,7 +102,7 @@ class Database:
                 yield conn
         except DBAPIError as exc:
             if exc.connection_invalidated or _is_unreachable(exc):
-                raise Unavailable("the database is unreachable; retry shortly") from exc
+                raise Unavailable("the database is unavailable; retry shortly") from exc
             raise
 
     async def dispose(self) -> None:
@@ -121,6 +121,14 @@ class Database:
             engine.dispose()
 
 
+_TRANSIENT = (
+    "connection refused",
+    "could not connect",
+    "server closed",
+    "database is locked",  # another process held SQLite's write lock past busy_timeout
+)
+
+
 def _is_unreachable(exc: DBAPIError) -> bool:
     text = str(exc.orig).lower()
-    return any(s in text for s in ("connection refused", "could not connect", "server closed"))
+    return any(s in text for s in _TRANSIENT)

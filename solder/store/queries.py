@@ -447,6 +447,29 @@ async def count_unfinished(conn: Conn) -> int:
     return int(result.scalar_one())
 
 
+async def purge_executions(conn: Conn, started_before: int, limit: int) -> int:
+    """Delete up to `limit` ended executions that started before `started_before`."""
+    expired = (
+        select(executions.c.tenant_id, executions.c.id)
+        .where(
+            executions.c.started_at < started_before,
+            executions.c.status.in_(("succeeded", "failed", "canceled")),
+        )
+        .limit(limit)
+    )
+    result = await conn.execute(
+        delete(executions).where(tuple_(executions.c.tenant_id, executions.c.id).in_(expired))
+    )
+    return result.rowcount
+
+
+async def purge_idempotency_keys(conn: Conn, created_before: int) -> int:
+    result = await conn.execute(
+        delete(idempotency_keys).where(idempotency_keys.c.created_at < created_before)
+    )
+    return result.rowcount
+
+
 async def erase_user_logs(conn: Conn, tenant_id: str, user_id: str) -> None:
     await conn.execute(
         delete(executions).where(

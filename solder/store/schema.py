@@ -143,6 +143,8 @@ executions = Table(
     PrimaryKeyConstraint("tenant_id", "id"),
     Index("ix_executions_user_logs", "tenant_id", "workflow_id", "user_id", "started_at", "id"),
     Index("ix_executions_workflow_logs", "tenant_id", "workflow_id", "started_at", "id"),
+    # Retention purges by age across tenants.
+    Index("ix_executions_started_at", "started_at"),
     # The dispatch queue: only unfinished executions are in this index.
     Index(
         "ix_executions_pending",
@@ -185,4 +187,5 @@ idempotency_keys = Table(
     Column("response", Text, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant_id", "key"),
+    Index("ix_idempotency_keys_created_at", "created_at"),
 )

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 20:08:07.205464
+Create Date: 2026-11-25 20:16:28.931633
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def upgrade() -> None:
             sqlite_where=sa.text("status IN ('queued', 'running')"),
             postgresql_where=sa.text("status IN ('queued', 'running')"),
         )
+        batch_op.create_index("ix_executions_started_at", ["started_at"], unique=False)
         batch_op.create_index(
             "ix_executions_user_logs",
             ["tenant_id", "workflow_id", "user_id", "started_at", "id"],
@@ -66,6 +67,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", "key", name=op.f("pk_idempotency_keys")),
     )
+    with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
+        batch_op.create_index("ix_idempotency_keys_created_at", ["created_at"], unique=False)
+
     op.create_table(
         "tenants",
         sa.Column("id", sa.String(length=24), nullable=False),
@@ -201,10 +205,14 @@ def downgrade() -> None:
     op.drop_table("steps")
     op.drop_table("api_keys")
     op.drop_table("tenants")
+    with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
+        batch_op.drop_index("ix_idempotency_keys_created_at")
+
     op.drop_table("idempotency_keys")
     with op.batch_alter_table("executions", schema=None) as batch_op:
         batch_op.drop_index("ix_executions_workflow_logs")
         batch_op.drop_index("ix_executions_user_logs")
+        batch_op.drop_index("ix_executions_started_at")
         batch_op.drop_index(
             "ix_executions_pending",
             sqlite_where=sa.text("status IN ('queued', 'running')"),
