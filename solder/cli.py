@@ -97,9 +97,16 @@ def serve(
         if announcer is not None:
             announcer.cancel()
 
-    _run(main())
+    try:
+        _run(main())
+    except SystemExit:  # uvicorn exits when it cannot bind
+        if server.started:
+            raise
     if not server.started:
-        raise _fail(f"could not listen on {settings.host}:{settings.port}; is it already in use?")
+        raise _fail(
+            f"could not listen on {settings.host}:{settings.port}: is another process using "
+            "it? Choose another with --port or SOLDER_PORT."
+        )
 
 
 def _configure_logging() -> None:

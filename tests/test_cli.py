@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 import shutil
 import subprocess
 import time
@@ -115,3 +116,14 @@ def fetch_with(curl_line: str) -> dict[str, Any]:
     headers = dict(args[i + 1].split(": ", 1) for i, a in enumerate(args) if a == "-H")
     body = httpx.get(args[-1], headers=headers, timeout=TIMEOUT).json()
     return body
+
+
+def test_serve_on_a_busy_port_says_what_to_do(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = solder("serve", "--port", str(port), env=environment(tmp_path), timeout=60)
+    assert result.returncode == 1
+    assert "--port" in result.stderr
+    assert "Traceback" not in result.stderr
