@@ -69,7 +69,8 @@ class Database:
         self.is_sqlite = async_url.get_backend_name() == "sqlite"
         sqlite_file = _sqlite_file(async_url)
         if sqlite_file is not None:
-            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+            # Logs hold end users' data: a new data directory is readable by its owner only.
+            sqlite_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.engine: AsyncEngine = create_async_engine(async_url, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
             _configure_sqlite(self.engine.sync_engine, sqlite_synchronous)
