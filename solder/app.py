@@ -14,6 +14,7 @@ from solder.engine import Engine
 from solder.retention import Retention
 from solder.settings import Settings
 from solder.store.database import Database
+from solder.store.lock import ServeLock
 
 log = logging.getLogger("solder")
 
@@ -30,8 +31,12 @@ class Solder:
         self.engine = Engine(self.db, settings, self.http, self.connectors)
         self.dispatcher = EmbeddedDispatcher(self.db, self.engine, settings.worker_concurrency)
         self.retention = Retention(self.db, settings)
+        self._serve_lock: ServeLock | None = None
 
     async def start(self) -> None:
+        if self.db.sqlite_file is not None:
+            self._serve_lock = ServeLock(self.db.sqlite_file)
+            self._serve_lock.acquire()
         await asyncio.to_thread(self.db.migrate)
         await self.dispatcher.start()
         self.retention.start()
@@ -41,3 +46,5 @@ class Solder:
         await self.dispatcher.stop(self.settings.shutdown_grace_seconds)
         await self.http.aclose()
         await self.db.dispose()
+        if self._serve_lock is not None:
+            self._serve_lock.release()

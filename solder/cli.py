@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -18,6 +19,7 @@ from solder.ids import iso_ms
 from solder.settings import Settings
 from solder.store import queries as q
 from solder.store.database import Database
+from solder.store.lock import AlreadyServing, ServeLock
 
 T = TypeVar("T")
 cli = typer.Typer(
@@ -48,6 +50,17 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SOLDER_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise _fail(f"invalid setting: {problems} (docs/settings.md lists them)") from None
+
+
 def _database(settings: Settings) -> Database:
     try:
         db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
@@ -76,7 +89,7 @@ def serve(
     """Migrate the database, then serve the API and run workflows."""
     from solder.api import create_app
 
-    settings = Settings()
+    settings = _settings()
     overrides: dict[str, Any] = {}
     if host is not None:
         overrides["host"] = host
@@ -86,7 +99,14 @@ def serve(
         overrides["http_allow_private_networks"] = True
     settings = settings.model_copy(update=overrides)
     _configure_logging()
-    _database(settings)  # fail early, with a clear message, on a bad database URL
+    db = _database(settings)  # fail early, with a clear message, on a bad database URL
+    if db.sqlite_file is not None:
+        lock = ServeLock(db.sqlite_file)
+        try:
+            lock.acquire()
+        except AlreadyServing as exc:
+            raise _fail(exc.message) from None
+        lock.release()  # the server takes it for good as it starts
     app = create_app(settings, dev=dev)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
     server = uvicorn.Server(config)
@@ -150,7 +170,7 @@ def keys_create(
         await db.dispose()
         return owner, key_id, key
 
-    db = _database(Settings())
+    db = _database(_settings())
     owner, key_id, key = _run(create())
     err.print(
         f"Created API key [bold]{key_id}[/bold] for tenant [bold]{owner.name}[/bold] "
@@ -169,7 +189,7 @@ def keys_list() -> None:
         await db.dispose()
         return found
 
-    db = _database(Settings())
+    db = _database(_settings())
     header = ("id", "tenant", "starts with", "created", "revoked")
     rows = [
         (
@@ -203,7 +223,7 @@ def keys_revoke(
             await keys.revoke(conn, key_id)
         await db.dispose()
 
-    db = _database(Settings())
+    db = _database(_settings())
     try:
         _run(revoke())
     except NotFound as exc:
@@ -214,7 +234,7 @@ def keys_revoke(
 @cli.command()
 def migrate() -> None:
     """Bring the database schema up to date (serve does this by itself)."""
-    settings = Settings()
+    settings = _settings()
     _database(settings)
     err.print(f"Database at {settings.database_url} is up to date.")
 

@@ -52,7 +52,9 @@ class EmbeddedDispatcher:
         """Stop claiming; give running executions `grace_seconds` to finish, then cancel."""
         self._stopping = True
         self._wake.set()
-        _, pending = await asyncio.wait(self._workers, timeout=grace_seconds or None)
+        if not self._workers:
+            return
+        _, pending = await asyncio.wait(self._workers, timeout=grace_seconds)
         for task in pending:
             task.cancel()
         for task in pending:

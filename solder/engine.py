@@ -142,7 +142,7 @@ class Engine:
             "started_at": started,
             "stopped_at": now_ms(),
             "data": _text([[_with_id(item) for item in output] for output in outputs]),
-            "inputs": _text(resolved),
+            "inputs": _text(connector.redact(resolved) if connector else resolved),
             "error": None if error is None else _text({"message": error, "attempts": attempt}),
             "app_actions": app_actions,
         }

@@ -9,6 +9,7 @@ import socket
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Cloud metadata services outside the link-local range (AWS IPv6, Alibaba, Oracle).
+_BROADCAST = ipaddress.ip_address("255.255.255.255")
 _METADATA = {
     ipaddress.ip_address("fd00:ec2::254"),
     ipaddress.ip_address("100.100.100.200"),
@@ -20,10 +21,22 @@ class AddressRefused(Exception):
     """The destination address may not be called."""
 
 
+class HostNotFound(Exception):
+    """The destination host name does not resolve (perhaps only for now)."""
+
+
 def check_address(address: IPAddress, *, allow_private: bool) -> None:
     """Raise AddressRefused unless `address` may be called."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            check_address(address.ipv4_mapped, allow_private=allow_private)
+            return
+        # 6to4 and Teredo addresses carry an IPv4 address: it must pass too.
+        embedded = address.sixtofour or (address.teredo or (None, None))[1]
+        if embedded is not None:
+            check_address(embedded, allow_private=allow_private)
+    if address == _BROADCAST:
+        raise AddressRefused(f"{address} is the broadcast address")
     if address.is_link_local or address in _METADATA:
         raise AddressRefused(f"{address} is a link-local or cloud-metadata address")
     if address.is_multicast or address.is_unspecified:
@@ -50,6 +63,6 @@ async def check_host(host: str, port: int, *, allow_private: bool) -> None:
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise AddressRefused(f"cannot resolve {host}: {exc.strerror or exc}") from exc
+        raise HostNotFound(f"cannot resolve {host}: {exc.strerror or exc}") from exc
     for info in infos:
         check_address(ipaddress.ip_address(info[4][0]), allow_private=allow_private)

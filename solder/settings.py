@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     log_retention_days: float = Field(
         default=7.0,
         gt=0,
-        description="How long execution logs are kept after they end; older ones are purged.",
+        description="How long execution logs are kept, counted from when the execution "
+        "started; ended executions older than this are purged (running ones never are).",
     )
     retention_sweep_seconds: float = Field(
         default=60.0,
@@ -79,8 +80,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         default=10.0,
         ge=0,
-        description="On shutdown, how long running executions get to finish their current "
-        "block before the process exits; unfinished ones resume at the next start.",
+        description="On shutdown, how long running executions get to finish before they are "
+        "interrupted; an interrupted one resumes after its last finished block at the "
+        "next start. 0 interrupts at once.",
     )
 
     @model_validator(mode="after")

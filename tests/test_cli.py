@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
-import socket
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -126,4 +126,24 @@ def test_serve_on_a_busy_port_says_what_to_do(tmp_path: Path) -> None:
         result = solder("serve", "--port", str(port), env=environment(tmp_path), timeout=60)
     assert result.returncode == 1
     assert "--port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_second_server_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> None:
+    env = environment(tmp_path)
+    first = ServeProcess(env, tmp_path / "serve.log")
+    try:
+        second = solder("serve", "--port", "0", env=env, timeout=60)
+        assert second.returncode == 1
+        assert "another Solder process is serving" in second.stderr
+        assert "SOLDER_DATA_DIR" in second.stderr
+        assert httpx.get(f"{first.base_url}/health").status_code == 200
+    finally:
+        first.terminate()
+
+
+def test_an_invalid_setting_names_the_variable(tmp_path: Path) -> None:
+    result = solder("keys", "list", env=environment(tmp_path, SOLDER_WORKER_CONCURRENCY="many"))
+    assert result.returncode == 1
+    assert "SOLDER_WORKER_CONCURRENCY" in result.stderr
     assert "Traceback" not in result.stderr

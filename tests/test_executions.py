@@ -262,3 +262,42 @@ def test_an_oversized_response_fails_the_block_instead_of_filling_the_log(
     assert log["status"] == "failed"
     assert "SOLDER_HTTP_MAX_RESPONSE_BYTES" in log["results"][1]["error"]["message"]
     assert "xxxx" not in str(log)
+
+
+def test_secret_headers_and_query_values_are_redacted_from_the_log(
+    api: Api, upstream: Upstream
+) -> None:
+    upstream.route("/hook", Reply(500, {}))
+    definition = call_then_transform(upstream)
+    definition["blocks"][0]["config"].update(
+        url=f"{upstream.base_url}/hook?token=s3cret-in-url&page=2",
+        headers={"Authorization": "Bearer s3cret-header", "X-Trace": "visible"},
+        query={"api_key": "s3cret-query", "q": "visible-too"},
+    )
+    user_id, workflow_id = setup(api, definition)
+
+    log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
+
+    sent = upstream.requests[0]
+    assert sent.headers["authorization"] == "Bearer s3cret-header"
+    assert sent.query["api_key"] == ["s3cret-query"]
+    assert sent.query["token"] == ["s3cret-in-url"]
+    assert "s3cret" not in str(log)
+    shown = log["inputs"][1]["data"]
+    assert shown["headers"] == {"Authorization": "[redacted]", "X-Trace": "visible"}
+    assert shown["query"] == {"api_key": "[redacted]", "q": "visible-too"}
+    assert "page=2" in shown["url"]
+    assert "HTTP 500" in log["results"][1]["error"]["message"]
+
+
+def test_a_malformed_url_fails_the_block_with_a_clear_message(api: Api) -> None:
+    definition = {
+        "name": "Bad URL",
+        "trigger": {"type": "webhook"},
+        "blocks": [{"name": "call", "connector": "http", "config": {"url": "http://[::1"}}],
+    }
+    user_id, workflow_id = setup(api, definition)
+    log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
+    message = log["results"][1]["error"]["message"]
+    assert "not a valid URL" in message
+    assert "internal error" not in message

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from solder.network import AddressRefused, check_address, check_host
+from solder.network import AddressRefused, HostNotFound, check_address, check_host
 
 ALWAYS_REFUSED = ["169.254.169.254", "169.254.1.1", "fe80::1", "fd00:ec2::254", "100.100.100.200"]
 PRIVATE = ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "::1", "fc00::1", "100.64.0.1"]
@@ -40,3 +40,27 @@ def test_a_name_is_checked_by_what_it_resolves_to() -> None:
     with pytest.raises(AddressRefused, match="loopback or private"):
         asyncio.run(check_host("localhost", 80, allow_private=False))
     asyncio.run(check_host("localhost", 80, allow_private=True))
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "2002:7f00:1::1",
+        "2002:a9fe:a9fe::1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "::ffff:10.0.0.1",
+    ],
+)
+def test_ipv6_forms_embedding_a_private_ipv4_are_refused(address: str) -> None:
+    with pytest.raises(AddressRefused):
+        check_address(ipaddress.ip_address(address), allow_private=False)
+
+
+def test_broadcast_is_refused_even_with_private_networks_allowed() -> None:
+    with pytest.raises(AddressRefused, match="broadcast"):
+        check_address(ipaddress.ip_address("255.255.255.255"), allow_private=True)
+
+
+def test_a_name_that_does_not_resolve_is_not_an_address_refusal() -> None:
+    with pytest.raises(HostNotFound):
+        asyncio.run(check_host("no-such-host.invalid", 80, allow_private=False))

@@ -1,8 +1,8 @@
 """Connectors: what a block does. One module each, found through a registry.
 
 A connector is a class with a `name`, a pydantic `Config` model and an async `run`.
-Third-party packages add connectors through the `solder.connectors` entry point group
-(see docs/connectors.md).
+Third-party packages add connectors through the `solder.connectors` entry point group:
+each entry point names a Connector subclass, instantiated once.
 """
 
 from __future__ import annotations
@@ -83,6 +83,10 @@ class Connector:
                 if not (isinstance(error.get("input"), str) and has_template(error["input"]))
             ]
         return []
+
+    def redact(self, resolved: Any) -> Any:
+        """The resolved configuration as the log's `inputs` show it, secrets hidden."""
+        return resolved
 
     def parse(self, resolved: Mapping[str, Any]) -> Any:
         """The resolved configuration as the connector's `Config` model."""

@@ -67,7 +67,7 @@ class Database:
     def __init__(self, database_url: str, *, sqlite_synchronous: str = "normal") -> None:
         async_url, self.sync_url = _urls(database_url)
         self.is_sqlite = async_url.get_backend_name() == "sqlite"
-        sqlite_file = _sqlite_file(async_url)
+        sqlite_file = self.sqlite_file = _sqlite_file(async_url)
         if sqlite_file is not None:
             # Logs hold end users' data: a new data directory is readable by its owner only.
             sqlite_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """The schema: every table, as SQLAlchemy Core.
 
-Every table's primary key and indexes lead with `tenant_id`, so that every query is
-scoped by tenant and the tables can later be distributed by tenant (Citus).
+Every table's primary key and the indexes API reads use lead with `tenant_id`, so that
+every query is scoped by tenant and the tables can later be distributed by tenant (Citus).
+The few cross-tenant indexes serve Solder's own sweeps: the dispatch queue and retention.
 Timestamps are integer milliseconds since the epoch (UTC).
 """
 
