@@ -134,9 +134,12 @@ def _trigger(raw: Any, problems: list[tuple[str, str]], previous: Definition | N
     if not isinstance(raw, dict):
         problems.append(("trigger", 'required, an object such as {"type": "webhook"}'))
         return Trigger(str(uuid.uuid4()), "webhook")
+    kind = raw.get("type")
     for key in sorted(set(raw) - {"id", "type", "event", "cron"}):
         problems.append((f"trigger.{key}", "unknown key"))
-    kind = raw.get("type")
+    for key, owner in (("event", "event"), ("cron", "schedule")):
+        if key in raw and kind != owner:
+            problems.append((f"trigger.{key}", f"only {owner} triggers have {key!r}"))
     if kind in LATER_TRIGGER_TYPES:
         problems.append(
             ("trigger.type", f"{kind!r} triggers are not available in this version yet")

@@ -131,8 +131,15 @@ class Engine:
                 log.exception("connector %s failed in execution %s", block.connector, execution_id)
                 error = f"internal error in connector {block.connector!r}: {exc!r}"
             break
+        shown = connector.redact(resolved) if connector else resolved
+        try:
+            data, inputs = _items_text(outputs), _text(shown)
+        except TypeError as exc:  # e.g. an integer beyond 64 bits from an expression
+            error = error or f"the block's output or inputs cannot be stored as JSON: {exc}"
+            unresolved = connector.redact(block.config) if connector else block.config
+            data, inputs = _items_text([[]]), _text(unresolved)
         if error is not None and block.on_error == "continue":
-            outputs = [[{"json": {"error": {"message": error}}}]]
+            data = _items_text([[{"json": {"error": {"message": error}}}]])
         step = {
             "tenant_id": tenant_id,
             "execution_id": execution_id,
@@ -141,8 +148,8 @@ class Engine:
             "block_name": block.name,
             "started_at": started,
             "stopped_at": now_ms(),
-            "data": _text([[_with_id(item) for item in output] for output in outputs]),
-            "inputs": _text(connector.redact(resolved) if connector else resolved),
+            "data": data,
+            "inputs": inputs,
             "error": None if error is None else _text({"message": error, "attempts": attempt}),
             "app_actions": app_actions,
         }
@@ -187,6 +194,10 @@ class Engine:
 
 def _text(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def _items_text(outputs: list[list[Item]]) -> str:
+    return _text([[_with_id(item) for item in output] for output in outputs])
 
 
 def _with_id(item: Item) -> Item:

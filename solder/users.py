@@ -70,11 +70,12 @@ async def page(conn: AsyncConnection, tenant: Tenant, number: int, size: int) ->
 
 
 async def delete(conn: AsyncConnection, tenant: Tenant, ref: str) -> None:
-    """Delete a user, their installations and (once they exist) their credentials.
+    """Delete a user with everything of theirs: installations, credentials, execution logs.
 
-    Their execution logs stay until retention purges them or `erase_logs` is called.
+    The logs go too: once the user is gone no API call could reach them to erase them.
     """
     user = await resolve(conn, tenant, ref)
+    await q.erase_user_logs(conn, tenant.id, user["id"])
     await q.delete_user(conn, tenant.id, user["id"])
 
 

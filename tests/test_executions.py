@@ -301,3 +301,17 @@ def test_a_malformed_url_fails_the_block_with_a_clear_message(api: Api) -> None:
     message = log["results"][1]["error"]["message"]
     assert "not a valid URL" in message
     assert "internal error" not in message
+
+
+def test_an_output_too_big_for_json_fails_the_block_cleanly(api: Api) -> None:
+    huge = "{{ 99999999999 * 99999999999 * 99999999999 }}"
+    definition = {
+        "name": "Huge",
+        "trigger": {"type": "webhook"},
+        "blocks": [{"name": "big", "connector": "transform", "config": {"expression": huge}}],
+    }
+    user_id, workflow_id = setup(api, definition)
+    log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
+    assert log["status"] == "failed"
+    assert "cannot be stored as JSON" in log["results"][1]["error"]["message"]
+    assert log["inputs"][1]["data"] == {"expression": huge}

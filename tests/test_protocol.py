@@ -51,6 +51,16 @@ def test_unknown_or_malformed_key_is_401(server: Server, authorization: str) -> 
         assert_error(client.post("/users", json={"username": "eve"}), 401)
 
 
+@pytest.mark.parametrize("body", [b"{not json", b'{"username": 5}', b"[]"])
+def test_a_bad_body_without_a_key_is_401_not_400(server: Server, body: bytes) -> None:
+    headers = {"content-type": "application/json"}
+    with raw_client(server) as client:
+        assert_error(client.post("/users", content=body, headers=headers), 401)
+        assert_error(client.post("/run/workflow", content=body, headers=headers), 401)
+    with raw_client(server, Authorization=f"bearer {server.new_key('acme')}") as client:
+        assert_error(client.post("/users", content=body, headers=headers), 400)
+
+
 @pytest.mark.parametrize("scheme", ["Bearer", "BEARER", "bearer", "bEaReR"])
 def test_auth_scheme_is_case_insensitive(server: Server, scheme: str) -> None:
     key = server.new_key("acme")
@@ -323,3 +333,31 @@ def test_malformed_query_parameters_never_cause_500(api: Api, params: dict[str, 
         assert response.status_code < 500, (path, response.text)
         if response.status_code >= 400:
             assert_error(response, response.status_code)
+
+
+def test_payload_solder_cannot_store_is_400_and_does_not_run(api: Api) -> None:
+    user_id = api.create_user("ada")
+    workflow_id = api.create_workflow(
+        {
+            "name": "w",
+            "trigger": {"type": "webhook"},
+            "blocks": [
+                {
+                    "name": "t",
+                    "connector": "transform",
+                    "config": {"expression": "{{ trigger.deep }}"},
+                }
+            ],
+        }
+    )
+    api.activate(user_id, workflow_id)
+    for data in ({"n": HUGE}, {"n": -HUGE}, nested(60)):
+        run = {"userId": user_id, "workflowId": workflow_id, "data": data}
+        assert "data" in assert_error(api.post("/run/workflow", json=run), 400)["message"]
+    assert api.logs(workflow_id) == []
+    # The largest integers and the deepest nesting accepted do run, and are logged intact.
+    edge = {"max": 2**64 - 1, "min": -(2**63), "deep": nested(49)}
+    log = api.wait_for(workflow_id, api.run(user_id, workflow_id, edge))
+    assert log["finished"] is True
+    assert log["results"][0]["data"][0][0]["json"] == edge
+    assert log["results"][1]["data"][0][0]["json"] == nested(49)

@@ -28,14 +28,21 @@ def get_solder(request: Request) -> Solder:
 App = Annotated[Solder, Depends(get_solder)]
 
 
-async def get_tenant(
-    solder: App,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Tenant:
-    if credentials is None or not credentials.credentials.strip():
+async def authenticate(solder: Solder, authorization: str | None) -> Tenant:
+    """The tenant whose API key is in an `Authorization: bearer <key>` header."""
+    scheme, _, key = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing API key: send the header `Authorization: bearer <API key>`")
     async with solder.db.read() as conn:
-        return await keys.authenticate(conn, credentials.credentials.strip())
+        return await keys.authenticate(conn, key.strip())
+
+
+async def get_tenant(
+    request: Request,
+    solder: App,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],  # for the docs
+) -> Tenant:
+    return await authenticate(solder, request.headers.get("authorization"))
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_tenant)]

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from solder.api.deps import authenticate
 from solder.api.responses import json_response
 from solder.errors import (
     InvalidRequest,
@@ -16,10 +17,12 @@ from solder.errors import (
     NotFound,
     PayloadTooLarge,
     SolderError,
+    Unauthorized,
     Unavailable,
 )
 
 log = logging.getLogger("solder.api")
+PUBLIC_PATHS = ("/health", "/demo/profiles")
 
 _BY_STATUS: dict[int, type[SolderError]] = {
     400: InvalidRequest,
@@ -53,7 +56,14 @@ def install(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI validates the body before it runs the auth dependency; the contract
+        # wants an unauthenticated request refused as such, whatever its body.
+        if request.url.path not in PUBLIC_PATHS:
+            try:
+                await authenticate(request.app.state.solder, request.headers.get("authorization"))
+            except Unauthorized as unauthorized:
+                return error_response(unauthorized)
         return error_response(InvalidRequest(_validation_message(exc)))
 
     @app.exception_handler(HTTPException)

@@ -1,0 +1,253 @@
+"""GET /workflows/{id}/logs: paging, ordering, the userId filter, bad parameters, live logs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import Api
+from tests.test_protocol import MISSING_ID, assert_error
+from tests.upstream import Reply, Upstream
+
+RUNS = 25
+
+
+def echo_workflow(name: str = "echo") -> dict[str, Any]:
+    return {
+        "name": name,
+        "trigger": {"type": "webhook"},
+        "blocks": [
+            {
+                "name": "double",
+                "connector": "transform",
+                "config": {"expression": "{{ trigger.n * 2 }}"},
+            }
+        ],
+    }
+
+
+def run_all(api: Api, user_id: str, workflow_id: str, count: int) -> list[str]:
+    """Run the workflow `count` times (payload {"n": i}) and wait until every run has ended."""
+    ids = [api.run(user_id, workflow_id, {"n": n}) for n in range(count)]
+    for execution_id in ids:
+        assert api.wait_for(workflow_id, execution_id)["finished"] is True
+    return ids
+
+
+def ids_of(logs: list[dict[str, Any]]) -> list[str]:
+    return [log["executionId"] for log in logs]
+
+
+def payload_n(log: dict[str, Any]) -> int:
+    n: int = log["results"][0]["data"][0][0]["json"]["n"]
+    return n
+
+
+def assert_run_order(logs: list[dict[str, Any]]) -> None:
+    """The logs of all RUNS runs, newest first, their startedAt in the order they were run."""
+    started = [log["startedAt"] for log in logs]
+    assert started == sorted(started, reverse=True)
+    # Runs started one after the other: a later run never has an earlier startedAt
+    # (runs within the same millisecond may come in either order).
+    by_time = sorted(((log["startedAt"], payload_n(log)) for log in logs), reverse=True)
+    assert [n for _, n in by_time] == list(range(RUNS - 1, -1, -1))
+
+
+@pytest.fixture
+def history(api: Api) -> tuple[str, list[str]]:
+    """A workflow with RUNS ended executions of one user; their ids in the order they ran."""
+    user_id = api.create_user("ada")
+    workflow_id = api.create_workflow(echo_workflow())
+    api.activate(user_id, workflow_id)
+    return workflow_id, run_all(api, user_id, workflow_id, RUNS)
+
+
+def test_default_is_ten_newest_first(api: Api, history: tuple[str, list[str]]) -> None:
+    workflow_id, ids = history
+    logs = api.logs(workflow_id)
+    assert len(logs) == 10
+    started = [log["startedAt"] for log in logs]
+    assert started == sorted(started, reverse=True)
+    assert set(ids_of(logs)) <= set(ids)
+    rest = api.logs(workflow_id, page=2) + api.logs(workflow_id, page=3)
+    assert min(started) >= max(log["startedAt"] for log in rest)
+    assert_run_order(logs + rest)
+    for log in logs:
+        assert log["results"][1]["data"][0][0]["json"] == payload_n(log) * 2
+
+
+def test_pages_have_the_right_sizes_and_then_end(api: Api, history: tuple[str, list[str]]) -> None:
+    workflow_id, _ = history
+    sizes = [len(api.logs(workflow_id, page=page)) for page in (1, 2, 3, 4, 5)]
+    assert sizes == [10, 10, 5, 0, 0]
+    response = api.get(f"/workflows/{workflow_id}/logs", params={"page": 4})
+    assert response.json() == {"data": []}
+    assert [len(api.logs(workflow_id, page=p, limit=30)) for p in (1, 2)] == [25, 0]
+    assert [len(api.logs(workflow_id, page=p, limit=7)) for p in (1, 2, 3, 4)] == [7, 7, 7, 4]
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+@pytest.mark.parametrize("limit", [1, 7, 10, 30])
+def test_pages_neither_overlap_nor_leave_gaps(
+    api: Api, history: tuple[str, list[str]], order: str, limit: int
+) -> None:
+    workflow_id, ids = history
+    seen: list[str] = []
+    page = 1
+    while batch := api.logs(workflow_id, page=page, limit=limit, order=order):
+        seen += ids_of(batch)
+        page += 1
+    assert len(seen) == len(set(seen)) == RUNS
+    assert set(seen) == set(ids)
+    assert page == -(-RUNS // limit) + 1
+    whole = ids_of(api.logs(workflow_id, limit=30, order=order))
+    assert seen == whole
+
+
+def test_asc_is_the_reverse_of_desc(api: Api, history: tuple[str, list[str]]) -> None:
+    workflow_id, ids = history
+    desc = ids_of(api.logs(workflow_id, limit=30, order="desc"))
+    asc = ids_of(api.logs(workflow_id, limit=30, order="asc"))
+    assert asc == list(reversed(desc))
+    assert sorted(asc) == sorted(ids)
+    assert_run_order(api.logs(workflow_id, limit=30))
+    assert ids_of(api.logs(workflow_id, order="asc", page=3)) == asc[20:]
+    assert ids_of(api.logs(workflow_id, limit=30)) == desc
+
+
+def test_page_size_and_sort_order_are_aliases(api: Api, history: tuple[str, list[str]]) -> None:
+    workflow_id, _ = history
+    assert ids_of(api.logs(workflow_id, pageSize=4)) == ids_of(api.logs(workflow_id, limit=4))
+    assert len(api.logs(workflow_id, pageSize=30)) == RUNS
+    asc = ids_of(api.logs(workflow_id, limit=30, order="asc"))
+    assert ids_of(api.logs(workflow_id, limit=30, sortOrder="asc")) == asc
+    assert ids_of(api.logs(workflow_id, pageSize=5, sortOrder="asc", page=2)) == asc[5:10]
+    desc = ids_of(api.logs(workflow_id, limit=30, sortOrder="desc"))
+    assert desc == list(reversed(asc))
+
+
+def test_user_filter_by_id_and_by_username(api: Api) -> None:
+    workflow_id = api.create_workflow(echo_workflow())
+    ada, bob = api.create_user("ada"), api.create_user("bob")
+    for user_id in (ada, bob):
+        api.activate(user_id, workflow_id)
+    ada_runs = run_all(api, ada, workflow_id, 3)
+    bob_runs = run_all(api, bob, workflow_id, 2)
+
+    assert sorted(ids_of(api.logs(workflow_id, userId=ada))) == sorted(ada_runs)
+    assert sorted(ids_of(api.logs(workflow_id, userId="ada"))) == sorted(ada_runs)
+    assert sorted(ids_of(api.logs(workflow_id, userId=bob))) == sorted(bob_runs)
+    assert sorted(ids_of(api.logs(workflow_id, userId="bob"))) == sorted(bob_runs)
+    everyone = ids_of(api.logs(workflow_id))
+    assert sorted(everyone) == sorted(ada_runs + bob_runs)
+    assert ids_of(api.logs(workflow_id, userId="")) == everyone
+    assert [len(api.logs(workflow_id, userId=ada, limit=2, page=p)) for p in (1, 2, 3)] == [2, 1, 0]
+
+
+def test_user_without_runs_gets_an_empty_list(api: Api) -> None:
+    workflow_id = api.create_workflow(echo_workflow())
+    ada = api.create_user("ada")
+    api.create_user("carol")
+    api.activate(ada, workflow_id)
+    run_all(api, ada, workflow_id, 1)
+    assert api.logs(workflow_id, userId="carol") == []
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": "0"},
+        {"limit": "31"},
+        {"limit": "abc"},
+        {"limit": "-5"},
+        {"limit": "2.5"},
+        {"pageSize": "0"},
+        {"pageSize": "31"},
+        {"pageSize": "abc"},
+        {"page": "0"},
+        {"page": "-1"},
+        {"page": "x"},
+        {"order": "sideways"},
+        {"order": "ascending"},
+        {"sortOrder": "up"},
+    ],
+)
+def test_bad_parameters_are_400_in_shape(api: Api, params: dict[str, str]) -> None:
+    workflow_id = api.create_workflow(echo_workflow())
+    response = api.get(f"/workflows/{workflow_id}/logs", params=params)
+    body = assert_error(response, 400)
+    assert body == {"error": "invalid_request", "message": body["message"], "status": 400}
+    name = next(iter(params))
+    assert {"pageSize": "limit", "sortOrder": "order"}.get(name, name) in body["message"]
+
+
+def test_limit_message_names_the_bounds(api: Api) -> None:
+    workflow_id = api.create_workflow(echo_workflow())
+    response = api.get(f"/workflows/{workflow_id}/logs", params={"limit": 31})
+    assert assert_error(response, 400)["message"] == "limit must be between 1 and 30"
+
+
+@pytest.mark.parametrize("workflow", [MISSING_ID, "no-such-workflow"])
+def test_unknown_workflow_is_404(api: Api, workflow: str) -> None:
+    body = assert_error(api.get(f"/workflows/{workflow}/logs"), 404)
+    assert body["error"] == "not_found"
+
+
+@pytest.mark.parametrize("user", [MISSING_ID, "nobody"])
+def test_unknown_user_is_404(api: Api, user: str) -> None:
+    workflow_id = api.create_workflow(echo_workflow())
+    assert_error(api.get(f"/workflows/{workflow_id}/logs", params={"userId": user}), 404)
+
+
+def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_running_execution_shows_finished_blocks_and_no_stop(api: Api, upstream: Upstream) -> None:
+    upstream.route("/slow", Reply(200, {"ok": True}))
+    workflow_id = api.create_workflow(
+        {
+            "name": "slow",
+            "trigger": {"type": "webhook"},
+            "blocks": [
+                {"name": "before", "connector": "transform", "config": {"expression": "{{ 41 }}"}},
+                {
+                    "name": "call",
+                    "connector": "http",
+                    "config": {"url": f"{upstream.base_url}/slow"},
+                },
+                {"name": "after", "connector": "transform", "config": {"expression": "{{ 42 }}"}},
+            ],
+        }
+    )
+    blocks = api.get(f"/workflows/{workflow_id}").json()["data"]["blocks"]
+    trigger_id, before_id, call_id, after_id = (block["id"] for block in blocks)
+    user_id = api.create_user("ada")
+    api.activate(user_id, workflow_id)
+    upstream.hold()
+    try:
+        execution_id = api.run(user_id, workflow_id, {"x": 1})
+        until(lambda: len(upstream.requests) == 1)
+        (log,) = api.logs(workflow_id)
+        assert log["executionId"] == execution_id
+        assert log["stoppedAt"] is None
+        assert log["finished"] is False
+        assert [r["connectorId"] for r in log["results"]] == [trigger_id, before_id]
+        assert [i["connectorId"] for i in log["inputs"]] == [trigger_id, before_id]
+        assert log["results"][1]["data"] == [
+            [{"json": 41, "id": log["results"][1]["data"][0][0]["id"]}]
+        ]
+        assert all(result["stoppedAt"] is not None for result in log["results"])
+    finally:
+        upstream.release()
+    done = api.wait_for(workflow_id, execution_id)
+    assert done["finished"] is True
+    assert done["stoppedAt"] is not None
+    assert [r["connectorId"] for r in done["results"]] == [trigger_id, before_id, call_id, after_id]
+    assert done["results"][:2] == log["results"]
