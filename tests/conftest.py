@@ -135,6 +135,13 @@ class Api(httpx.Client):
         )
         assert response.status_code == 200, response.text
 
+    def install(self, definition: dict[str, Any], username: str = "ada") -> tuple[str, str]:
+        """A new user with a new workflow activated: their ids."""
+        user_id = self.create_user(username)
+        workflow_id = self.create_workflow(definition)
+        self.activate(user_id, workflow_id)
+        return user_id, workflow_id
+
     def run(self, user_id: str, workflow_id: str, data: dict[str, Any] | None = None) -> str:
         response = self.post(
             "/run/workflow",

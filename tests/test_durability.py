@@ -86,9 +86,7 @@ def test_sigkill_with_runs_queued_and_in_flight_loses_nothing(
     first = ServeProcess(env, log)
     headers = {"Authorization": f"bearer {key}"}
     with Api(base_url=first.base_url, headers=headers, timeout=TIMEOUT) as api:
-        user_id = api.create_user("ada")
-        workflow_id = api.create_workflow(workflow(upstream))
-        api.activate(user_id, workflow_id)
+        user_id, workflow_id = api.install(workflow(upstream))
         upstream.hold()  # the first runs block in their http call; the rest stay queued
         accepted = {api.run(user_id, workflow_id, {"n": n}): n for n in range(RUNS)}
         deadline = time.monotonic() + TIMEOUT
@@ -121,9 +119,7 @@ def test_runs_queued_at_shutdown_finish_after_restart(
     key = first.new_key("acme")
     client = httpx.Client(headers={"Authorization": f"bearer {key}"}, timeout=TIMEOUT)
     with Api(base_url=first.base_url, headers=client.headers, timeout=TIMEOUT) as api:
-        user_id = api.create_user("ada")
-        workflow_id = api.create_workflow(workflow(upstream))
-        api.activate(user_id, workflow_id)
+        user_id, workflow_id = api.install(workflow(upstream))
         upstream.hold()
         accepted = {api.run(user_id, workflow_id, {"n": n}): n for n in range(5)}
     first.stop()  # the grace period ends with a run in flight and four queued

@@ -34,18 +34,11 @@ def call_then_transform(upstream: Upstream, **http: Any) -> dict[str, Any]:
     }
 
 
-def setup(api: Api, definition: dict[str, Any]) -> tuple[str, str]:
-    user_id = api.create_user("ada")
-    workflow_id = api.create_workflow(definition)
-    api.activate(user_id, workflow_id)
-    return user_id, workflow_id
-
-
 def test_a_failing_block_fails_the_execution_with_its_error_in_the_log(
     api: Api, upstream: Upstream
 ) -> None:
     upstream.route("/hook", Reply(422, {"detail": "email is invalid"}))
-    user_id, workflow_id = setup(api, call_then_transform(upstream))
+    user_id, workflow_id = api.install(call_then_transform(upstream))
 
     log = api.wait_for(workflow_id, api.run(user_id, workflow_id, {"email": "nope"}))
 
@@ -70,7 +63,7 @@ def test_on_error_continue_records_the_error_as_output_and_goes_on(
     api: Api, upstream: Upstream
 ) -> None:
     upstream.route("/hook", Reply(500, {"oops": True}))
-    user_id, workflow_id = setup(api, call_then_transform(upstream, onError="continue"))
+    user_id, workflow_id = api.install(call_then_transform(upstream, onError="continue"))
 
     log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
 
@@ -89,7 +82,7 @@ def test_retry_succeeds_on_the_third_attempt(api: Api, upstream: Upstream) -> No
 
     upstream.route("/hook", flaky)
     retry = {"attempts": 3, "backoff": "fixed", "delayMs": 10}
-    user_id, workflow_id = setup(api, call_then_transform(upstream, retry=retry))
+    user_id, workflow_id = api.install(call_then_transform(upstream, retry=retry))
 
     log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
 
@@ -105,7 +98,7 @@ def test_retry_succeeds_on_the_third_attempt(api: Api, upstream: Upstream) -> No
 def test_client_errors_are_not_retried(api: Api, upstream: Upstream) -> None:
     upstream.route("/hook", Reply(404, {}))
     retry = {"attempts": 3, "backoff": "fixed", "delayMs": 10}
-    user_id, workflow_id = setup(api, call_then_transform(upstream, retry=retry))
+    user_id, workflow_id = api.install(call_then_transform(upstream, retry=retry))
     log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
     assert log["finished"] is False
     assert len(upstream.requests) == 1
@@ -115,7 +108,7 @@ def test_rerun_makes_a_new_execution_with_the_same_trigger_data(
     api: Api, upstream: Upstream
 ) -> None:
     upstream.route("/hook", lambda request: Reply(200, {"echo": request.body.decode()}))
-    user_id, workflow_id = setup(api, call_then_transform(upstream))
+    user_id, workflow_id = api.install(call_then_transform(upstream))
     original_id = api.run(user_id, workflow_id, {"email": "ada@example.com"})
     original = api.wait_for(workflow_id, original_id)
 
@@ -135,7 +128,7 @@ def test_rerun_makes_a_new_execution_with_the_same_trigger_data(
 
 
 def test_rerun_of_an_unknown_execution_is_404(api: Api, upstream: Upstream) -> None:
-    _, workflow_id = setup(api, call_then_transform(upstream))
+    _, workflow_id = api.install(call_then_transform(upstream))
     response = api.post(f"/workflows/{workflow_id}/rerun/aaaaaaaaaaaaaaaaaaaaa")
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
@@ -145,7 +138,7 @@ def test_idempotency_key_returns_the_first_answer_and_runs_once(
     api: Api, upstream: Upstream
 ) -> None:
     upstream.route("/hook", Reply(200, {}))
-    user_id, workflow_id = setup(api, call_then_transform(upstream))
+    user_id, workflow_id = api.install(call_then_transform(upstream))
     body = {"userId": user_id, "workflowId": workflow_id, "data": {"n": 1}}
     headers = {"Idempotency-Key": "signup-42"}
 
@@ -163,7 +156,7 @@ def test_idempotency_key_returns_the_first_answer_and_runs_once(
 def test_idempotency_key_reused_with_another_request_is_refused(
     api: Api, upstream: Upstream
 ) -> None:
-    user_id, workflow_id = setup(api, call_then_transform(upstream))
+    user_id, workflow_id = api.install(call_then_transform(upstream))
     headers = {"Idempotency-Key": "k"}
     body = {"userId": user_id, "workflowId": workflow_id, "data": {"n": 1}}
     assert api.post("/run/workflow", json=body, headers=headers).status_code == 200
@@ -177,7 +170,7 @@ def test_concurrent_requests_with_one_idempotency_key_run_once(
     api: Api, upstream: Upstream
 ) -> None:
     upstream.route("/hook", Reply(200, {}))
-    user_id, workflow_id = setup(api, call_then_transform(upstream))
+    user_id, workflow_id = api.install(call_then_transform(upstream))
     body = {"userId": user_id, "workflowId": workflow_id, "data": {}}
     start = threading.Barrier(8)
 
@@ -198,7 +191,7 @@ def test_concurrent_requests_with_one_idempotency_key_run_once(
 def test_analytics_counts_runs_errors_and_calls_to_other_apps(api: Api, upstream: Upstream) -> None:
     replies = iter([Reply(200, {}), Reply(200, {}), Reply(400, {})])
     upstream.route("/hook", lambda _request: next(replies))
-    user_id, workflow_id = setup(api, call_then_transform(upstream))
+    user_id, workflow_id = api.install(call_then_transform(upstream))
     for _ in range(3):
         api.wait_for(workflow_id, api.run(user_id, workflow_id))
 
@@ -215,7 +208,7 @@ def test_an_expression_error_fails_the_block_with_a_clear_message(api: Api) -> N
             {"name": "boom", "connector": "transform", "config": {"expression": "{{ 1 + 'a' }}"}}
         ],
     }
-    user_id, workflow_id = setup(api, definition)
+    user_id, workflow_id = api.install(definition)
     log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
     assert log["status"] == "failed"
     assert "1 + 'a'" in log["results"][1]["error"]["message"]
@@ -226,7 +219,7 @@ def test_the_http_connector_refuses_private_addresses_unless_allowed(
 ) -> None:
     server = make_server(http_allow_private_networks=False)
     with api_client(server) as api:
-        user_id, workflow_id = setup(api, call_then_transform(upstream))
+        user_id, workflow_id = api.install(call_then_transform(upstream))
         log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
     assert log["status"] == "failed"
     assert "SOLDER_HTTP_ALLOW_PRIVATE_NETWORKS" in log["results"][1]["error"]["message"]
@@ -244,7 +237,7 @@ def test_a_runaway_expression_fails_its_block_and_the_server_keeps_answering(
         "blocks": [{"name": "loop", "connector": "transform", "config": {"expression": forever}}],
     }
     with api_client(server) as api:
-        user_id, workflow_id = setup(api, definition)
+        user_id, workflow_id = api.install(definition)
         log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
         assert api.get("/health").status_code == 200
     assert log["status"] == "failed"
@@ -257,7 +250,7 @@ def test_an_oversized_response_fails_the_block_instead_of_filling_the_log(
     upstream.route("/hook", Reply(200, {"blob": "x" * 10_000}))
     server = make_server(http_max_response_bytes=2048)
     with api_client(server) as api:
-        user_id, workflow_id = setup(api, call_then_transform(upstream))
+        user_id, workflow_id = api.install(call_then_transform(upstream))
         log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
     assert log["status"] == "failed"
     assert "SOLDER_HTTP_MAX_RESPONSE_BYTES" in log["results"][1]["error"]["message"]
@@ -274,7 +267,7 @@ def test_secret_headers_and_query_values_are_redacted_from_the_log(
         headers={"Authorization": "Bearer s3cret-header", "X-Trace": "visible"},
         query={"api_key": "s3cret-query", "q": "visible-too"},
     )
-    user_id, workflow_id = setup(api, definition)
+    user_id, workflow_id = api.install(definition)
 
     log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
 
@@ -296,7 +289,7 @@ def test_a_malformed_url_fails_the_block_with_a_clear_message(api: Api) -> None:
         "trigger": {"type": "webhook"},
         "blocks": [{"name": "call", "connector": "http", "config": {"url": "http://[::1"}}],
     }
-    user_id, workflow_id = setup(api, definition)
+    user_id, workflow_id = api.install(definition)
     log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
     message = log["results"][1]["error"]["message"]
     assert "not a valid URL" in message
@@ -310,7 +303,7 @@ def test_an_output_too_big_for_json_fails_the_block_cleanly(api: Api) -> None:
         "trigger": {"type": "webhook"},
         "blocks": [{"name": "big", "connector": "transform", "config": {"expression": huge}}],
     }
-    user_id, workflow_id = setup(api, definition)
+    user_id, workflow_id = api.install(definition)
     log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
     assert log["status"] == "failed"
     assert "cannot be stored as JSON" in log["results"][1]["error"]["message"]

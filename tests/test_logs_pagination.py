@@ -59,9 +59,7 @@ def assert_run_order(logs: list[dict[str, Any]]) -> None:
 @pytest.fixture
 def history(api: Api) -> tuple[str, list[str]]:
     """A workflow with RUNS ended executions of one user; their ids in the order they ran."""
-    user_id = api.create_user("ada")
-    workflow_id = api.create_workflow(echo_workflow())
-    api.activate(user_id, workflow_id)
+    user_id, workflow_id = api.install(echo_workflow())
     return workflow_id, run_all(api, user_id, workflow_id, RUNS)
 
 

@@ -301,9 +301,7 @@ ENDPOINTS = [
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 def test_malformed_bodies_never_cause_500(api: Api, method: str, path: str) -> None:
-    user_id = api.create_user("ada")
-    workflow_id = api.create_workflow({"name": "w", "trigger": {"type": "webhook"}})
-    api.activate(user_id, workflow_id)
+    user_id, workflow_id = api.install({"name": "w", "trigger": {"type": "webhook"}})
     statuses = set()
     for body in MALFORMED:
         content = json.dumps(body).replace("WORKFLOW", workflow_id).encode()

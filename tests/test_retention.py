@@ -27,9 +27,7 @@ def test_logs_past_retention_are_purged_and_running_ones_kept(
     # Retention of about a second, swept often.
     server = make_server(log_retention_days=1.5 / 86400, retention_sweep_seconds=0.1)
     with api_client(server) as api:
-        user_id = api.create_user("ada")
-        workflow_id = api.create_workflow(definition(upstream))
-        api.activate(user_id, workflow_id)
+        user_id, workflow_id = api.install(definition(upstream))
         done = api.run(user_id, workflow_id)
         api.wait_for(workflow_id, done)
         upstream.hold()
@@ -55,9 +53,7 @@ def test_logs_within_retention_stay(make_server: Callable[..., Server], upstream
     upstream.route("/x", Reply(200, {}))
     server = make_server(retention_sweep_seconds=0.1)
     with api_client(server) as api:
-        user_id = api.create_user("ada")
-        workflow_id = api.create_workflow(definition(upstream))
-        api.activate(user_id, workflow_id)
+        user_id, workflow_id = api.install(definition(upstream))
         execution_id = api.run(user_id, workflow_id)
         api.wait_for(workflow_id, execution_id)
         time.sleep(0.5)

@@ -157,9 +157,7 @@ def test_delete_then_404(api: Api, by: str) -> None:
 
 
 def test_deleted_user_no_longer_runs_workflows(api: Api) -> None:
-    user_id = api.create_user("ada")
-    workflow_id = api.create_workflow(echo_workflow())
-    api.activate(user_id, workflow_id)
+    user_id, workflow_id = api.install(echo_workflow())
     api.delete(f"/users/{user_id}")
     response = api.post("/run/workflow", json={"userId": user_id, "workflowId": workflow_id})
     assert_error(response, 404)

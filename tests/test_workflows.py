@@ -290,9 +290,7 @@ def test_delete_for_one_user_uninstalls_only_for_them(api: Api) -> None:
 
 
 def test_delete_without_user_deletes_the_workflow(api: Api) -> None:
-    user_id = api.create_user("ada")
-    workflow_id = api.create_workflow(workflow())
-    api.activate(user_id, workflow_id)
+    user_id, workflow_id = api.install(workflow())
     api.wait_for(workflow_id, api.run(user_id, workflow_id))
     response = api.delete(f"/workflows/{workflow_id}")
     assert response.status_code == 200
