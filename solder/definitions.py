@@ -7,20 +7,22 @@ The format is public API: docs/workflows.md describes it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from croniter import croniter
 
 from solder.connectors import Connector
 from solder.errors import InvalidDefinition, InvalidRequest
 from solder.expressions import ExpressionError, parse_template, referenced_blocks, templates_in
 
-TRIGGER_TYPES = ("webhook",)
-# Trigger types of the format that this version does not run yet.
-LATER_TRIGGER_TYPES = ("event", "schedule")
+TRIGGER_TYPES = ("webhook", "event", "schedule")
 ON_ERROR = ("stop", "continue")
 BACKOFF = ("fixed", "exponential")
-_BLOCK_KEYS = {"id", "name", "connector", "config", "retry", "onError"}
+_BLOCK_KEYS = {"id", "name", "connector", "config", "retry", "onError", "blocks"}
+# Names expressions use for other things than blocks.
+_RESERVED_NAMES = {"trigger", "item", "user"}
 _ROOT_KEYS = {"name", "description", "trigger", "blocks"}
 _MAX_ATTEMPTS = 10
 # What Solder can store and serve as JSON: 64-bit integers, and nesting well within the
@@ -44,12 +46,27 @@ class Block:
     config: Mapping[str, Any]
     retry: Retry
     on_error: str
+    body: tuple[Block, ...] = ()
+    """A loop's blocks, run once per element."""
+    branches: tuple[tuple[Block, ...], ...] = ()
+    """A branch's blocks: one tuple per path, then the `else` blocks."""
 
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
     id: str
     type: str
+    event: str | None = None
+    cron: str | None = None
+
+
+def walk(blocks: Iterable[Block]) -> Iterator[Block]:
+    """Every block, nested ones included, in document order."""
+    for block in blocks:
+        yield block
+        yield from walk(block.body)
+        for branch in block.branches:
+            yield from walk(branch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +78,7 @@ class Definition:
     """The definition as stored and served, with every id filled in."""
 
     def block_ids(self) -> dict[str, str]:
-        return {block.id: block.name for block in self.blocks}
+        return {block.id: block.name for block in walk(self.blocks)}
 
 
 def parse(
@@ -82,12 +99,12 @@ def parse(
     elif len(name) > 255:
         problems.append(("name", "at most 255 characters"))
     trigger = _trigger(raw.get("trigger"), problems, previous)
-    blocks = _blocks(raw.get("blocks"), connectors, problems, previous)
+    blocks, _ = _Walker(connectors, problems, previous).blocks(raw.get("blocks"), "blocks", set())
     if problems:
         raise InvalidDefinition(problems)
     document: dict[str, Any] = {
         "name": name,
-        "trigger": {"id": trigger.id, "type": trigger.type},
+        "trigger": _trigger_document(trigger),
         "blocks": [_block_document(block) for block in blocks],
     }
     if "description" in raw:
@@ -140,76 +157,143 @@ def _trigger(raw: Any, problems: list[tuple[str, str]], previous: Definition | N
     for key, owner in (("event", "event"), ("cron", "schedule")):
         if key in raw and kind != owner:
             problems.append((f"trigger.{key}", f"only {owner} triggers have {key!r}"))
-    if kind in LATER_TRIGGER_TYPES:
-        problems.append(
-            ("trigger.type", f"{kind!r} triggers are not available in this version yet")
-        )
-    elif kind not in TRIGGER_TYPES:
+    if kind not in TRIGGER_TYPES:
         problems.append(("trigger.type", f"must be one of {', '.join(TRIGGER_TYPES)}"))
+    event = raw.get("event")
+    if kind == "event" and (not isinstance(event, str) or not event.strip() or len(event) > 255):
+        problems.append(("trigger.event", "required for event triggers: the event's name"))
+    cron = raw.get("cron")
+    if kind == "schedule" and not (isinstance(cron, str) and croniter.is_valid(cron)):
+        problems.append(
+            ("trigger.cron", "required for schedule triggers: a cron expression, e.g. '0 9 * * 1'")
+        )
     default_id = previous.trigger.id if previous else str(uuid.uuid4())
     trigger_id = _uuid(raw.get("id"), "trigger.id", problems) or default_id
-    return Trigger(trigger_id, kind if isinstance(kind, str) else "webhook")
+    return Trigger(
+        trigger_id,
+        kind if isinstance(kind, str) else "webhook",
+        event if kind == "event" and isinstance(event, str) else None,
+        cron if kind == "schedule" and isinstance(cron, str) else None,
+    )
 
 
-def _blocks(
-    raw: Any,
-    connectors: Mapping[str, Connector],
-    problems: list[tuple[str, str]],
-    previous: Definition | None,
-) -> list[Block]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        problems.append(("blocks", "must be a list of blocks"))
-        return []
-    previous_ids = {b.name: b.id for b in previous.blocks} if previous else {}
-    blocks: list[Block] = []
-    names_before: set[str] = set()
-    seen_ids: set[str] = set()
-    for index, entry in enumerate(raw):
-        path = f"blocks[{index}]"
+class _Walker:
+    """Walks a list of blocks and the lists nested in it, collecting every problem."""
+
+    def __init__(
+        self,
+        connectors: Mapping[str, Connector],
+        problems: list[tuple[str, str]],
+        previous: Definition | None,
+    ) -> None:
+        self.connectors = connectors
+        self.problems = problems
+        self.previous_ids = {b.name: b.id for b in walk(previous.blocks)} if previous else {}
+        self.names: set[str] = set()
+        self.ids: set[str] = set()
+
+    def blocks(self, raw: Any, path: str, visible: set[str]) -> tuple[list[Block], set[str]]:
+        """The blocks of a list, and the names of all blocks in it (nested ones too).
+
+        `visible` is the names an expression of the first block may refer to; each block
+        adds its own (and its nested blocks') for the blocks after it.
+        """
+        if raw is None:
+            return [], set()
+        if not isinstance(raw, list):
+            self.problems.append((path, "must be a list of blocks"))
+            return [], set()
+        blocks: list[Block] = []
+        seen = set(visible)
+        defined: set[str] = set()
+        for index, entry in enumerate(raw):
+            block = self.block(entry, f"{path}[{index}]", seen)
+            if block is not None:
+                blocks.append(block)
+                inside = {b.name for b in walk([block])}
+                seen |= inside
+                defined |= inside
+        return blocks, defined
+
+    def block(self, entry: Any, path: str, visible: set[str]) -> Block | None:
         if not isinstance(entry, dict):
-            problems.append((path, "must be an object"))
-            continue
+            self.problems.append((path, "must be an object"))
+            return None
         for key in sorted(set(entry) - _BLOCK_KEYS):
-            problems.append((f"{path}.{key}", "unknown key"))
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip():
-            problems.append((f"{path}.name", "required, a non-empty string"))
-            name = f"#{index}"
-        elif name in names_before:
-            problems.append((f"{path}.name", f"duplicate block name {name!r}"))
-        elif name == "trigger":
-            problems.append((f"{path}.name", "'trigger' is reserved for the trigger"))
-        block_id = _uuid(entry.get("id"), f"{path}.id", problems)
-        block_id = block_id or previous_ids.get(name) or str(uuid.uuid4())
-        if block_id in seen_ids:
-            problems.append((f"{path}.id", f"duplicate block id {block_id}"))
-        seen_ids.add(block_id)
+            self.problems.append((f"{path}.{key}", "unknown key"))
+        name = self._name(entry.get("name"), path)
+        block_id = _uuid(entry.get("id"), f"{path}.id", self.problems)
+        block_id = block_id or self.previous_ids.get(name) or str(uuid.uuid4())
+        if block_id in self.ids:
+            self.problems.append((f"{path}.id", f"duplicate block id {block_id}"))
+        self.ids.add(block_id)
         connector_name = entry.get("connector")
         config = entry.get("config", {})
         if not isinstance(config, dict):
-            problems.append((f"{path}.config", "must be an object"))
+            self.problems.append((f"{path}.config", "must be an object"))
             config = {}
-        connector = connectors.get(connector_name) if isinstance(connector_name, str) else None
+        body: list[Block] = []
+        branches: list[list[Block]] = []
+        if connector_name == "branch":
+            config, branches = self._branch(config, f"{path}.config", visible)
+        if connector_name == "loop":
+            body, _ = self.blocks(entry.get("blocks", []), f"{path}.blocks", visible)
+            if not entry.get("blocks"):
+                self.problems.append((f"{path}.blocks", "a loop needs blocks to run"))
+        elif "blocks" in entry:
+            self.problems.append((f"{path}.blocks", "only loop blocks hold blocks"))
+        connector = self.connectors.get(connector_name) if isinstance(connector_name, str) else None
         if connector is None:
-            known = ", ".join(sorted(connectors))
-            problems.append((f"{path}.connector", f"unknown connector; known: {known}"))
+            known = ", ".join(sorted(self.connectors))
+            self.problems.append((f"{path}.connector", f"unknown connector; known: {known}"))
         else:
-            problems.extend((f"{path}.config{loc}", msg) for loc, msg in connector.check(config))
-        _check_expressions(config, f"{path}.config", names_before, problems)
-        blocks.append(
-            Block(
-                id=block_id,
-                name=name,
-                connector=connector_name if isinstance(connector_name, str) else "",
-                config=config,
-                retry=_retry(entry.get("retry"), f"{path}.retry", problems),
-                on_error=_on_error(entry.get("onError", "stop"), f"{path}.onError", problems),
+            self.problems.extend(
+                (f"{path}.config{loc}", msg) for loc, msg in connector.check(config)
             )
+        _check_expressions(config, f"{path}.config", visible, self.problems)
+        return Block(
+            id=block_id,
+            name=name,
+            connector=connector_name if isinstance(connector_name, str) else "",
+            config=config,
+            retry=_retry(entry.get("retry"), f"{path}.retry", self.problems),
+            on_error=_on_error(entry.get("onError", "stop"), f"{path}.onError", self.problems),
+            body=tuple(body),
+            branches=tuple(tuple(b) for b in branches),
         )
-        names_before.add(name)
-    return blocks
+
+    def _name(self, raw: Any, path: str) -> str:
+        if not isinstance(raw, str) or not raw.strip():
+            self.problems.append((f"{path}.name", "required, a non-empty string"))
+            return f"#{path}"
+        if raw in self.names:
+            self.problems.append((f"{path}.name", f"duplicate block name {raw!r}"))
+        elif raw in _RESERVED_NAMES:
+            self.problems.append((f"{path}.name", f"{raw!r} is reserved"))
+        self.names.add(raw)
+        return raw
+
+    def _branch(
+        self, config: dict[str, Any], path: str, visible: set[str]
+    ) -> tuple[dict[str, Any], list[list[Block]]]:
+        """The branch's own configuration (conditions only) and its paths' blocks, else last."""
+        own: dict[str, Any] = {k: v for k, v in config.items() if k != "else"}
+        branches: list[list[Block]] = []
+        paths = config.get("paths")
+        if isinstance(paths, list):
+            own["paths"] = []
+            for index, entry in enumerate(paths):
+                where = f"{path}.paths[{index}]"
+                if isinstance(entry, dict):
+                    own["paths"].append({k: v for k, v in entry.items() if k != "blocks"})
+                    blocks, _ = self.blocks(entry.get("blocks", []), f"{where}.blocks", visible)
+                else:
+                    own["paths"].append(entry)
+                    blocks = []
+                branches.append(blocks)
+        otherwise, _ = self.blocks(config.get("else", []), f"{path}.else", visible)
+        branches.append(otherwise)
+        return own, branches
 
 
 def _check_expressions(
@@ -273,14 +357,33 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _trigger_document(trigger: Trigger) -> dict[str, Any]:
+    document = {"id": trigger.id, "type": trigger.type}
+    if trigger.event is not None:
+        document["event"] = trigger.event
+    if trigger.cron is not None:
+        document["cron"] = trigger.cron
+    return document
+
+
 def _block_document(block: Block) -> dict[str, Any]:
+    config = dict(block.config)
+    if block.connector == "branch":
+        *paths, otherwise = block.branches
+        config["paths"] = [
+            {**condition, "blocks": [_block_document(b) for b in blocks]}
+            for condition, blocks in zip(config.get("paths", []), paths, strict=False)
+        ]
+        config["else"] = [_block_document(b) for b in otherwise]
     document: dict[str, Any] = {
         "id": block.id,
         "name": block.name,
         "connector": block.connector,
-        "config": block.config,
+        "config": config,
         "onError": block.on_error,
     }
+    if block.connector == "loop":
+        document["blocks"] = [_block_document(b) for b in block.body]
     if block.retry != Retry():
         document["retry"] = {
             "attempts": block.retry.attempts,

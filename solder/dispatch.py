@@ -33,12 +33,16 @@ class EmbeddedDispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._workers: list[asyncio.Task[None]] = []
+        engine.on_park = self.notify_at
 
     async def start(self) -> None:
         async with self.db.write() as conn:
             resumed = await q.requeue_running(conn)
+            wake_at = await q.next_wake(conn)
         if resumed:
             log.info("resuming %d executions left running by a previous process", resumed)
+        if wake_at is not None:
+            self.notify_at(wake_at)
         self._workers = [
             asyncio.create_task(self._work(), name=f"solder-worker-{n}")
             for n in range(self.concurrency)
@@ -47,6 +51,11 @@ class EmbeddedDispatcher:
     def notify(self) -> None:
         """Tell idle workers that an execution was queued."""
         self._wake.set()
+
+    def notify_at(self, wake_at: int) -> None:
+        """Wake idle workers when a waiting execution is due (ms since the epoch)."""
+        delay = max(0.0, (wake_at - now_ms()) / 1000)
+        asyncio.get_running_loop().call_later(delay, self._wake.set)
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop claiming; give running executions `grace_seconds` to finish, then cancel."""

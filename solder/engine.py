@@ -1,22 +1,33 @@
 """Runs one execution: resolve each block's expressions, call its connector, record the step.
 
 Each finished step is durable before the next block starts. When an execution is run
-again (its process died), the recorded steps are replayed instead of re-run, so it
-resumes after its last finished step.
+again (its process died, or it waited out a delay), the recorded steps are replayed in
+the same order instead of being run, so it resumes after its last finished step. Steps
+are numbered in the order they ran (`seq`); branch decisions and loop lists are derived
+from recorded outputs and the definition, so the replay takes the same path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
 
 from solder import logs
-from solder.connectors import BlockFailed, BlockResult, Connector, Item, RunContext
+from solder.connectors import (
+    BlockFailed,
+    BlockResult,
+    Connector,
+    CredentialLookup,
+    Item,
+    RunContext,
+    no_credentials,
+)
 from solder.definitions import Block, Definition, from_document
 from solder.expressions import ExpressionError, resolve
 from solder.ids import item_id, now_ms
@@ -27,6 +38,41 @@ from solder.store.database import Database
 log = logging.getLogger("solder.engine")
 
 _MAX_BACKOFF_MS = 300_000
+REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """This run ends here: the execution failed in `block`, or (`halt`) it waits for a
+    delay or was ended elsewhere, and must be left as it is."""
+
+    block: str | None = None
+    message: str | None = None
+    halt: bool = False
+
+
+@dataclass
+class _Run:
+    """One execution being run: where it is, and what its expressions can see."""
+
+    tenant_id: str
+    execution_id: str
+    recorded: dict[int, Any]
+    context: dict[str, Any]
+    run_context: RunContext
+    wake_at: int | None
+    wait_started_at: int | None
+    seq: int = 0
+    current: Any = None
+    """The value the latest block produced: what branch and delay pass on."""
+    iteration: list[int] = field(default_factory=list)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+
+CredentialsFor = Callable[[str, str], CredentialLookup]
 
 
 class Engine:
@@ -38,15 +84,19 @@ class Engine:
         settings: Settings,
         http: httpx.AsyncClient,
         connectors: Mapping[str, Connector],
+        credentials_for: CredentialsFor | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.http = http
         self.connectors = connectors
+        self.credentials_for = credentials_for
+        self.on_park: Callable[[int], None] = lambda _wake_at: None
+        """Told when an execution starts waiting, with when it wants to run again."""
         self._definitions: dict[tuple[str, str, int], Definition] = {}
 
     async def run(self, tenant_id: str, execution_id: str) -> None:
-        """Run (or resume) a claimed execution to its end."""
+        """Run (or resume) a claimed execution until it ends or waits."""
         async with self.db.read() as conn:
             execution = await q.execution(conn, tenant_id, execution_id)
             if execution is None or execution["status"] != "running":
@@ -59,25 +109,257 @@ class Engine:
         if definition is None:
             await self._finish(tenant_id, execution_id, "failed", None, "workflow version is gone")
             return
-        context: dict[str, Any] = {
-            "trigger": orjson.loads(execution["trigger_data"]),
-            "blocks": {},
-            "user": {"userId": execution["user_id"], "username": user and user["username"]},
-        }
-        run_context = RunContext(self.settings, self.http, execution_id, context["user"])
-        for seq, block in enumerate(definition.blocks, start=1):
-            step = recorded.get(seq) or await self._run_block(
-                tenant_id, execution_id, seq, block, context, run_context
+        trigger = orjson.loads(execution["trigger_data"])
+        user_view = {"userId": execution["user_id"], "username": user and user["username"]}
+        lookup = (
+            self.credentials_for(tenant_id, execution["user_id"])
+            if self.credentials_for
+            else no_credentials
+        )
+        run = _Run(
+            tenant_id,
+            execution_id,
+            recorded,
+            {"trigger": trigger, "blocks": {}, "user": user_view},
+            RunContext(self.settings, self.http, execution_id, user_view, lookup),
+            execution["wake_at"],
+            execution["wait_started_at"],
+            current=trigger,
+        )
+        stop = await self._run_blocks(run, definition.blocks)
+        if stop is None:
+            await self._finish(tenant_id, execution_id, "succeeded", None, None)
+        elif not stop.halt:
+            await self._finish(tenant_id, execution_id, "failed", stop.block, stop.message)
+
+    async def fail(self, tenant_id: str, execution_id: str, message: str) -> None:
+        """End a running execution as failed, outside of any block."""
+        await self._finish(tenant_id, execution_id, "failed", None, message)
+
+    async def _run_blocks(self, run: _Run, blocks: Sequence[Block]) -> Stop | None:
+        for block in blocks:
+            if block.connector == "branch":
+                stop = await self._branch(run, block)
+            elif block.connector == "loop":
+                stop = await self._loop(run, block)
+            elif block.connector == "delay":
+                stop = await self._delay(run, block)
+            else:
+                stop = await self._step(run, block)
+            if stop is not None:
+                return stop
+        return None
+
+    async def _step(self, run: _Run, block: Block) -> Stop | None:
+        """Run one connector block (or replay its recorded step)."""
+        seq = run.next_seq()
+        step = run.recorded.get(seq) or await self._call(run, seq, block)
+        return self._after(run, block, step)
+
+    def _after(self, run: _Run, block: Block, step: Mapping[Any, Any] | None) -> Stop | None:
+        """Make a block's step visible to the blocks after it; stop where it must."""
+        if step is None:  # the execution was erased or ended elsewhere while it ran
+            return Stop(halt=True)
+        outputs = orjson.loads(step["data"])
+        # A loop's value is always the list of its iterations' results, even of one.
+        value = (
+            [i["json"] for i in outputs[0]] if block.connector == "loop" else _block_value(outputs)
+        )
+        run.context["blocks"][block.name] = value
+        run.current = value
+        if step["error"] is not None and block.on_error == "stop":
+            return Stop(block.name, orjson.loads(step["error"])["message"])
+        return None
+
+    async def _branch(self, run: _Run, block: Block) -> Stop | None:
+        seq = run.next_seq()
+        step = run.recorded.get(seq)
+        if step is None:
+            started = now_ms()
+            taken, conditions, error = len(block.branches) - 1, [], None
+            try:
+                for index, path in enumerate(block.config["paths"]):
+                    holds = _truthy(self._resolve(path["when"], run))
+                    conditions.append({"when": holds})
+                    if holds:
+                        taken = index
+                        break
+            except ExpressionError as exc:
+                error = str(exc)
+            outputs: list[list[Item]] = [[] for _ in block.branches]
+            if error is None:
+                outputs[taken] = [{"json": run.current}]
+            step = await self._record(
+                run, seq, block, started, outputs, {"paths": conditions}, error, 1
             )
-            if step is None:  # the execution was erased while it ran
-                return
-            outputs = orjson.loads(step["data"])
-            context["blocks"][block.name] = _block_value(outputs)
-            if step["error"] is not None and block.on_error == "stop":
-                message = orjson.loads(step["error"])["message"]
-                await self._finish(tenant_id, execution_id, "failed", block.name, message)
-                return
-        await self._finish(tenant_id, execution_id, "succeeded", None, None)
+        stop = self._after(run, block, step)
+        if stop is not None or step is None or step["error"] is not None:
+            return stop
+        data = orjson.loads(step["data"])
+        taken = next((i for i, output in enumerate(data) if output), len(data) - 1)
+        return await self._run_blocks(run, block.branches[taken])
+
+    async def _loop(self, run: _Run, block: Block) -> Stop | None:
+        seq = run.next_seq()
+        started = now_ms()
+        if seq + 1 in run.recorded:  # resuming inside the loop: it began back then
+            started = run.recorded[seq + 1]["started_at"]
+        error = None
+        elements: list[Any] = []
+        try:
+            over = self._resolve(block.config["over"], run)
+            elements = over if isinstance(over, list) else ([] if over is None else [over])
+        except ExpressionError as exc:
+            error = str(exc)
+        results: list[Item] = []
+        outer_item = run.context.get("item")
+        for index, element in enumerate(elements if error is None else []):
+            run.context["item"] = element
+            run.iteration.append(index)
+            stop = await self._run_blocks(run, block.body)
+            run.iteration.pop()
+            if stop is not None:
+                return stop
+            results.append({"json": run.current})
+        if outer_item is None:
+            run.context.pop("item", None)
+        else:
+            run.context["item"] = outer_item
+        # The loop's step is recorded after its body's, but its seq was taken first: the
+        # log lists steps in the order they started, and replays number them the same.
+        step = run.recorded.get(seq) or await self._record(
+            run, seq, block, started, [results], {"over": elements}, error, 1
+        )
+        return self._after(run, block, step)
+
+    async def _delay(self, run: _Run, block: Block) -> Stop | None:
+        seq = run.next_seq()
+        step = run.recorded.get(seq)
+        if step is None:
+            try:
+                seconds = float(self._resolve(block.config["seconds"], run))
+            except (ExpressionError, TypeError, ValueError) as exc:
+                return self._after(
+                    run,
+                    block,
+                    await self._record(run, seq, block, now_ms(), [[]], {}, f"{exc}", 1),
+                )
+            now = now_ms()
+            if run.wake_at is None and seconds > 0:
+                await self._park(run, now + int(seconds * 1000), now)
+                return Stop(halt=True)
+            started = run.wait_started_at or now
+            step = await self._record(
+                run, seq, block, started, [[{"json": run.current}]], {"seconds": seconds}, None, 1
+            )
+            run.wake_at = run.wait_started_at = None
+        return self._after(run, block, step)
+
+    async def _park(self, run: _Run, wake_at: int, since: int) -> None:
+        """Put the execution back in the queue until `wake_at`, holding no worker."""
+        async with self.db.write() as conn:
+            parked = await q.park_execution(
+                conn, run.tenant_id, run.execution_id, wake_at=wake_at, since=since
+            )
+        if parked:
+            self.on_park(wake_at)
+
+    def _resolve(self, value: Any, run: _Run) -> Any:
+        return resolve(value, run.context, self.settings.expression_timeout_ms)
+
+    async def _call(self, run: _Run, seq: int, block: Block) -> Mapping[Any, Any] | None:
+        """Run a connector block, with its retries, and record the step."""
+        started = now_ms()
+        resolved: Any = block.config
+        outputs: list[list[Item]] = [[]]
+        error: str | None = None
+        errors: list[str] = []
+        app_actions = 0
+        attempt = 0
+        connector = self.connectors.get(block.connector)
+        while True:
+            attempt += 1
+            try:
+                if connector is None:
+                    raise BlockFailed(f"connector {block.connector!r} is not installed")
+                resolved = self._resolve(block.config, run)
+                result: BlockResult = await connector.run(
+                    connector.parse(resolved), run.run_context
+                )
+                outputs, error = result.outputs, None
+                app_actions += result.app_actions
+            except ExpressionError as exc:
+                error = str(exc)
+            except BlockFailed as exc:
+                app_actions += exc.app_actions
+                outputs, error = [exc.items], exc.message
+                if exc.retryable and attempt < block.retry.attempts:
+                    errors.append(exc.message)
+                    await asyncio.sleep(_backoff_ms(block, attempt, exc.retry_after_ms) / 1000)
+                    continue
+            except Exception as exc:
+                log.exception(
+                    "connector %s failed in execution %s", block.connector, run.execution_id
+                )
+                error = f"internal error in connector {block.connector!r}: {exc!r}"
+            break
+        shown = connector.redact(resolved) if connector else resolved
+        meta = {"attempts": attempt, "lastError": errors[-1]} if errors else {}
+        return await self._record(
+            run, seq, block, started, outputs, shown, error, attempt, meta, app_actions
+        )
+
+    async def _record(
+        self,
+        run: _Run,
+        seq: int,
+        block: Block,
+        started: int,
+        outputs: list[list[Item]],
+        inputs: Any,
+        error: str | None,
+        attempts: int,
+        meta: Mapping[str, Any] | None = None,
+        app_actions: int = 0,
+    ) -> Mapping[Any, Any] | None:
+        """Write one finished step durably; None if the execution is no longer running."""
+        meta = dict(meta or {})
+        if run.iteration:
+            meta["iteration"] = run.iteration[-1]
+        try:
+            data, inputs_text = _items_text(outputs), _text(inputs)
+        except TypeError as exc:  # e.g. an integer beyond 64 bits from an expression
+            error = error or f"the block's output or inputs cannot be stored as JSON: {exc}"
+            connector = self.connectors.get(block.connector)
+            unresolved = connector.redact(block.config) if connector else block.config
+            data, inputs_text = _items_text([[]]), _text(unresolved)
+        if error is not None and block.on_error == "continue":
+            data = _items_text([[{"json": {"error": {"message": error}}}]])
+        secrets = run.run_context.secrets
+        step = {
+            "tenant_id": run.tenant_id,
+            "execution_id": run.execution_id,
+            "seq": seq,
+            "connector_id": block.id,
+            "block_name": block.name,
+            "started_at": started,
+            "stopped_at": now_ms(),
+            "data": scrub(data, secrets),
+            "inputs": scrub(inputs_text, secrets),
+            "error": None
+            if error is None
+            else scrub(_text({"message": error, "attempts": attempts}), secrets),
+            "meta": scrub(_text(meta), secrets) if meta else None,
+            "app_actions": app_actions,
+        }
+        async with self.db.write() as conn:
+            current = await q.execution(conn, run.tenant_id, run.execution_id)
+            if current is None or current["status"] != "running":
+                return None
+            await q.insert_step(conn, **step)
+            if block.connector == "delay":
+                await q.clear_wait(conn, run.tenant_id, run.execution_id)
+        return step
 
     async def _definition(
         self, conn: q.Conn, tenant_id: str, workflow_id: str, version: int
@@ -91,78 +373,6 @@ class Engine:
                 self._definitions.clear()
             self._definitions[key] = from_document(orjson.loads(row["definition"]), self.connectors)
         return self._definitions[key]
-
-    async def _run_block(
-        self,
-        tenant_id: str,
-        execution_id: str,
-        seq: int,
-        block: Block,
-        context: Mapping[str, Any],
-        run_context: RunContext,
-    ) -> dict[str, Any] | None:
-        started = now_ms()
-        resolved: Any = block.config
-        outputs: list[list[Item]] = [[]]
-        error: str | None = None
-        app_actions = 0
-        attempt = 0
-        connector = self.connectors.get(block.connector)
-        while True:
-            attempt += 1
-            try:
-                if connector is None:
-                    raise BlockFailed(f"connector {block.connector!r} is not installed")
-                resolved = resolve(block.config, context, self.settings.expression_timeout_ms)
-                result: BlockResult = await connector.run(connector.parse(resolved), run_context)
-                outputs = result.outputs
-                app_actions += result.app_actions
-                error = None
-            except ExpressionError as exc:
-                error = str(exc)
-            except BlockFailed as exc:
-                app_actions += exc.app_actions
-                outputs = [exc.items]
-                error = exc.message
-                if exc.retryable and attempt < block.retry.attempts:
-                    await asyncio.sleep(_backoff_ms(block, attempt) / 1000)
-                    continue
-            except Exception as exc:
-                log.exception("connector %s failed in execution %s", block.connector, execution_id)
-                error = f"internal error in connector {block.connector!r}: {exc!r}"
-            break
-        shown = connector.redact(resolved) if connector else resolved
-        try:
-            data, inputs = _items_text(outputs), _text(shown)
-        except TypeError as exc:  # e.g. an integer beyond 64 bits from an expression
-            error = error or f"the block's output or inputs cannot be stored as JSON: {exc}"
-            unresolved = connector.redact(block.config) if connector else block.config
-            data, inputs = _items_text([[]]), _text(unresolved)
-        if error is not None and block.on_error == "continue":
-            data = _items_text([[{"json": {"error": {"message": error}}}]])
-        step = {
-            "tenant_id": tenant_id,
-            "execution_id": execution_id,
-            "seq": seq,
-            "connector_id": block.id,
-            "block_name": block.name,
-            "started_at": started,
-            "stopped_at": now_ms(),
-            "data": data,
-            "inputs": inputs,
-            "error": None if error is None else _text({"message": error, "attempts": attempt}),
-            "app_actions": app_actions,
-        }
-        async with self.db.write() as conn:
-            current = await q.execution(conn, tenant_id, execution_id)
-            if current is None or current["status"] != "running":
-                return None
-            await q.insert_step(conn, **step)
-        return step
-
-    async def fail(self, tenant_id: str, execution_id: str, message: str) -> None:
-        """End a running execution as failed, outside of any block."""
-        await self._finish(tenant_id, execution_id, "failed", None, message)
 
     async def _finish(
         self,
@@ -192,6 +402,14 @@ class Engine:
             )
 
 
+def scrub(text: str, secrets: set[str]) -> str:
+    """`text` (JSON) with every secret, as JSON escapes it, replaced by [redacted]."""
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(orjson.dumps(secret).decode()[1:-1], REDACTED)
+    return text
+
+
 def _text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -214,8 +432,15 @@ def _block_value(outputs: Sequence[Sequence[Item]]) -> Any:
     return None
 
 
-def _backoff_ms(block: Block, attempt: int) -> float:
-    delay = block.retry.delay_ms
+def _truthy(value: Any) -> bool:
+    """JSONata's boolean cast: empty strings, arrays and objects, 0 and null are false."""
+    return bool(value)
+
+
+def _backoff_ms(block: Block, attempt: int, retry_after_ms: int | None) -> float:
+    delay = float(block.retry.delay_ms)
     if block.retry.backoff == "exponential":
         delay *= 2 ** (attempt - 1)
+    if retry_after_ms is not None:
+        delay = max(delay, retry_after_ms)
     return min(delay, _MAX_BACKOFF_MS)

@@ -28,6 +28,8 @@ def render(execution: Mapping[Any, Any], steps: Iterable[Mapping[Any, Any]]) -> 
         }
         if step["error"] is not None:
             result["error"] = orjson.loads(step["error"])
+        if step.get("meta"):
+            result.update(orjson.loads(step["meta"]))
         results.append(result)
         inputs.append({"connectorId": step["connector_id"], "data": orjson.loads(step["inputs"])})
     status = execution["status"]

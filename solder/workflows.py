@@ -110,6 +110,9 @@ async def _insert_version(
         version=version,
         definition=orjson.dumps(parsed.document).decode(),
         created_at=now,
+        trigger_type=parsed.trigger.type,
+        trigger_event=parsed.trigger.event,
+        trigger_cron=parsed.trigger.cron,
     )
 
 

@@ -7,7 +7,7 @@ each entry point names a Connector subclass, instantiated once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
@@ -29,6 +29,13 @@ class ConnectorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+CredentialLookup = Callable[[str], Awaitable[Mapping[str, Any]]]
+
+
+async def no_credentials(name: str) -> Mapping[str, Any]:
+    raise BlockFailed(f"no credential named {name!r} for this user")
+
+
 @dataclass
 class RunContext:
     """What a connector may use while it runs one block."""
@@ -37,6 +44,11 @@ class RunContext:
     http: httpx.AsyncClient
     execution_id: str
     user: Mapping[str, Any]
+    credential: CredentialLookup = no_credentials
+    """The user's credential of that name: `{"type": ..., **secret data}`."""
+    secrets: set[str] = field(default_factory=set)
+    """Every secret value the block used (and derived forms, e.g. a Basic header's
+    base64): the engine removes them from whatever it records of the block."""
 
 
 @dataclass
@@ -55,6 +67,8 @@ class BlockFailed(Exception):
     items: list[Item] = field(default_factory=list)
     app_actions: int = 0
     retryable: bool = False
+    retry_after_ms: int | None = None
+    """The least wait before a retry that the other app asked for (`Retry-After`)."""
 
     def __str__(self) -> str:
         return self.message
@@ -65,6 +79,8 @@ class Connector:
 
     name: ClassVar[str]
     Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
+    flow: ClassVar[bool] = False
+    """True for branch, loop and delay: the engine itself does what they do."""
 
     async def run(self, config: Any, ctx: RunContext) -> BlockResult:
         raise NotImplementedError
@@ -114,10 +130,18 @@ def _message(error: Any) -> str:
 @cache
 def registry() -> Mapping[str, Connector]:
     """Every connector by name: the built-in ones, then those of installed plugins."""
+    from solder.connectors.flow import BranchConnector, DelayConnector, LoopConnector
     from solder.connectors.http import HttpConnector
     from solder.connectors.transform import TransformConnector
 
-    found: dict[str, Connector] = {c.name: c for c in (HttpConnector(), TransformConnector())}
+    built_in: tuple[Connector, ...] = (
+        HttpConnector(),
+        TransformConnector(),
+        BranchConnector(),
+        LoopConnector(),
+        DelayConnector(),
+    )
+    found: dict[str, Connector] = {c.name: c for c in built_in}
     for entry in entry_points(group="solder.connectors"):
         connector = entry.load()()
         if connector.name in found:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, select, tuple_, update
+from sqlalchemy import and_, case, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -410,10 +410,13 @@ async def finish_execution(conn: Conn, tenant_id: str, execution_id: str, **valu
 
 
 async def claim_next_execution(conn: Conn, claimed_at: int) -> RowMapping | None:
-    """Mark the oldest queued execution running and return its keys."""
+    """Mark the oldest queued execution that is not waiting running; return its keys."""
     oldest = (
         select(executions.c.tenant_id, executions.c.id)
-        .where(executions.c.status == "queued")
+        .where(
+            executions.c.status == "queued",
+            or_(executions.c.wake_at.is_(None), executions.c.wake_at <= claimed_at),
+        )
         .order_by(executions.c.started_at)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -428,6 +431,39 @@ async def claim_next_execution(conn: Conn, claimed_at: int) -> RowMapping | None
         .returning(executions.c.tenant_id, executions.c.id)
     )
     return result.mappings().first()
+
+
+async def park_execution(
+    conn: Conn, tenant_id: str, execution_id: str, *, wake_at: int, since: int
+) -> int:
+    """Queue a running execution again, to be claimed no sooner than `wake_at`."""
+    result = await conn.execute(
+        update(executions)
+        .where(
+            executions.c.tenant_id == tenant_id,
+            executions.c.id == execution_id,
+            executions.c.status == "running",
+        )
+        .values(status="queued", wake_at=wake_at, wait_started_at=since, claimed_at=None)
+    )
+    return result.rowcount
+
+
+async def clear_wait(conn: Conn, tenant_id: str, execution_id: str) -> None:
+    await conn.execute(
+        update(executions)
+        .where(executions.c.tenant_id == tenant_id, executions.c.id == execution_id)
+        .values(wake_at=None, wait_started_at=None)
+    )
+
+
+async def next_wake(conn: Conn) -> int | None:
+    """When the earliest waiting execution wants to run again."""
+    result = await conn.execute(
+        select(func.min(executions.c.wake_at)).where(executions.c.status == "queued")
+    )
+    value = result.scalar_one()
+    return None if value is None else int(value)
 
 
 async def requeue_running(conn: Conn) -> int:

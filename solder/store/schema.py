@@ -93,6 +93,10 @@ workflow_versions = Table(
     Column("version", Integer, nullable=False),
     Column("definition", Text, nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # The trigger of this version, for finding what an event or a schedule starts.
+    Column("trigger_type", String(32), nullable=False, server_default=text("'webhook'")),
+    Column("trigger_event", String(255)),
+    Column("trigger_cron", String(255)),
     PrimaryKeyConstraint("tenant_id", "workflow_id", "version"),
     ForeignKeyConstraint(
         ["tenant_id", "workflow_id"], ["workflows.tenant_id", "workflows.id"], ondelete="CASCADE"
@@ -110,7 +114,10 @@ installations = Table(
     Column("active", Boolean, nullable=False),
     Column("installed_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # The latest schedule tick already run for this user (schedule triggers only).
+    Column("last_tick_at", BigInteger),
     PrimaryKeyConstraint("tenant_id", "workflow_id", "user_id"),
+    Index("ix_installations_user", "tenant_id", "user_id"),
     ForeignKeyConstraint(
         ["tenant_id", "workflow_id"], ["workflows.tenant_id", "workflows.id"], ondelete="CASCADE"
     ),
@@ -140,6 +147,10 @@ executions = Table(
     Column("error_message", Text),
     Column("app_actions", Integer, nullable=False, server_default=text("0")),
     Column("claimed_at", BigInteger),
+    # A delayed execution waits `queued` until `wake_at`, holding no worker meanwhile;
+    # `wait_started_at` is when its delay block began.
+    Column("wake_at", BigInteger),
+    Column("wait_started_at", BigInteger),
     Column("log", LargeBinary),
     PrimaryKeyConstraint("tenant_id", "id"),
     Index("ix_executions_user_logs", "tenant_id", "workflow_id", "user_id", "started_at", "id"),
@@ -170,12 +181,32 @@ steps = Table(
     Column("data", Text, nullable=False),
     Column("inputs", Text, nullable=False),
     Column("error", Text),
+    # Additive keys of the step's log entry: `iteration` inside a loop, `attempts`, ...
+    Column("meta", Text),
     Column("app_actions", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("tenant_id", "execution_id", "seq"),
     ForeignKeyConstraint(
         ["tenant_id", "execution_id"],
         ["executions.tenant_id", "executions.id"],
         ondelete="CASCADE",
+    ),
+)
+
+# A user's secrets, encrypted at rest; blocks name them, the engine resolves them at run time.
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("tenant_id", String(24), nullable=False),
+    Column("id", String(24), nullable=False),
+    Column("user_id", String(24), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    UniqueConstraint("tenant_id", "user_id", "name"),
+    ForeignKeyConstraint(
+        ["tenant_id", "user_id"], ["users.tenant_id", "users.id"], ondelete="CASCADE"
     ),
 )
 
