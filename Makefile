@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	@touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# The tests also install an example connector plugin, to test the plugin interface.
+$(VENV)/.dev-installed: pyproject.toml tests/plugin/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]' ./tests/plugin
 	@touch $(VENV)/.installed $@
 
 ## install: install Solder into .venv (no dev tools)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from solder import __version__, keys
+from solder.connectors import PluginError
 from solder.errors import NotFound
 from solder.ids import iso_ms
 from solder.settings import Settings
@@ -107,7 +108,10 @@ def serve(
         except AlreadyServing as exc:
             raise _fail(exc.message) from None
         lock.release()  # the server takes it for good as it starts
-    app = create_app(settings, dev=dev)
+    try:
+        app = create_app(settings, dev=dev)
+    except PluginError as exc:
+        raise _fail(str(exc)) from None
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
     server = uvicorn.Server(config)
 

@@ -142,11 +142,21 @@ def registry() -> Mapping[str, Connector]:
         DelayConnector(),
     )
     found: dict[str, Connector] = {c.name: c for c in built_in}
+    origin = dict.fromkeys(found, "solder")
     for entry in entry_points(group="solder.connectors"):
-        connector = entry.load()()
+        try:
+            connector = entry.load()()
+        except Exception as exc:
+            raise PluginError(f"cannot load connector plugin {entry.value}: {exc!r}") from exc
         if connector.name in found:
-            raise RuntimeError(
-                f"connector {connector.name!r} from {entry.value} is already defined"
+            raise PluginError(
+                f"two connectors are named {connector.name!r}: {origin[connector.name]} and "
+                f"{entry.value}; uninstall one of them"
             )
         found[connector.name] = connector
+        origin[connector.name] = entry.value
     return found
+
+
+class PluginError(Exception):
+    """A connector plugin cannot be used."""
