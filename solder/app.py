@@ -12,6 +12,7 @@ from solder.connectors import Connector, registry
 from solder.dispatch import EmbeddedDispatcher
 from solder.engine import Engine
 from solder.retention import Retention
+from solder.schedule import Scheduler
 from solder.settings import Settings
 from solder.store.database import Database
 from solder.store.lock import ServeLock
@@ -31,6 +32,7 @@ class Solder:
         self.engine = Engine(self.db, settings, self.http, self.connectors)
         self.dispatcher = EmbeddedDispatcher(self.db, self.engine, settings.worker_concurrency)
         self.retention = Retention(self.db, settings)
+        self.scheduler = Scheduler(self.db, settings, self.dispatcher.notify)
         self._serve_lock: ServeLock | None = None
 
     async def start(self) -> None:
@@ -39,10 +41,12 @@ class Solder:
             self._serve_lock.acquire()
         await asyncio.to_thread(self.db.migrate)
         await self.dispatcher.start()
+        await self.scheduler.start()
         self.retention.start()
 
     async def stop(self) -> None:
         await self.retention.stop()
+        await self.scheduler.stop()
         await self.dispatcher.stop(self.settings.shutdown_grace_seconds)
         await self.http.aclose()
         await self.db.dispose()

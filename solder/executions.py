@@ -143,6 +143,30 @@ async def run_workflow(
     return {"message": "success", "executionId": new_id}
 
 
+async def run_event(
+    conn: AsyncConnection, tenant: Tenant, *, user_ref: str, event: str, data: Any
+) -> dict[str, Any]:
+    """Queue a run of every active workflow of the user whose installed version awaits `event`.
+
+    No such workflow is not an error: the event simply starts nothing.
+    """
+    user = await users.resolve(conn, tenant, user_ref)
+    trigger_data = orjson.dumps(data).decode()
+    started = [
+        await enqueue(
+            conn,
+            tenant,
+            workflow_id=row["workflow_id"],
+            user_id=user["id"],
+            version=row["version"],
+            trigger_id=workflows.trigger_id(row["definition"]),
+            trigger_data=trigger_data,
+        )
+        for row in await q.event_subscribers(conn, tenant.id, user["id"], event)
+    ]
+    return {"message": "Event successfully triggered", "executionIds": started}
+
+
 async def rerun(
     conn: AsyncConnection,
     tenant: Tenant,

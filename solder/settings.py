@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         description="How often expired logs are looked for; each sweep purges them in "
         "small batches so that it never holds the database for long.",
     )
+    schedule_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often schedule-triggered workflows are checked for a cron tick "
+        "that has come; a run starts at most this long after its tick.",
+    )
     sqlite_synchronous: Literal["normal", "full"] = Field(
         default="normal",
         description="SQLite `synchronous` pragma. `normal` (with WAL) survives any process "

@@ -43,6 +43,13 @@ async def definition(
     return definitions.from_document(orjson.loads(row["definition"]), connectors)
 
 
+def trigger_id(stored_definition: str) -> str:
+    """The trigger's id in a stored definition document (stored documents always hold it)."""
+    document = orjson.loads(stored_definition)
+    trigger: str = document["trigger"]["id"]
+    return trigger
+
+
 async def create(
     conn: AsyncConnection, tenant: Tenant, raw: Any, connectors: Mapping[str, Connector]
 ) -> tuple[str, int]:
@@ -119,7 +126,11 @@ async def _insert_version(
 async def activate(
     conn: AsyncConnection, tenant: Tenant, workflow: RowMapping, user_id: str
 ) -> None:
-    """Install the workflow for the user (at its latest version) if needed, and activate it."""
+    """Install the workflow for the user (at its latest version) if needed, and activate it.
+
+    A schedule counts its ticks from activation: the first run is at the first tick
+    after it, and ticks that passed while the installation was inactive never run.
+    """
     now = now_ms()
     current = await q.installation(conn, tenant.id, workflow["id"], user_id)
     if current is None:
@@ -132,10 +143,11 @@ async def activate(
             active=True,
             installed_at=now,
             updated_at=now,
+            last_tick_at=now,
         )
     elif not current["active"]:
         await q.update_installation(
-            conn, tenant.id, workflow["id"], user_id, active=True, updated_at=now
+            conn, tenant.id, workflow["id"], user_id, active=True, updated_at=now, last_tick_at=now
         )
 
 
@@ -151,16 +163,15 @@ async def deactivate(
 async def upgrade(
     conn: AsyncConnection, tenant: Tenant, workflow: RowMapping, user_id: str
 ) -> None:
-    if await q.installation(conn, tenant.id, workflow["id"], user_id) is None:
+    current = await q.installation(conn, tenant.id, workflow["id"], user_id)
+    if current is None:
         raise NotFound("the workflow is not installed for this user; activate it first")
-    await q.update_installation(
-        conn,
-        tenant.id,
-        workflow["id"],
-        user_id,
-        version=workflow["latest_version"],
-        updated_at=now_ms(),
-    )
+    now = now_ms()
+    values: dict[str, Any] = {"version": workflow["latest_version"], "updated_at": now}
+    if current["version"] != workflow["latest_version"]:
+        # A new version's schedule starts afresh: its first run is at its first tick from now.
+        values["last_tick_at"] = now
+    await q.update_installation(conn, tenant.id, workflow["id"], user_id, **values)
 
 
 async def summary(

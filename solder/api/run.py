@@ -47,3 +47,28 @@ async def run_workflow(
     )
     solder.dispatcher.notify()
     return answer
+
+
+class RunEvent(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    event: str = Field(min_length=1, max_length=255, description="The custom event's name.")
+    userId: str = Field(min_length=1)
+    data: dict[str, Any] = Field(default_factory=dict, description="The trigger payload.")
+
+
+@router.post("/run/event")
+async def run_event(
+    body: RunEvent, tenant: CurrentTenant, solder: App, idempotency: IdempotencyKey
+) -> dict[str, Any]:
+    """Start every active workflow of the user triggered by this event, each with `data`."""
+    check_payload(body.data, "data")
+    answer = await executions.once(
+        solder.db,
+        tenant,
+        idempotency,
+        lambda conn: executions.run_event(
+            conn, tenant, user_ref=body.userId, event=body.event, data=body.data
+        ),
+    )
+    solder.dispatcher.notify()
+    return answer

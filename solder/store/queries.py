@@ -213,15 +213,6 @@ async def installation(
     return result.mappings().first()
 
 
-async def installations_of_user(conn: Conn, tenant_id: str, user_id: str) -> Sequence[RowMapping]:
-    result = await conn.execute(
-        select(installations).where(
-            installations.c.tenant_id == tenant_id, installations.c.user_id == user_id
-        )
-    )
-    return result.mappings().all()
-
-
 async def insert_installation(conn: Conn, **values: Any) -> None:
     await conn.execute(insert(installations).values(**values))
 
@@ -272,6 +263,78 @@ async def workflow_users(conn: Conn, tenant_id: str, workflow_id: str) -> Sequen
         .order_by(installations.c.installed_at, users.c.id)
     )
     return result.mappings().all()
+
+
+# --- event and schedule triggers ---------------------------------------------------
+
+# An installation runs the trigger of its installed version, not of the latest one.
+_INSTALLED_VERSION = and_(
+    workflow_versions.c.tenant_id == installations.c.tenant_id,
+    workflow_versions.c.workflow_id == installations.c.workflow_id,
+    workflow_versions.c.version == installations.c.version,
+)
+
+
+async def event_subscribers(
+    conn: Conn, tenant_id: str, user_id: str, event: str
+) -> Sequence[RowMapping]:
+    """The user's active installations whose installed version is triggered by `event`."""
+    result = await conn.execute(
+        select(installations.c.workflow_id, installations.c.version, workflow_versions.c.definition)
+        .join(workflow_versions, _INSTALLED_VERSION)
+        .where(
+            installations.c.tenant_id == tenant_id,
+            installations.c.user_id == user_id,
+            installations.c.active.is_(True),
+            workflow_versions.c.trigger_type == "event",
+            workflow_versions.c.trigger_event == event,
+        )
+        .order_by(installations.c.installed_at, installations.c.workflow_id)
+    )
+    return result.mappings().all()
+
+
+async def scheduled_installations(conn: Conn) -> Sequence[RowMapping]:
+    """Every active installation, of every tenant, whose installed version runs on a cron."""
+    result = await conn.execute(
+        select(
+            installations.c.tenant_id,
+            tenants.c.name.label("tenant_name"),
+            installations.c.workflow_id,
+            installations.c.user_id,
+            installations.c.version,
+            installations.c.installed_at,
+            installations.c.last_tick_at,
+            workflow_versions.c.trigger_cron,
+        )
+        .join(workflow_versions, _INSTALLED_VERSION)
+        .join(tenants, tenants.c.id == installations.c.tenant_id)
+        .where(installations.c.active.is_(True), workflow_versions.c.trigger_type == "schedule")
+    )
+    return result.mappings().all()
+
+
+async def claim_tick(
+    conn: Conn, tenant_id: str, workflow_id: str, user_id: str, *, version: int, tick: int
+) -> bool:
+    """Record `tick` as run for an installation; False if another sweep already did.
+
+    Also False when the installation was deactivated or moved to another version since
+    it was read: the tick then belongs to no run.
+    """
+    result = await conn.execute(
+        update(installations)
+        .where(
+            installations.c.tenant_id == tenant_id,
+            installations.c.workflow_id == workflow_id,
+            installations.c.user_id == user_id,
+            installations.c.active.is_(True),
+            installations.c.version == version,
+            or_(installations.c.last_tick_at.is_(None), installations.c.last_tick_at < tick),
+        )
+        .values(last_tick_at=tick)
+    )
+    return result.rowcount == 1
 
 
 # --- executions and their steps ----------------------------------------------------
@@ -474,13 +537,6 @@ async def requeue_running(conn: Conn) -> int:
         .values(status="queued", claimed_at=None)
     )
     return result.rowcount
-
-
-async def count_unfinished(conn: Conn) -> int:
-    result = await conn.execute(
-        select(func.count()).where(executions.c.status.in_(("queued", "running")))
-    )
-    return int(result.scalar_one())
 
 
 async def purge_executions(conn: Conn, started_before: int, limit: int) -> int:
