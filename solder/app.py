@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import httpx
 
 from solder.connectors import Connector, registry
+from solder.credentials import Box, lookup
 from solder.dispatch import EmbeddedDispatcher
 from solder.engine import Engine
 from solder.retention import Retention
@@ -29,7 +30,16 @@ class Solder:
         self.connectors: Mapping[str, Connector] = registry()
         # Redirects are not followed: each hop would need the address check again.
         self.http = httpx.AsyncClient(follow_redirects=False)
-        self.engine = Engine(self.db, settings, self.http, self.connectors)
+        self.box = Box.from_settings(settings)
+        self.engine = Engine(
+            self.db,
+            settings,
+            self.http,
+            self.connectors,
+            credentials_for=lambda tenant_id, user_id: lookup(
+                self.db, self.box, tenant_id, user_id
+            ),
+        )
         self.dispatcher = EmbeddedDispatcher(self.db, self.engine, settings.worker_concurrency)
         self.retention = Retention(self.db, settings)
         self.scheduler = Scheduler(self.db, settings, self.dispatcher.notify)

@@ -243,6 +243,14 @@ def migrate() -> None:
     err.print(f"Database at {settings.database_url} is up to date.")
 
 
+@cli.command("secret-key")
+def secret_key() -> None:
+    """Print a new key for SOLDER_SECRET_KEY (it encrypts credentials at rest)."""
+    from cryptography.fernet import Fernet
+
+    print(Fernet.generate_key().decode())
+
+
 @cli.command()
 def version() -> None:
     """Print Solder's version."""

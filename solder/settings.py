@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from cryptography.fernet import Fernet
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -78,6 +79,13 @@ class Settings(BaseSettings):
         description="How often schedule-triggered workflows are checked for a cron tick "
         "that has come; a run starts at most this long after its tick.",
     )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="The key that encrypts credentials at rest: a Fernet key (make one with "
+        "`solder secret-key`), or several separated by commas to rotate (the first "
+        "encrypts, all decrypt). Unset: a key is generated into `<data dir>/secret.key` "
+        "on first start, with a warning to back it up.",
+    )
     sqlite_synchronous: Literal["normal", "full"] = Field(
         default="normal",
         description="SQLite `synchronous` pragma. `normal` (with WAL) survives any process "
@@ -90,6 +98,20 @@ class Settings(BaseSettings):
         "interrupted; an interrupted one resumes after its last finished block at the "
         "next start. 0 interrupts at once.",
     )
+
+    @field_validator("secret_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            for key in value.get_secret_value().split(","):
+                try:
+                    Fernet(key.strip().encode())
+                except ValueError:
+                    raise ValueError(
+                        "must be Fernet keys (32 url-safe base64-encoded bytes), separated "
+                        "by commas; `solder secret-key` makes one"
+                    ) from None
+        return value
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

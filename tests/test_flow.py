@@ -160,7 +160,6 @@ def test_retries_are_visible_in_the_log(api: Api, upstream: Upstream) -> None:
     assert gaps[1] > gaps[0], "exponential backoff"
 
 
-@pytest.mark.xfail(strict=True, reason="the http connector does not read Retry-After yet")
 def test_retry_after_is_honoured(api: Api, upstream: Upstream) -> None:
     calls: list[Request] = []
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from solder import __version__
-from solder.api import demo, errors, logs, run, users, workflows
+from solder.api import credentials, demo, errors, logs, run, users, workflows
 from solder.api.protocol import ProtocolMiddleware
 from solder.api.responses import OrjsonResponse
 from solder.app import Solder
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, *, dev: bool = False) -> FastAP
         """Liveness: answers without authentication."""
         return {"status": "ok"}
 
-    for module in (users, workflows, run, logs):
+    for module in (users, credentials, workflows, run, logs):
         app.include_router(module.router)
     if dev:
         app.include_router(demo.router)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import email.utils
 import re
+import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import httpx
@@ -26,6 +30,7 @@ class HttpConfig(ConnectorConfig):
     headers: dict[str, str] = Field(default_factory=dict)
     body: Any = None
     timeoutMs: int | None = Field(default=None, ge=1, le=600_000)
+    credential: str | None = Field(default=None, min_length=1, description="A credential's name.")
 
 
 class HttpConnector(Connector):
@@ -69,19 +74,25 @@ class HttpConnector(Connector):
             raise BlockFailed(str(exc), retryable=True) from exc
         shown = redact_url(str(url))
         timeout = (config.timeoutMs or ctx.settings.http_timeout_ms) / 1000
+        headers = dict(config.headers)
+        params = {k: _query_value(v) for k, v in config.query.items()}
+        if config.credential is not None:
+            authorize(await ctx.credential(config.credential), headers, params, ctx.secrets)
         # Merged by hand: httpx replaces a URL's own query string when given `params`.
-        url = url.copy_merge_params({k: _query_value(v) for k, v in config.query.items()})
+        url = url.copy_merge_params(params)
         request = ctx.http.build_request(
             config.method,
             url,
-            headers=config.headers,
+            headers=headers,
             content=None if config.body is None else _body(config.body),
             timeout=timeout,
         )
         if config.body is not None and not isinstance(config.body, str | bytes):
             request.headers.setdefault("content-type", "application/json")
         try:
-            status, content = await _send(ctx, request, ctx.settings.http_max_response_bytes)
+            status, answered, content = await _send(
+                ctx, request, ctx.settings.http_max_response_bytes
+            )
         except httpx.TimeoutException as exc:
             raise BlockFailed(
                 f"{config.method} {shown} timed out after {timeout:g} s", retryable=True
@@ -101,8 +112,50 @@ class HttpConnector(Connector):
                 items=[item],
                 app_actions=1,
                 retryable=status == 429 or status >= 500,
+                retry_after_ms=retry_after_ms(answered) if status in (429, 503) else None,
             )
         return BlockResult([[item]], app_actions=1)
+
+
+def authorize(
+    credential: Mapping[str, Any],
+    headers: dict[str, str],
+    params: dict[str, str | list[str]],
+    secrets: set[str],
+) -> None:
+    """Put a credential where its type says, and note every form of its secret."""
+    kind = credential.get("type")
+    if kind == "bearer":
+        value = f"Bearer {credential['token']}"
+        headers["Authorization"] = value
+        secrets.update((credential["token"], value))
+    elif kind == "basic":
+        pair = f"{credential['username']}:{credential['password']}"
+        encoded = base64.b64encode(pair.encode()).decode()
+        headers["Authorization"] = f"Basic {encoded}"
+        secrets.update((credential["password"], pair, encoded, f"Basic {encoded}"))
+    elif kind == "apiKey":
+        if credential["in"] == "header":
+            headers[credential["name"]] = credential["key"]
+        else:
+            params[credential["name"]] = credential["key"]
+        secrets.add(credential["key"])
+    else:
+        raise BlockFailed(f"the http connector cannot use a {kind!r} credential")
+
+
+def retry_after_ms(headers: httpx.Headers) -> int | None:
+    """A `Retry-After` header (seconds, or an HTTP date) in milliseconds."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return int(value) * 1000
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0, int((when.timestamp() - time.time()) * 1000))
 
 
 def _secret_header(name: str) -> bool:
@@ -150,7 +203,9 @@ class _TooLarge(Exception):
         self.limit = limit
 
 
-async def _send(ctx: RunContext, request: httpx.Request, limit: int) -> tuple[int, bytes]:
+async def _send(
+    ctx: RunContext, request: httpx.Request, limit: int
+) -> tuple[int, httpx.Headers, bytes]:
     """Status and body of the response, reading no more than `limit` bytes of it."""
     response = await ctx.http.send(request, stream=True)
     try:
@@ -161,7 +216,7 @@ async def _send(ctx: RunContext, request: httpx.Request, limit: int) -> tuple[in
             if size > limit:
                 raise _TooLarge(limit)
             chunks.append(chunk)
-        return response.status_code, b"".join(chunks)
+        return response.status_code, response.headers, b"".join(chunks)
     finally:
         await response.aclose()
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.store.schema import (
     api_keys,
+    credentials,
     executions,
     idempotency_keys,
     installations,
@@ -110,6 +111,11 @@ async def delete_user(conn: Conn, tenant_id: str, user_id: str) -> None:
     await conn.execute(
         delete(installations).where(
             installations.c.tenant_id == tenant_id, installations.c.user_id == user_id
+        )
+    )
+    await conn.execute(
+        delete(credentials).where(
+            credentials.c.tenant_id == tenant_id, credentials.c.user_id == user_id
         )
     )
     await conn.execute(delete(users).where(users.c.tenant_id == tenant_id, users.c.id == user_id))
@@ -593,3 +599,43 @@ async def idempotent_response(conn: Conn, tenant_id: str, key: str) -> RowMappin
 
 async def insert_idempotent_response(conn: Conn, **values: Any) -> None:
     await conn.execute(insert(idempotency_keys).values(**values))
+
+
+# --- credentials -------------------------------------------------------------------
+
+
+async def insert_credential(conn: Conn, **values: Any) -> None:
+    await conn.execute(insert(credentials).values(**values))
+
+
+async def credentials_of(conn: Conn, tenant_id: str, user_id: str) -> Sequence[RowMapping]:
+    result = await conn.execute(
+        select(credentials.c.id, credentials.c.type, credentials.c.name, credentials.c.created_at)
+        .where(credentials.c.tenant_id == tenant_id, credentials.c.user_id == user_id)
+        .order_by(credentials.c.created_at, credentials.c.id)
+    )
+    return result.mappings().all()
+
+
+async def credential_by_name(
+    conn: Conn, tenant_id: str, user_id: str, name: str
+) -> RowMapping | None:
+    result = await conn.execute(
+        select(credentials.c.secret).where(
+            credentials.c.tenant_id == tenant_id,
+            credentials.c.user_id == user_id,
+            credentials.c.name == name,
+        )
+    )
+    return result.mappings().first()
+
+
+async def delete_credential(conn: Conn, tenant_id: str, user_id: str, credential_id: str) -> int:
+    result = await conn.execute(
+        delete(credentials).where(
+            credentials.c.tenant_id == tenant_id,
+            credentials.c.user_id == user_id,
+            credentials.c.id == credential_id,
+        )
+    )
+    return result.rowcount
