@@ -248,3 +248,24 @@ def test_credentials_stored_under_another_key_fail_clearly(
         second.stop()
     assert "SOLDER_SECRET_KEY" in log["results"][1]["error"]["message"]
     assert upstream.requests == []
+
+
+def test_without_a_secret_key_one_is_generated_owner_only_with_a_warning(tmp_path: Path) -> None:
+    env = environment(tmp_path)
+    server = ServeProcess(env, tmp_path / "serve.log")
+    server.terminate()
+    key_file = tmp_path / "secret.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    Fernet(key_file.read_text().strip().encode())  # a usable key
+    assert "SOLDER_SECRET_KEY" in (tmp_path / "serve.log").read_text()
+    again = ServeProcess(env, tmp_path / "again.log")
+    again.terminate()
+    assert "generated a secret key" not in (tmp_path / "again.log").read_text(), "reused"
+
+
+def test_a_malformed_secret_key_is_a_clear_error(tmp_path: Path) -> None:
+    result = solder("serve", env=environment(tmp_path, SOLDER_SECRET_KEY="hunter2"))
+    assert result.returncode == 1
+    assert "SOLDER_SECRET_KEY" in result.stderr
+    assert "solder secret-key" in result.stderr
+    assert "hunter2" not in result.stderr

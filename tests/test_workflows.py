@@ -82,6 +82,14 @@ PROBLEMS: list[tuple[str, dict[str, Any], str]] = [
      "trigger.cron"),
     ("event on a webhook", {**workflow(), "trigger": {"type": "webhook", "event": "x"}},
      "trigger.event"),
+    ("event without a name", {**workflow(), "trigger": {"type": "event"}}, "trigger.event"),
+    ("empty event name", {**workflow(), "trigger": {"type": "event", "event": " "}},
+     "trigger.event"),
+    ("schedule without cron", {**workflow(), "trigger": {"type": "schedule"}}, "trigger.cron"),
+    ("bad cron", {**workflow(), "trigger": {"type": "schedule", "cron": "every monday"}},
+     "trigger.cron"),
+    ("cron out of range", {**workflow(), "trigger": {"type": "schedule", "cron": "61 * * * *"}},
+     "trigger.cron"),
 ]  # fmt: skip
 
 
