@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from solder import executions
 from solder.connectors import Connector, registry
 from solder.credentials import Box, lookup
 from solder.dispatch import EmbeddedDispatcher
 from solder.engine import Engine
+from solder.executions import Idempotency
+from solder.keys import Tenant
 from solder.retention import Retention
 from solder.schedule import Scheduler
 from solder.settings import Settings
@@ -44,6 +49,17 @@ class Solder:
         self.retention = Retention(self.db, settings)
         self.scheduler = Scheduler(self.db, settings, self.dispatcher.notify)
         self._serve_lock: ServeLock | None = None
+
+    async def accept(
+        self,
+        tenant: Tenant,
+        idempotency: Idempotency | None,
+        action: Callable[[AsyncConnection], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Run `action`, which queues executions, once per idempotency key; wake the workers."""
+        answer = await executions.once(self.db, tenant, idempotency, action)
+        self.dispatcher.notify()
+        return answer
 
     async def start(self) -> None:
         if self.db.sqlite_file is not None:

@@ -68,8 +68,7 @@ async def bootstrap(solder: Solder, base_url: str) -> str:
         await workflows.activate(conn, tenant, workflow, user_id)
         has_log = await q.any_execution(conn, tenant.id, workflow["id"])
     if not has_log:
-        answer = await executions.once(
-            solder.db,
+        answer = await solder.accept(
             tenant,
             None,
             lambda conn: executions.run_workflow(
@@ -81,7 +80,6 @@ async def bootstrap(solder: Solder, base_url: str) -> str:
                 data={"email": "ada@example.com"},
             ),
         )
-        solder.dispatcher.notify()
         await _wait_for(solder, tenant, answer["executionId"])
     return (
         f'curl -s -H "Authorization: bearer {key}" -H "x-api-version: {API_VERSION}" '

@@ -50,16 +50,13 @@ async def rerun(
     userId: str | None = None,
 ) -> dict[str, Any]:
     """Run an execution again, as a new execution with the same trigger data."""
-    answer = await executions.once(
-        solder.db,
+    return await solder.accept(
         tenant,
         idempotency,
         lambda conn: executions.rerun(
             conn, tenant, workflow_ref=workflowId, execution_ref=executionId, user_ref=userId
         ),
     )
-    solder.dispatcher.notify()
-    return answer
 
 
 @router.get("/workflows/{workflowId}/errors")

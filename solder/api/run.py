@@ -32,8 +32,7 @@ async def run_workflow(
     if not workflow_ref:
         raise InvalidRequest("workflowId or workflowName is required")
     check_payload(body.data, "data")
-    answer = await executions.once(
-        solder.db,
+    return await solder.accept(
         tenant,
         idempotency,
         lambda conn: executions.run_workflow(
@@ -45,8 +44,6 @@ async def run_workflow(
             data=body.data,
         ),
     )
-    solder.dispatcher.notify()
-    return answer
 
 
 class RunEvent(BaseModel):
@@ -62,13 +59,10 @@ async def run_event(
 ) -> dict[str, Any]:
     """Start every active workflow of the user triggered by this event, each with `data`."""
     check_payload(body.data, "data")
-    answer = await executions.once(
-        solder.db,
+    return await solder.accept(
         tenant,
         idempotency,
         lambda conn: executions.run_event(
             conn, tenant, user_ref=body.userId, event=body.event, data=body.data
         ),
     )
-    solder.dispatcher.notify()
-    return answer
