@@ -34,9 +34,12 @@ check: dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## test: the whole suite (lint, types, pytest)
+## test: the whole suite (lint, types, pytest) on SQLite, then on PostgreSQL
+# The PostgreSQL pass is skipped, with its reason, when no server answers at
+# SOLDER_TEST_POSTGRES_URL; with SOLDER_REQUIRE_SERVICES=1 (CI) that is a failure.
 test: check
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
+	SOLDER_TEST_DATABASE=postgres $(BIN)/pytest -n auto
 
 format: dev
 	$(BIN)/ruff check --fix .

@@ -62,9 +62,8 @@ class Solder:
         return answer
 
     async def start(self) -> None:
-        if self.db.sqlite_file is not None:
-            self._serve_lock = ServeLock(self.db.sqlite_file)
-            self._serve_lock.acquire()
+        self._serve_lock = ServeLock(self.db)
+        await self._serve_lock.acquire()
         await asyncio.to_thread(self.db.migrate)
         await self.dispatcher.start()
         await self.scheduler.start()
@@ -75,6 +74,6 @@ class Solder:
         await self.scheduler.stop()
         await self.dispatcher.stop(self.settings.shutdown_grace_seconds)
         await self.http.aclose()
-        await self.db.dispose()
         if self._serve_lock is not None:
-            self._serve_lock.release()
+            await self._serve_lock.release()
+        await self.db.dispose()

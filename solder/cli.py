@@ -15,6 +15,7 @@ from rich.table import Table
 
 from solder import __version__, keys
 from solder.connectors import PluginError
+from solder.credentials import SecretKeyError
 from solder.errors import NotFound
 from solder.ids import iso_ms
 from solder.settings import Settings
@@ -101,16 +102,13 @@ def serve(
     settings = settings.model_copy(update=overrides)
     _configure_logging()
     db = _database(settings)  # fail early, with a clear message, on a bad database URL
-    if db.sqlite_file is not None:
-        lock = ServeLock(db.sqlite_file)
-        try:
-            lock.acquire()
-        except AlreadyServing as exc:
-            raise _fail(exc.message) from None
-        lock.release()  # the server takes it for good as it starts
+    try:
+        _run(_check_not_served(db))
+    except AlreadyServing as exc:
+        raise _fail(exc.message) from None
     try:
         app = create_app(settings, dev=dev)
-    except PluginError as exc:
+    except (PluginError, SecretKeyError) as exc:
         raise _fail(str(exc)) from None
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
     server = uvicorn.Server(config)
@@ -138,6 +136,16 @@ def _configure_logging() -> None:
     # httpx logs every URL it calls (query strings may hold secrets); alembic its plugins.
     for noisy in ("httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _check_not_served(db: Database) -> None:
+    """Fail early, with a clear message, when another process serves the database."""
+    lock = ServeLock(db)
+    try:
+        await lock.acquire()
+        await lock.release()  # the server takes it for good as it starts
+    finally:
+        await db.dispose()
 
 
 async def _announce(server: uvicorn.Server, app: Any) -> None:

@@ -8,19 +8,30 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder import users
-from solder.connectors import BlockFailed, CredentialLookup
+from solder.connectors import REDACTED, BlockFailed, CredentialLookup
 from solder.errors import Conflict, InvalidRequest, NotFound
 from solder.ids import iso_ms, now_ms, object_id
 from solder.keys import Tenant
@@ -30,6 +41,22 @@ from solder.store.database import Database
 
 log = logging.getLogger("solder.credentials")
 KEY_FILE = "secret.key"
+# Refused at creation rather than at run time: the HTTP client's error for a bad header
+# value quotes the value in a form (a bytes repr) that scrubbing would not recognise.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_value(value: str) -> str:
+    if not _HEADER_VALUE.fullmatch(value):
+        raise ValueError(
+            "must be printable ASCII without leading or trailing spaces (it is sent in an "
+            "HTTP header)"
+        )
+    return value
+
+
+HeaderValue = Annotated[str, Field(min_length=1), AfterValidator(_header_value)]
 
 
 class _Data(BaseModel):
@@ -38,7 +65,7 @@ class _Data(BaseModel):
 
 class Bearer(_Data):
     type: Literal["bearer"]
-    token: str = Field(min_length=1)
+    token: HeaderValue
 
 
 class Basic(_Data):
@@ -46,17 +73,41 @@ class Basic(_Data):
     username: str
     password: str = Field(min_length=1)
 
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, username: str) -> str:
+        if ":" in username:  # RFC 7617: the other app would split it at the colon
+            raise ValueError("must not contain ':'")
+        return username
+
 
 class ApiKey(_Data):
     type: Literal["apiKey"]
-    key: str = Field(min_length=1)
-    name: str = Field(min_length=1, max_length=255, description="The header or query parameter.")
+    # `in` first: the checks of `name` and `key` depend on it.
     in_: Literal["header", "query"] = Field(alias="in")
+    name: str = Field(min_length=1, max_length=255, description="The header or query parameter.")
+    key: str = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _header_name(cls, name: str, info: ValidationInfo) -> str:
+        if info.data.get("in_") == "header" and not _HEADER_NAME.fullmatch(name):
+            raise ValueError("must be a valid HTTP header name")
+        return name
+
+    @field_validator("key")
+    @classmethod
+    def _header_key(cls, key: str, info: ValidationInfo) -> str:
+        return _header_value(key) if info.data.get("in_") == "header" else key
 
 
 Secret = Annotated[Bearer | Basic | ApiKey, Field(discriminator="type")]
 _SECRET = TypeAdapter[Bearer | Basic | ApiKey](Secret)
 TYPES = ("bearer", "basic", "apiKey")
+
+
+class SecretKeyError(Exception):
+    """The secret key file cannot be used."""
 
 
 class Box:
@@ -71,15 +122,24 @@ class Box:
         if settings.secret_key is not None:
             return cls(_split(settings.secret_key.get_secret_value()))
         path = settings.data_dir / KEY_FILE
-        if not path.exists():
-            _write_new_key(path)
+        if _write_new_key(path):
             log.warning(
                 "generated a secret key for credentials in %s: back it up with the database, "
                 "or set SOLDER_SECRET_KEY (docs/settings.md); without it, stored credentials "
                 "cannot be read",
                 path,
             )
-        return cls(_split(path.read_text()))
+        try:
+            if path.stat().st_mode & 0o077:
+                log.warning("%s is open to other users: chmod 600 it", path)
+            return cls(_split(path.read_text()))
+        except (OSError, ValueError) as exc:  # ValueError: a bad key, or not UTF-8
+            # The message never quotes the file: it may hold a key that is nearly right.
+            reason = exc.strerror if isinstance(exc, OSError) else "it holds no valid Fernet key"
+            raise SecretKeyError(
+                f"cannot use the secret key file {path}: {reason}. Restore it from your "
+                "backup, or set SOLDER_SECRET_KEY (docs/settings.md)"
+            ) from None
 
     def seal(self, secret: Mapping[str, Any]) -> bytes:
         return self._fernet.encrypt(orjson.dumps(secret))
@@ -99,11 +159,31 @@ def _split(keys: str) -> list[bytes]:
     return [key.strip().encode() for key in keys.split(",") if key.strip()]
 
 
-def _write_new_key(path: Path) -> None:
+def _write_new_key(path: Path) -> bool:
+    """Create the key file (0600) unless it exists; True if this call created it."""
+    if path.exists():
+        return False
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(Fernet.generate_key().decode() + "\n")
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{KEY_FILE}.")  # 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(Fernet.generate_key().decode() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        # A hard link appears whole and only if the name is free: a crash never leaves a
+        # half-written key, and of two processes starting at once only one key wins.
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+    finally:
+        os.unlink(temporary)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the key must outlive a power loss, as the credentials do
+    finally:
+        os.close(directory)
+    return True
 
 
 def parse_secret(kind: str, data: Any) -> Bearer | Basic | ApiKey:
@@ -117,7 +197,11 @@ def parse_secret(kind: str, data: Any) -> Bearer | Basic | ApiKey:
     except ValidationError as exc:
         problems = "; ".join(
             f"data.{'.'.join(str(p) for p in e['loc'][1:])}: "
-            + ("required" if e["type"] == "missing" else str(e["msg"]))
+            + (
+                "required"
+                if e["type"] == "missing"
+                else str(e["msg"]).removeprefix("Value error, ")
+            )
             for e in exc.errors()
         )
         raise InvalidRequest(f"invalid {kind} credential: {problems}") from None
@@ -165,12 +249,25 @@ def lookup(db: Database, box: Box, tenant_id: str, user_id: str) -> CredentialLo
             row = await q.credential_by_name(conn, tenant_id, user_id, name)
         if row is None:
             raise BlockFailed(
-                f"the user has no credential named {name!r}; create it with "
+                f"no credential named {name!r} for this user; create it with "
                 "POST /users/{userId}/credentials"
             )
         return box.open(row["secret"])
 
     return find
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` (JSON) with each secret, as JSON escapes it, replaced by [redacted].
+
+    Longest first, so that a derived form (`Bearer <token>`) goes whole rather than
+    leaving its prefix around a redacted token. Secrets under 4 characters are kept:
+    replacing them would mangle ordinary text and hide next to nothing.
+    """
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(orjson.dumps(secret).decode()[1:-1], REDACTED)
+    return text
 
 
 def _public(row: RowMapping) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from solder.connectors import (
     RunContext,
     no_credentials,
 )
+from solder.credentials import scrub
 from solder.definitions import Block, Definition, from_document
 from solder.expressions import ExpressionError, resolve
 from solder.ids import item_id, now_ms
@@ -38,7 +39,6 @@ from solder.store.database import Database
 log = logging.getLogger("solder.engine")
 
 _MAX_BACKOFF_MS = 300_000
-REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,14 +400,6 @@ class Engine:
                 app_actions=sum(s["app_actions"] for s in steps),
                 log=orjson.dumps(logs.render(ended, steps)),
             )
-
-
-def scrub(text: str, secrets: set[str]) -> str:
-    """`text` (JSON) with every secret, as JSON escapes it, replaced by [redacted]."""
-    for secret in secrets:
-        if len(secret) >= 4:
-            text = text.replace(orjson.dumps(secret).decode()[1:-1], REDACTED)
-    return text
 
 
 def _text(value: Any) -> str:

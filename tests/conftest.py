@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -18,9 +19,30 @@ from solder import keys
 from solder.api import create_app
 from solder.settings import Settings
 from solder.store.database import Database
+from tests import databases
 from tests.upstream import Upstream
 
 TIMEOUT = 30.0
+REQUIRE_SERVICES = os.environ.get("SOLDER_REQUIRE_SERVICES") == "1"
+
+
+def need_service(missing: str | None) -> None:
+    """Skip (or, in CI with SOLDER_REQUIRE_SERVICES=1, fail) when a service is missing."""
+    if missing is None:
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{missing} (SOLDER_REQUIRE_SERVICES=1)", pytrace=False)
+    pytest.skip(missing)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_database() -> Iterator[str]:
+    """The database backend of this run; on PostgreSQL, its migrated template."""
+    if databases.on_postgres():
+        need_service(databases.postgres_reachable())
+        databases.prepare_template()
+    yield databases.BACKEND
+    databases.drop_all()
 
 
 def free_port() -> int:
@@ -81,6 +103,7 @@ def create_key(settings: Settings, tenant: str) -> str:
 def settings_for(data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": data_dir,
+        "database_url": databases.database_url(data_dir),
         "port": free_port(),
         "http_allow_private_networks": True,
         "shutdown_grace_seconds": 5.0,

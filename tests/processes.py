@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from tests import databases
 from tests.conftest import TIMEOUT, free_port
 
 SOLDER = [sys.executable, "-m", "solder"]
@@ -18,7 +19,10 @@ SOLDER = [sys.executable, "-m", "solder"]
 
 def environment(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOLDER_")}
-    env.update({"SOLDER_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **extra})
+    env.update({"SOLDER_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"})
+    if url := databases.database_url(data_dir):
+        env["SOLDER_DATABASE_URL"] = url
+    env.update(extra)
     return env
 
 

@@ -6,10 +6,13 @@ import base64
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from cryptography.fernet import Fernet
 
+from solder.credentials import scrub
+from tests import databases
 from tests.conftest import TIMEOUT, Api, Server, api_client, settings_for
 from tests.processes import ServeProcess, environment, solder
 from tests.test_protocol import MISSING_ID, assert_error
@@ -37,7 +40,14 @@ def credential(kind: str, name: str | None = None) -> dict[str, Any]:
     return {"type": kind.split("-")[0], "name": name or kind, "data": SECRETS[kind]}
 
 
-def call_with(upstream: Upstream, name: str, path: str = "/echo") -> dict[str, Any]:
+def call_with(
+    upstream: Upstream, name: str, path: str = "/echo", on_error: str = "continue"
+) -> dict[str, Any]:
+    """A call with the credential `name`, then a block that copies what it got.
+
+    With `onError: stop` a failed call's response (the echo) is what the log records;
+    with `continue` the log records the error message instead.
+    """
     return {
         "name": f"Call with {name}",
         "trigger": {"type": "webhook"},
@@ -46,7 +56,7 @@ def call_with(upstream: Upstream, name: str, path: str = "/echo") -> dict[str, A
                 "name": "call",
                 "connector": "http",
                 "config": {"url": f"{upstream.base_url}{path}", "credential": name},
-                "onError": "continue",
+                "onError": on_error,
             },
             {
                 "name": "copy",
@@ -97,13 +107,34 @@ def test_create_list_delete(api: Api) -> None:
         ({"type": "bearer", "name": "x", "data": {"token": "t", "extra": 1}}, "data.extra"),
         ({"type": "bearer", "name": "", "data": {"token": "t"}}, "name"),
         ({"type": "bearer", "name": "x", "data": "t"}, "data must be an object"),
+        # Sent in a header, where the HTTP client would refuse them only at run time.
+        ({"type": "bearer", "name": "x", "data": {"token": "S3CR3T\nX"}}, "data.token: must be"),
+        ({"type": "bearer", "name": "x", "data": {"token": "S3CR3T\u00e9"}}, "printable ASCII"),
+        (
+            {
+                "type": "apiKey",
+                "name": "x",
+                "data": {"key": "S3CR3T\r", "in": "header", "name": "K"},
+            },
+            "data.key: must be printable ASCII",
+        ),
+        (
+            {"type": "apiKey", "name": "x", "data": {"key": "k", "in": "header", "name": "X Key"}},
+            "data.name: must be a valid HTTP header name",
+        ),
+        (
+            {"type": "basic", "name": "x", "data": {"username": "a:b", "password": "p"}},
+            "data.username: must not contain ':'",
+        ),
     ],
 )
 def test_a_bad_credential_is_refused_with_what_is_wrong(
     api: Api, body: dict[str, Any], says: str
 ) -> None:
     api.create_user("ada")
-    assert says in assert_error(api.post("/users/ada/credentials", json=body), 400)["message"]
+    error = assert_error(api.post("/users/ada/credentials", json=body), 400)
+    assert says in error["message"]
+    assert "S3CR3T" not in json.dumps(error), "the refusal does not quote the secret"
 
 
 def test_a_duplicate_name_is_409_and_an_unknown_user_404(api: Api) -> None:
@@ -126,13 +157,18 @@ def test_another_tenant_cannot_see_or_delete_them(server: Server, api: Api) -> N
     assert len(api.get("/users/ada/credentials").json()["data"]) == 1
 
 
-def test_deleting_a_user_deletes_their_credentials(api: Api, upstream: Upstream) -> None:
-    upstream.route("/echo", echo(200))
+def test_deleting_a_user_deletes_their_credentials(server: Server, api: Api) -> None:
     user_id = api.create_user("ada")
     api.post(f"/users/{user_id}/credentials", json=credential("bearer"))
-    api.delete(f"/users/{user_id}")
+    api.create_user("bob")
+    api.post("/users/bob/credentials", json=credential("basic"))
+
+    assert api.delete(f"/users/{user_id}").json() == {"message": "Success"}
+
     again = api.create_user("ada")
     assert api.get(f"/users/{again}/credentials").json() == {"data": []}
+    left = databases.rows(server.settings.data_dir, "SELECT type FROM credentials")
+    assert left == [("basic",)], "the deleted user's encrypted secret is gone from the database"
 
 
 @pytest.mark.parametrize("kind", list(SECRETS))
@@ -168,7 +204,7 @@ def test_a_missing_credential_fails_the_block_and_says_how_to_fix_it(
     user_id, workflow_id = api.install(call_with(upstream, "crm"))
     log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
     message = log["results"][1]["error"]["message"]
-    assert "no credential named 'crm'" in message
+    assert "no credential named 'crm' for this user" in message
     assert "POST /users/{userId}/credentials" in message
     assert upstream.requests == []
 
@@ -194,17 +230,23 @@ def test_secrets_appear_nowhere_in_clear(tmp_path: Path, upstream: Upstream) -> 
                 )
             for path in ("/echo", "/fail", "/denied"):
                 for kind in SECRETS:
-                    definition = call_with(upstream, kind, path)
+                    on_error = "continue" if path == "/echo" else "stop"
+                    definition = call_with(upstream, kind, path, on_error)
                     definition["name"] = f"{kind} {path}"
                     workflow_id = api.create_workflow(definition)
                     api.activate(user_id, workflow_id)
                     log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
+                    recorded = json.dumps(log["results"][1]["data"])
+                    assert "[redacted]" in recorded, f"the {path} echo was recorded, scrubbed"
                     answers += [
                         json.dumps(log),
                         api.get(f"/workflows/{workflow_id}/errors").text,
                         api.get(f"/workflows/{workflow_id}").text,
                     ]
             answers.append(api.get(f"/users/{user_id}/credentials").text)
+        # The WAL holds the latest pages while the server runs; a clean stop removes it.
+        wal = tmp_path / "solder.db-wal"
+        serving_wal = wal.read_bytes() if wal.exists() else b""
     finally:
         server.terminate()
     assert len(upstream.requests) == 3 * len(SECRETS), "every call reached the upstream"
@@ -213,11 +255,14 @@ def test_secrets_appear_nowhere_in_clear(tmp_path: Path, upstream: Upstream) -> 
     )
     on_the_wire = [TOKEN, API_KEY, QUERY_KEY, base64.b64encode(f"ada:{PASSWORD}".encode()).decode()]
     assert all(s in echoed for s in on_the_wire), "the upstream did see every secret"
-    places = {"API answers": "\n".join(answers).encode(), "server output": log_file.read_bytes()}
-    for file in tmp_path.iterdir():
-        if file.name.startswith("solder.db"):
-            places[file.name] = file.read_bytes()
-    assert "solder.db" in places
+    places = {
+        "API answers": "\n".join(answers).encode(),
+        "server output": log_file.read_bytes(),
+        "the WAL while serving": serving_wal,
+    }
+    stored = databases.stored_bytes(tmp_path)
+    assert stored, "the database was read"
+    places.update(stored)
     for place, content in places.items():
         for secret in every_form():
             assert secret.encode() not in content, f"{secret!r} found in clear in {place}"
@@ -269,3 +314,56 @@ def test_a_malformed_secret_key_is_a_clear_error(tmp_path: Path) -> None:
     assert "SOLDER_SECRET_KEY" in result.stderr
     assert "solder secret-key" in result.stderr
     assert "hunter2" not in result.stderr
+
+
+def test_an_unusable_key_file_stops_the_server_with_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "secret.key").write_text("S3CR3T-almost-a-key\n")
+    result = solder("serve", env=environment(tmp_path))
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 1
+    assert "secret key file" in said
+    assert "no valid Fernet key" in said
+    assert "SOLDER_SECRET_KEY" in said
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "S3CR3T" not in result.stderr + result.stdout
+
+
+# JSON escapes the quotes and the backslash; a URL escapes nearly all of the query key.
+AWKWARD = {
+    "bearer": {"token": 'tok_"S3CR3T"\\back/slash+=='},
+    "apiKey-query": {"key": 'key S3CR3T+/=&"\u00e9', "in": "query", "name": "api_key"},
+}
+
+
+def test_secrets_that_json_and_urls_escape_are_redacted_too(api: Api, upstream: Upstream) -> None:
+    def quote_request(request: Request) -> Reply:
+        # An error page quoting the request as it arrived: the raw URL and the headers.
+        return Reply(500, {"url": request.target, "headers": request.headers})
+
+    upstream.route("/quote", quote_request)
+    user_id = api.create_user("ada")
+    for kind, data in AWKWARD.items():
+        body = {"type": kind.split("-")[0], "name": kind, "data": data}
+        assert api.post(f"/users/{user_id}/credentials", json=body).status_code == 201
+
+        definition = {**call_with(upstream, kind, "/quote", "stop"), "name": kind}
+        workflow_id = api.create_workflow(definition)
+        api.activate(user_id, workflow_id)
+        log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
+
+        sent = upstream.requests[-1]
+        if kind == "bearer":
+            assert sent.headers["authorization"] == f"Bearer {data['token']}"
+        else:
+            assert sent.query["api_key"] == [data["key"]]
+            assert urlencode({"api_key": data["key"]}) in sent.target
+        served = api.get(f"/workflows/{workflow_id}/logs").text
+        assert "S3CR3T" not in served, "no part of the secret, in any escaping, is in the log"
+        assert "[redacted]" in json.dumps(log["results"][1]["data"])
+
+
+def test_scrub_replaces_each_form_whole_and_leaves_short_values() -> None:
+    token = 'tok_"q"\\z'
+    recorded = json.dumps({"auth": f"Bearer {token}", "echo": token, "n": "abc"})
+    scrubbed = scrub(recorded, [token, f"Bearer {token}", "abc"])
+    assert json.loads(scrubbed) == {"auth": "[redacted]", "echo": "[redacted]", "n": "abc"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import itertools
 import time
 from collections.abc import Callable
@@ -181,6 +182,31 @@ def test_retry_after_is_honoured(api: Api, upstream: Upstream) -> None:
     log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
     assert log["finished"] is True
     assert calls[1].at - calls[0].at >= 0.9
+
+
+def test_retry_after_as_an_http_date_is_honoured(api: Api, upstream: Upstream) -> None:
+    calls: list[Request] = []
+
+    def unavailable(request: Request) -> Reply:
+        calls.append(request)
+        if len(calls) > 1:
+            return Reply(200, {})
+        # Whole seconds only: three from now is at least two after the truncation.
+        return Reply(503, {}, {"Retry-After": email.utils.formatdate(time.time() + 3, usegmt=True)})
+
+    upstream.route("/unavailable", unavailable)
+    definition = workflow(
+        {
+            "name": "call",
+            "connector": "http",
+            "config": {"url": f"{upstream.base_url}/unavailable"},
+            "retry": {"attempts": 2, "backoff": "fixed", "delayMs": 10},
+        }
+    )
+    user_id, workflow_id = api.install(definition)
+    log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
+    assert log["finished"] is True
+    assert calls[1].at - calls[0].at >= 1.5
 
 
 def test_a_delay_holds_no_worker(make_server: Callable[..., Server]) -> None:

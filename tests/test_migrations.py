@@ -1,4 +1,5 @@
-"""The schema the migrations build is exactly the schema the code declares."""
+"""The schema the migrations build is exactly the schema the code declares, on the
+database of this run (SQLite, or PostgreSQL with SOLDER_TEST_DATABASE=postgres)."""
 
 from __future__ import annotations
 
@@ -10,29 +11,35 @@ from sqlalchemy import create_engine, inspect
 
 from solder.store.database import Database
 from solder.store.schema import metadata
+from tests import databases
 
 
-def test_migrations_build_the_declared_schema(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'solder.db'}"
-    Database(url).migrate()
-    engine = create_engine(url)
+def empty_database(tmp_path: Path) -> Database:
+    url = databases.database_url(tmp_path, empty=True) or f"sqlite:///{tmp_path / 'solder.db'}"
+    return Database(url)
+
+
+def differences(db: Database) -> tuple[list[object], set[str]]:
+    engine = create_engine(db.sync_url)
     try:
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
             tables = set(inspect(conn).get_table_names())
     finally:
         engine.dispose()
+    return diff, tables
+
+
+def test_migrations_build_the_declared_schema(tmp_path: Path) -> None:
+    db = empty_database(tmp_path)
+    db.migrate()
+    diff, tables = differences(db)
     assert diff == []
     assert set(metadata.tables) <= tables
 
 
 def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'solder.db'}"
-    Database(url).migrate()
-    Database(url).migrate()
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
-    finally:
-        engine.dispose()
+    db = empty_database(tmp_path)
+    db.migrate()
+    db.migrate()
+    assert differences(db)[0] == []

@@ -23,6 +23,8 @@ class Request:
     body: bytes
     at: float = field(default_factory=time.time)
     """When the request arrived (seconds since the epoch)."""
+    target: str = ""
+    """The path and query string exactly as sent, percent-encoding included."""
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Upstream:
                     parse_qs(parts.query),
                     {k.lower(): v for k, v in self.headers.items()},
                     self.rfile.read(length) if length else b"",
+                    target=self.path,
                 )
                 with upstream._lock:
                     upstream.requests.append(request)

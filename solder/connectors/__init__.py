@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from solder.expressions import has_template
 from solder.settings import Settings
 
+REDACTED = "[redacted]"
+"""What a secret is replaced by wherever Solder records or shows it."""
+
 Item = dict[str, Any]
 """One output item: at least `json`; the engine adds `id`; connectors may add keys."""
 

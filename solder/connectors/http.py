@@ -13,11 +13,17 @@ import httpx
 import orjson
 from pydantic import Field
 
-from solder.connectors import BlockFailed, BlockResult, Connector, ConnectorConfig, RunContext
+from solder.connectors import (
+    REDACTED,
+    BlockFailed,
+    BlockResult,
+    Connector,
+    ConnectorConfig,
+    RunContext,
+)
 from solder.network import AddressRefused, HostNotFound, check_host
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-REDACTED = "[redacted]"
 # Headers and query parameters whose values are secrets: never shown in a log's inputs.
 _SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"}
 _SECRET_NAME = re.compile(r"(?i)(api[-_]?key|token|secret|password|passwd|signature|auth)")
@@ -139,6 +145,8 @@ def authorize(
             headers[credential["name"]] = credential["key"]
         else:
             params[credential["name"]] = credential["key"]
+            # As it travels in the URL, which the other app's error pages like to quote.
+            secrets.add(str(httpx.QueryParams({"k": credential["key"]}))[2:])
         secrets.add(credential["key"])
     else:
         raise BlockFailed(f"the http connector cannot use a {kind!r} credential")

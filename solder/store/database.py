@@ -80,9 +80,17 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction."""
-        async with self._connect() as conn, conn.begin():
-            yield conn
+        """A read-only transaction that sees one snapshot of the database.
+
+        SQLite's read transactions are snapshots already; PostgreSQL's default (read
+        committed) would let a page of logs see an execution's row from before it ended
+        and its steps from after (by then deleted).
+        """
+        async with self._connect() as conn:
+            if not self.is_sqlite:
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

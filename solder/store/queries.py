@@ -479,7 +479,12 @@ async def finish_execution(conn: Conn, tenant_id: str, execution_id: str, **valu
 
 
 async def claim_next_execution(conn: Conn, claimed_at: int) -> RowMapping | None:
-    """Mark the oldest queued execution that is not waiting running; return its keys."""
+    """Mark the oldest queued execution that is not waiting running; return its keys.
+
+    The candidate is picked in a materialized CTE: in `UPDATE ... WHERE key IN (SELECT
+    ... LIMIT 1 FOR UPDATE SKIP LOCKED)` PostgreSQL may run the subquery more than once,
+    each time skipping the row it just locked, and so claim several executions at once.
+    """
     oldest = (
         select(executions.c.tenant_id, executions.c.id)
         .where(
@@ -489,11 +494,14 @@ async def claim_next_execution(conn: Conn, claimed_at: int) -> RowMapping | None
         .order_by(executions.c.started_at)
         .limit(1)
         .with_for_update(skip_locked=True)
+        .cte("oldest")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     result = await conn.execute(
         update(executions)
         .where(
-            tuple_(executions.c.tenant_id, executions.c.id).in_(oldest),
+            executions.c.tenant_id == oldest.c.tenant_id,
+            executions.c.id == oldest.c.id,
             executions.c.status == "queued",
         )
         .values(status="running", claimed_at=claimed_at)
