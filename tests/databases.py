@@ -8,8 +8,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import pytest
-
 BACKEND = os.environ.get("SOLDER_TEST_DATABASE", "sqlite")
 POSTGRES = os.environ.get("SOLDER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 # One template per xdist worker: workers prepare theirs at the same time.
@@ -73,9 +71,6 @@ def drop_all() -> None:
         for name in _created.values():
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     _created.clear()
-
-
-sqlite_only = pytest.mark.skipif(on_postgres(), reason="about the SQLite file itself")
 
 
 def rows(data_dir: Path, sql: str) -> list[tuple[object, ...]]:
