@@ -74,7 +74,6 @@ async def bootstrap(solder: Solder, base_url: str) -> str:
             lambda conn: executions.run_workflow(
                 conn,
                 tenant,
-                solder.connectors,
                 user_ref=user_id,
                 workflow_ref=workflow["id"],
                 data={"email": "ada@example.com"},

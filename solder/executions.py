@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder import logs, users, workflows
-from solder.connectors import Connector
 from solder.errors import InvalidRequest, NotFound
 from solder.ids import execution_id, iso_ms, item_id, now_ms
 from solder.keys import Tenant
@@ -113,7 +112,6 @@ async def enqueue(
 async def run_workflow(
     conn: AsyncConnection,
     tenant: Tenant,
-    connectors: Mapping[str, Connector],
     *,
     user_ref: str,
     workflow_ref: str,
@@ -123,12 +121,13 @@ async def run_workflow(
     user = await users.resolve(conn, tenant, user_ref)
     workflow = await workflows.resolve(conn, tenant, workflow_ref)
     installed = await _active_installation(conn, tenant, workflow, user)
-    definition = await workflows.definition(
-        conn, tenant, workflow["id"], installed["version"], connectors
-    )
-    if definition.trigger.type != "webhook":
+    # The stored version, not a fresh parse of its definition: it was validated when stored.
+    version = await q.workflow_version(conn, tenant.id, workflow["id"], installed["version"])
+    if version is None:
+        raise NotFound(f"workflow {workflow['id']} has no version {installed['version']}")
+    if version["trigger_type"] != "webhook":
         raise InvalidRequest(
-            f"workflow {workflow['name']!r} is triggered by {definition.trigger.type!r}, "
+            f"workflow {workflow['name']!r} is triggered by {version['trigger_type']!r}, "
             "not by a webhook; it cannot be run with POST /run/workflow"
         )
     new_id = await enqueue(
@@ -137,7 +136,7 @@ async def run_workflow(
         workflow_id=workflow["id"],
         user_id=user["id"],
         version=installed["version"],
-        trigger_id=definition.trigger.id,
+        trigger_id=workflows.trigger_id(version["definition"]),
         trigger_data=orjson.dumps(data).decode(),
     )
     return {"message": "success", "executionId": new_id}

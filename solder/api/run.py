@@ -38,7 +38,6 @@ async def run_workflow(
         lambda conn: executions.run_workflow(
             conn,
             tenant,
-            solder.connectors,
             user_ref=body.userId,
             workflow_ref=workflow_ref,
             data=body.data,
