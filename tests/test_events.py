@@ -175,3 +175,12 @@ def test_a_body_that_is_not_json_is_400(api: Api) -> None:
         "/run/event", content=b"{event: signup", headers={"content-type": "application/json"}
     )
     assert "not valid JSON" in assert_error(response, 400)["message"]
+
+
+def test_an_event_workflow_cannot_be_run_as_a_webhook(api: Api) -> None:
+    user_id, workflow_id = api.install(on_event("Welcome", "signup"))
+    response = api.post("/run/workflow", json={"userId": user_id, "workflowId": workflow_id})
+    body = assert_error(response, 400)
+    assert "'event'" in body["message"]
+    assert "not by a webhook" in body["message"]
+    assert api.logs(workflow_id) == []
