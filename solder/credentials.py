@@ -35,7 +35,7 @@ from solder.connectors import REDACTED, BlockFailed, CredentialLookup
 from solder.errors import Conflict, InvalidRequest, NotFound
 from solder.ids import iso_ms, now_ms, object_id
 from solder.keys import Tenant
-from solder.settings import Settings
+from solder.settings import Settings, fernet_keys
 from solder.store import queries as q
 from solder.store.database import Database
 
@@ -120,7 +120,7 @@ class Box:
     def from_settings(cls, settings: Settings) -> Box:
         """The keys of SOLDER_SECRET_KEY, or of `<data dir>/secret.key`, made on first use."""
         if settings.secret_key is not None:
-            return cls(_split(settings.secret_key.get_secret_value()))
+            return cls(fernet_keys(settings.secret_key.get_secret_value()))
         path = settings.data_dir / KEY_FILE
         if _write_new_key(path):
             log.warning(
@@ -132,7 +132,7 @@ class Box:
         try:
             if path.stat().st_mode & 0o077:
                 log.warning("%s is open to other users: chmod 600 it", path)
-            return cls(_split(path.read_text()))
+            return cls(fernet_keys(path.read_text()))
         except (OSError, ValueError) as exc:  # ValueError: a bad key, or not UTF-8
             # The message never quotes the file: it may hold a key that is nearly right.
             reason = exc.strerror if isinstance(exc, OSError) else "it holds no valid Fernet key"
@@ -153,10 +153,6 @@ class Box:
                 "SOLDER_SECRET_KEY than the server's"
             ) from None
         return opened
-
-
-def _split(keys: str) -> list[bytes]:
-    return [key.strip().encode() for key in keys.split(",") if key.strip()]
 
 
 def _write_new_key(path: Path) -> bool:

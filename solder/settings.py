@@ -10,6 +10,22 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def fernet_keys(text: str) -> list[bytes]:
+    """The comma-separated Fernet keys in `text`, or ValueError (which never quotes them)."""
+    keys = [key.strip().encode() for key in text.split(",")]
+    try:
+        for key in keys:
+            Fernet(key)
+    except ValueError:
+        keys = []
+    if not keys:
+        raise ValueError(
+            "must be Fernet keys (32 url-safe base64-encoded bytes), separated by commas; "
+            "`solder secret-key` makes one"
+        )
+    return keys
+
+
 class Settings(BaseSettings):
     """Solder's configuration; each field is documented in docs/settings.md."""
 
@@ -103,14 +119,7 @@ class Settings(BaseSettings):
     @classmethod
     def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            for key in value.get_secret_value().split(","):
-                try:
-                    Fernet(key.strip().encode())
-                except ValueError:
-                    raise ValueError(
-                        "must be Fernet keys (32 url-safe base64-encoded bytes), separated "
-                        "by commas; `solder secret-key` makes one"
-                    ) from None
+            fernet_keys(value.get_secret_value())
         return value
 
     @model_validator(mode="after")
