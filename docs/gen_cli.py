@@ -26,6 +26,7 @@ WIDTH = 100
 COMMANDS: tuple[tuple[str, ...], ...] = (
     (),
     ("serve",),
+    ("worker",),
     ("keys",),
     ("keys", "create"),
     ("keys", "list"),

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from solder import executions
 from solder.connectors import Connector, registry
 from solder.credentials import Box, lookup
-from solder.dispatch import EmbeddedDispatcher
+from solder.dispatch import Dispatcher, EmbeddedDispatcher
 from solder.engine import Engine
 from solder.executions import Idempotency
 from solder.keys import Tenant
@@ -22,16 +22,25 @@ from solder.schedule import Scheduler
 from solder.settings import Settings
 from solder.store.database import Database
 from solder.store.lock import ServeLock
+from solder.workers import QueueWorker
 
 log = logging.getLogger("solder")
 
 
 class Solder:
-    """What every request handler and worker shares."""
+    """What every request handler and worker shares.
 
-    def __init__(self, settings: Settings) -> None:
+    `worker=False` (PostgreSQL only) makes an API-only process: it queues executions and
+    leaves running them, their schedules and retention to `solder worker` processes.
+    """
+
+    def __init__(
+        self, settings: Settings, *, worker: bool = True, concurrency: int | None = None
+    ) -> None:
         self.settings = settings
         self.db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        if not worker and self.db.is_sqlite:
+            raise ValueError("on SQLite the server runs its executions itself")
         self.connectors: Mapping[str, Connector] = registry()
         # Redirects are not followed: each hop would need the address check again.
         self.http = httpx.AsyncClient(follow_redirects=False)
@@ -45,10 +54,19 @@ class Solder:
                 self.db, self.box, tenant_id, user_id
             ),
         )
-        self.dispatcher = EmbeddedDispatcher(self.db, self.engine, settings.worker_concurrency)
+        concurrency = concurrency or settings.worker_concurrency
+        self.dispatcher: Dispatcher | None = None
+        if self.db.is_sqlite:
+            self.dispatcher = EmbeddedDispatcher(self.db, self.engine, concurrency)
+        elif worker:
+            self.dispatcher = QueueWorker(self.db, self.engine, settings, concurrency)
         self.retention = Retention(self.db, settings)
-        self.scheduler = Scheduler(self.db, settings, self.dispatcher.notify)
+        self.scheduler = Scheduler(self.db, settings, self._notify)
         self._serve_lock: ServeLock | None = None
+
+    def _notify(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.notify()
 
     async def accept(
         self,
@@ -58,22 +76,25 @@ class Solder:
     ) -> dict[str, Any]:
         """Run `action`, which queues executions, once per idempotency key; wake the workers."""
         answer = await executions.once(self.db, tenant, idempotency, action)
-        self.dispatcher.notify()
+        self._notify()
         return answer
 
     async def start(self) -> None:
-        self._serve_lock = ServeLock(self.db)
-        await self._serve_lock.acquire()
+        if self.db.sqlite_file is not None:
+            self._serve_lock = ServeLock(self.db.sqlite_file)
+            self._serve_lock.acquire()
         await asyncio.to_thread(self.db.migrate)
-        await self.dispatcher.start()
-        await self.scheduler.start()
-        self.retention.start()
+        if self.dispatcher is not None:
+            await self.dispatcher.start()
+            await self.scheduler.start()
+            self.retention.start()
 
     async def stop(self) -> None:
-        await self.retention.stop()
-        await self.scheduler.stop()
-        await self.dispatcher.stop(self.settings.shutdown_grace_seconds)
+        if self.dispatcher is not None:
+            await self.retention.stop()
+            await self.scheduler.stop()
+            await self.dispatcher.stop(self.settings.shutdown_grace_seconds)
         await self.http.aclose()
         if self._serve_lock is not None:
-            await self._serve_lock.release()
+            self._serve_lock.release()
         await self.db.dispose()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from collections.abc import Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 import uvicorn
@@ -22,6 +24,9 @@ from solder.settings import Settings
 from solder.store import queries as q
 from solder.store.database import Database
 from solder.store.lock import AlreadyServing, ServeLock
+
+if TYPE_CHECKING:
+    from solder.app import Solder
 
 T = TypeVar("T")
 cli = typer.Typer(
@@ -87,11 +92,24 @@ def serve(
             "connector call loopback and private addresses."
         ),
     ] = False,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            help="Also run executions, schedules and retention in this process. "
+            "--no-worker (PostgreSQL only) serves the API alone, for `solder worker` "
+            "processes to run what it queues."
+        ),
+    ] = True,
 ) -> None:
     """Migrate the database, then serve the API and run workflows."""
     from solder.api import create_app
 
     settings = _settings()
+    if not worker and settings.is_sqlite:
+        raise _fail(
+            "--no-worker needs PostgreSQL: on SQLite the server runs its executions itself. "
+            "Set SOLDER_DATABASE_URL=postgresql://... to run workers apart (docs/deploy.md)."
+        )
     overrides: dict[str, Any] = {}
     if host is not None:
         overrides["host"] = host
@@ -102,12 +120,16 @@ def serve(
     settings = settings.model_copy(update=overrides)
     _configure_logging()
     db = _database(settings)  # fail early, with a clear message, on a bad database URL
+    _run(db.dispose())
+    if db.sqlite_file is not None:
+        try:  # fail early, with a clear message, when another process serves the database
+            lock = ServeLock(db.sqlite_file)
+            lock.acquire()
+            lock.release()  # the server takes it for good as it starts
+        except AlreadyServing as exc:
+            raise _fail(exc.message) from None
     try:
-        _run(_check_not_served(db))
-    except AlreadyServing as exc:
-        raise _fail(exc.message) from None
-    try:
-        app = create_app(settings, dev=dev)
+        app = create_app(settings, dev=dev, worker=worker)
     except (PluginError, SecretKeyError) as exc:
         raise _fail(str(exc)) from None
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
@@ -134,18 +156,9 @@ def serve(
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     # httpx logs every URL it calls (query strings may hold secrets); alembic its plugins.
-    for noisy in ("httpx", "httpcore", "alembic"):
+    # procrastinate logs every job's start and end; Solder logs what matters of them.
+    for noisy in ("httpx", "httpcore", "alembic", "procrastinate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-async def _check_not_served(db: Database) -> None:
-    """Fail early, with a clear message, when another process serves the database."""
-    lock = ServeLock(db)
-    try:
-        await lock.acquire()
-        await lock.release()  # the server takes it for good as it starts
-    finally:
-        await db.dispose()
 
 
 async def _announce(server: uvicorn.Server, app: Any) -> None:
@@ -167,6 +180,56 @@ async def _announce(server: uvicorn.Server, app: Any) -> None:
     )
     print(line, flush=True)
     err.print()
+
+
+@cli.command("worker")
+def worker_command(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=1024,
+            help="Executions this worker runs at once [SOLDER_WORKER_CONCURRENCY].",
+        ),
+    ] = None,
+) -> None:
+    """Run executions, schedules and retention from a PostgreSQL database, until SIGTERM.
+
+    Start any number, on any number of machines. On SIGTERM or Ctrl-C a worker takes no
+    more work and lets running executions finish (SOLDER_SHUTDOWN_GRACE_SECONDS); what is
+    still running then resumes on another worker after its last finished block.
+    """
+    from solder.app import Solder
+
+    settings = _settings()
+    if settings.is_sqlite:
+        raise _fail(
+            "solder worker needs PostgreSQL: set SOLDER_DATABASE_URL=postgresql://... "
+            "(on SQLite, `solder serve` runs executions itself; see docs/deploy.md)."
+        )
+    _configure_logging()
+    _run(_database(settings).dispose())
+    try:
+        solder = Solder(settings, concurrency=concurrency)
+    except (PluginError, SecretKeyError) as exc:
+        raise _fail(str(exc)) from None
+    _run(_work(solder))
+
+
+async def _work(solder: Solder) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await solder.start()
+    log = logging.getLogger("solder.worker")
+    log.info("worker %d started: running executions from the queue", os.getpid())
+    await stop.wait()
+    log.info(
+        "stopping: running executions get %.0f s to finish", solder.settings.shutdown_grace_seconds
+    )
+    await solder.stop()
+    log.info("worker stopped")
 
 
 @keys_cli.command("create")

@@ -1,9 +1,12 @@
-"""Embedded dispatch: an asyncio worker pool inside the server process.
+"""Embedded dispatch (SQLite): an asyncio worker pool inside the server process.
 
 The queue is the `executions` table itself: a run request is answered only once its
 execution row is committed as `queued`, and workers claim rows from it. Nothing is held
-only in memory, so a process that dies loses no accepted run: at the next start,
-executions it left `running` are queued again and resume after their last finished step.
+only in memory, so a process that dies loses no accepted run: at the next start, the
+executions it left `running` are marked `crashed`, claimed again, and resume after their
+last finished step. One process serves a SQLite database (`store/lock.py`), so whatever
+is `running` at start was left by a dead one. PostgreSQL dispatches through procrastinate
+instead (`solder/workers.py`).
 """
 
 from __future__ import annotations
@@ -11,16 +14,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
 from solder.engine import Engine
 from solder.errors import Unavailable
-from solder.ids import now_ms
-from solder.store import queries as q
+from solder.ids import lease_id, now_ms
+from solder.store import queue
 from solder.store.database import Database
 
 log = logging.getLogger("solder.dispatch")
 
 _POLL_SECONDS = 1.0
+
+
+class Dispatcher(Protocol):
+    """What runs queued executions in this process: embedded, or procrastinate's worker."""
+
+    def notify(self) -> None:
+        """An execution was queued."""
+
+    def notify_at(self, wake_at: int) -> None:
+        """A waiting execution is due at `wake_at` (ms since the epoch)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop taking work; give running executions `grace_seconds` to finish."""
 
 
 class EmbeddedDispatcher:
@@ -37,10 +56,10 @@ class EmbeddedDispatcher:
 
     async def start(self) -> None:
         async with self.db.write() as conn:
-            resumed = await q.requeue_running(conn)
-            wake_at = await q.next_wake(conn)
-        if resumed:
-            log.info("resuming %d executions left running by a previous process", resumed)
+            crashed = await queue.crash_running(conn)
+            wake_at = await queue.next_wake(conn)
+        if crashed:
+            log.warning("%d executions were left running by a process that died: resuming", crashed)
         if wake_at is not None:
             self.notify_at(wake_at)
         self._workers = [
@@ -82,9 +101,9 @@ class EmbeddedDispatcher:
             if claimed is None:
                 await self._idle()
                 continue
-            tenant_id, execution_id = claimed
+            tenant_id, execution_id, lease = claimed
             try:
-                await self.engine.run(tenant_id, execution_id)
+                await self.engine.run(tenant_id, execution_id, lease)
             except Unavailable:
                 # Left `running`: it resumes after its last finished step at the next start.
                 log.warning("database unreachable while running execution %s", execution_id)
@@ -92,12 +111,15 @@ class EmbeddedDispatcher:
             except Exception as exc:
                 log.exception("execution %s stopped by an internal error", execution_id)
                 with contextlib.suppress(Exception):
-                    await self.engine.fail(tenant_id, execution_id, f"internal error: {exc!r}")
+                    await self.engine.fail(
+                        tenant_id, execution_id, lease, f"internal error: {exc!r}"
+                    )
 
-    async def _claim(self) -> tuple[str, str] | None:
+    async def _claim(self) -> tuple[str, str, str] | None:
+        lease = lease_id()
         async with self.db.write() as conn:
-            row = await q.claim_next_execution(conn, now_ms())
-        return None if row is None else (row["tenant_id"], row["id"])
+            row = await queue.claim_next(conn, lease, now_ms())
+        return None if row is None else (row["tenant_id"], row["id"], lease)
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):

@@ -34,6 +34,7 @@ from solder.expressions import ExpressionError, resolve
 from solder.ids import item_id, now_ms
 from solder.settings import Settings
 from solder.store import queries as q
+from solder.store import queue
 from solder.store.database import Database
 
 log = logging.getLogger("solder.engine")
@@ -57,6 +58,7 @@ class _Run:
 
     tenant_id: str
     execution_id: str
+    lease: str
     recorded: dict[int, Any]
     context: dict[str, Any]
     run_context: RunContext
@@ -95,11 +97,17 @@ class Engine:
         """Told when an execution starts waiting, with when it wants to run again."""
         self._definitions: dict[tuple[str, str, int], Definition] = {}
 
-    async def run(self, tenant_id: str, execution_id: str) -> None:
-        """Run (or resume) a claimed execution until it ends or waits."""
+    async def run(self, tenant_id: str, execution_id: str, lease: str) -> None:
+        """Run (or resume) an execution claimed under `lease` until it ends or waits.
+
+        Every write checks the lease: once the execution is given to another worker (this
+        one was presumed dead), nothing more is written from here.
+        """
         async with self.db.read() as conn:
             execution = await q.execution(conn, tenant_id, execution_id)
             if execution is None or execution["status"] != "running":
+                return
+            if execution["lease"] != lease:
                 return
             definition = await self._definition(
                 conn, tenant_id, execution["workflow_id"], execution["workflow_version"]
@@ -107,7 +115,7 @@ class Engine:
             user = await q.user_by_id(conn, tenant_id, execution["user_id"])
             recorded = {s["seq"]: s for s in await q.execution_steps(conn, tenant_id, execution_id)}
         if definition is None:
-            await self._finish(tenant_id, execution_id, "failed", None, "workflow version is gone")
+            await self.fail(tenant_id, execution_id, lease, "workflow version is gone")
             return
         trigger = orjson.loads(execution["trigger_data"])
         user_view = {"userId": execution["user_id"], "username": user and user["username"]}
@@ -119,6 +127,7 @@ class Engine:
         run = _Run(
             tenant_id,
             execution_id,
+            lease,
             recorded,
             {"trigger": trigger, "blocks": {}, "user": user_view},
             RunContext(self.settings, self.http, execution_id, user_view, lookup),
@@ -128,13 +137,13 @@ class Engine:
         )
         stop = await self._run_blocks(run, definition.blocks)
         if stop is None:
-            await self._finish(tenant_id, execution_id, "succeeded", None, None)
+            await self._finish(tenant_id, execution_id, lease, "succeeded", None, None)
         elif not stop.halt:
-            await self._finish(tenant_id, execution_id, "failed", stop.block, stop.message)
+            await self._finish(tenant_id, execution_id, lease, "failed", stop.block, stop.message)
 
-    async def fail(self, tenant_id: str, execution_id: str, message: str) -> None:
+    async def fail(self, tenant_id: str, execution_id: str, lease: str, message: str) -> None:
         """End a running execution as failed, outside of any block."""
-        await self._finish(tenant_id, execution_id, "failed", None, message)
+        await self._finish(tenant_id, execution_id, lease, "failed", None, message)
 
     async def _run_blocks(self, run: _Run, blocks: Sequence[Block]) -> Stop | None:
         for block in blocks:
@@ -258,8 +267,8 @@ class Engine:
     async def _park(self, run: _Run, wake_at: int, since: int) -> None:
         """Put the execution back in the queue until `wake_at`, holding no worker."""
         async with self.db.write() as conn:
-            parked = await q.park_execution(
-                conn, run.tenant_id, run.execution_id, wake_at=wake_at, since=since
+            parked = await queue.park(
+                conn, run.tenant_id, run.execution_id, run.lease, wake_at=wake_at, since=since
             )
         if parked:
             self.on_park(wake_at)
@@ -353,12 +362,11 @@ class Engine:
             "app_actions": app_actions,
         }
         async with self.db.write() as conn:
-            current = await q.execution(conn, run.tenant_id, run.execution_id)
-            if current is None or current["status"] != "running":
+            if await queue.holding(conn, run.tenant_id, run.execution_id, run.lease) is None:
                 return None
             await q.insert_step(conn, **step)
             if block.connector == "delay":
-                await q.clear_wait(conn, run.tenant_id, run.execution_id)
+                await queue.clear_wait(conn, run.tenant_id, run.execution_id)
         return step
 
     async def _definition(
@@ -378,18 +386,19 @@ class Engine:
         self,
         tenant_id: str,
         execution_id: str,
+        lease: str,
         status: str,
         error_block: str | None,
         error_message: str | None,
     ) -> None:
         """Write the execution's end and its whole log document, in one transaction."""
         async with self.db.write() as conn:
-            execution = await q.execution(conn, tenant_id, execution_id)
-            if execution is None or execution["status"] != "running":
+            execution = await queue.holding(conn, tenant_id, execution_id, lease)
+            if execution is None:
                 return
             steps = await q.execution_steps(conn, tenant_id, execution_id)
             ended = {**execution, "status": status, "stopped_at": now_ms()}
-            await q.finish_execution(
+            await queue.finish(
                 conn,
                 tenant_id,
                 execution_id,

@@ -17,6 +17,7 @@ from solder.errors import InvalidRequest, NotFound
 from solder.ids import execution_id, iso_ms, item_id, now_ms
 from solder.keys import Tenant
 from solder.store import queries as q
+from solder.store import queue
 from solder.store.database import Database
 
 
@@ -80,7 +81,7 @@ async def enqueue(
     """Record a queued execution and its trigger step; the dispatcher picks it up."""
     new_id = execution_id()
     now = now_ms()
-    await q.insert_execution(
+    await queue.insert_execution(
         conn,
         tenant_id=tenant.id,
         id=new_id,

@@ -38,3 +38,8 @@ def iso_ms(ms: int | None) -> str | None:
         return None
     seconds, millis = divmod(ms, 1000)
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis:03d}Z"
+
+
+def lease_id() -> str:
+    """A token for one claim of an execution (see `store/queue.py`)."""
+    return execution_id()

@@ -54,7 +54,16 @@ class Settings(BaseSettings):
         default=8,
         ge=1,
         le=1024,
-        description="How many executions the embedded worker pool runs at once.",
+        description="How many executions one process runs at once: the embedded worker pool "
+        "of `solder serve`, or each `solder worker` (its `--concurrency` overrides this).",
+    )
+    worker_timeout_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="PostgreSQL: within this time, the executions of a worker that died "
+        "are marked `crashed` and resumed by another. Workers heartbeat every sixth of it; "
+        "one silent for two thirds of it is presumed dead.",
     )
     max_body_bytes: int = Field(
         default=1_048_576,
@@ -110,9 +119,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         default=10.0,
         ge=0,
-        description="On shutdown, how long running executions get to finish before they are "
-        "interrupted; an interrupted one resumes after its last finished block at the "
-        "next start. 0 interrupts at once.",
+        description="On shutdown (SIGTERM), how long running executions get to finish before "
+        "they are interrupted; an interrupted one resumes after its last finished block, at "
+        "the next start (SQLite) or on another worker (PostgreSQL). 0 interrupts at once.",
     )
 
     @field_validator("secret_key")

@@ -87,6 +87,21 @@ def rows(data_dir: Path, sql: str) -> list[tuple[object, ...]]:
         return [tuple(row) for row in lite.execute(sql)]
 
 
+def execute(data_dir: Path, sql: str) -> None:
+    """Change a data directory's database behind Solder's back (to inject a fault)."""
+    if on_postgres():
+        import psycopg
+
+        with psycopg.connect(database_url(data_dir)) as conn:
+            conn.execute(sql)
+        return
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(data_dir / "solder.db", timeout=10)) as lite, lite:
+        lite.execute(sql)
+
+
 def stored_bytes(data_dir: Path) -> dict[str, bytes]:
     """Everything the database holds, as bytes, by where it lies.
 

@@ -69,3 +69,34 @@ class ServeProcess:
     def terminate(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(TIMEOUT)
+
+
+class WorkerProcess:
+    """`solder worker` in a child process (PostgreSQL); its output goes to a file."""
+
+    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
+        self.log = log
+        start = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [*SOLDER, "worker", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + TIMEOUT
+        while "started: running executions" not in log.read_text()[start:]:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"solder worker did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, no heartbeat is sent again."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(TIMEOUT)
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(TIMEOUT)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests import databases
 from tests.conftest import TIMEOUT
@@ -131,15 +132,17 @@ def test_serve_on_a_busy_port_says_what_to_do(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_a_second_server_on_the_same_database_is_refused(tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    databases.on_postgres(), reason="SQLite only: on PostgreSQL any number of servers share one"
+)
+def test_a_second_server_on_the_same_sqlite_database_is_refused(tmp_path: Path) -> None:
     env = environment(tmp_path)
     first = ServeProcess(env, tmp_path / "serve.log")
     try:
         second = solder("serve", "--port", "0", env=env, timeout=60)
         assert second.returncode == 1
         assert "another Solder process is serving" in second.stderr
-        if not databases.on_postgres():
-            assert "SOLDER_DATA_DIR" in second.stderr
+        assert "SOLDER_DATA_DIR" in second.stderr
         assert httpx.get(f"{first.base_url}/health").status_code == 200
     finally:
         first.terminate()
@@ -149,4 +152,19 @@ def test_an_invalid_setting_names_the_variable(tmp_path: Path) -> None:
     result = solder("keys", "list", env=environment(tmp_path, SOLDER_WORKER_CONCURRENCY="many"))
     assert result.returncode == 1
     assert "SOLDER_WORKER_CONCURRENCY" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(databases.on_postgres(), reason="SQLite only: what needs PostgreSQL says so")
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [(("worker",), "solder worker needs PostgreSQL"), (("serve", "--no-worker"), "--no-worker")],
+)
+def test_scale_out_commands_on_sqlite_say_they_need_postgresql(
+    tmp_path: Path, command: tuple[str, ...], says: str
+) -> None:
+    result = solder(*command, env=environment(tmp_path), timeout=60)
+    assert result.returncode == 1
+    assert says in result.stderr
+    assert "SOLDER_DATABASE_URL=postgresql://" in result.stderr
     assert "Traceback" not in result.stderr

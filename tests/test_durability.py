@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from tests import databases
 from tests.conftest import TIMEOUT, Api, Server
 from tests.processes import ServeProcess, environment, solder
 from tests.upstream import Reply, Upstream
@@ -129,3 +130,26 @@ def test_runs_queued_at_shutdown_finish_after_restart(
     with Api(base_url=second.base_url, headers=client.headers, timeout=TIMEOUT) as api:
         logs = wait_until_all_ended(api, workflow_id, 5)
         assert_each_ran_exactly_once(logs, accepted)
+
+
+def test_a_worker_that_lost_its_execution_to_another_writes_nothing_more(
+    server: Server, api: Api, upstream: Upstream
+) -> None:
+    upstream.route("/count", echo_n)
+    user_id, workflow_id = api.install(workflow(upstream))
+    upstream.hold()
+    execution_id = api.run(user_id, workflow_id, {"n": 1})
+    deadline = time.monotonic() + TIMEOUT
+    while not upstream.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # As when a worker is presumed dead mid-block: another claims the execution.
+    data_dir = server.settings.data_dir
+    databases.execute(
+        data_dir, f"UPDATE executions SET lease = 'other' WHERE id = '{execution_id}'"
+    )
+    upstream.release()
+    time.sleep(1.5)  # the first worker's block ends, and it tries to record it
+    steps = databases.rows(data_dir, f"SELECT seq FROM steps WHERE execution_id = '{execution_id}'")
+    assert steps == [(0,)], "only the trigger: the step of the lost lease was refused"
+    status = databases.rows(data_dir, f"SELECT status FROM executions WHERE id = '{execution_id}'")
+    assert status == [("running",)], "and it did not end it either"

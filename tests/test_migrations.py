@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from solder.store.database import Database
-from solder.store.schema import metadata
+from solder.store.schema import metadata, owned_by_solder
 from tests import databases
 
 
@@ -23,7 +23,8 @@ def differences(db: Database) -> tuple[list[object], set[str]]:
     engine = create_engine(db.sync_url)
     try:
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+            context = MigrationContext.configure(conn, opts={"include_name": owned_by_solder})
+            diff = compare_metadata(context, metadata)
             tables = set(inspect(conn).get_table_names())
     finally:
         engine.dispose()

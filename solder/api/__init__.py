@@ -15,9 +15,12 @@ from solder.app import Solder
 from solder.settings import Settings
 
 
-def create_app(settings: Settings | None = None, *, dev: bool = False) -> FastAPI:
-    """The ASGI application; starting it migrates the database and starts the workers."""
-    solder = Solder(settings or Settings())
+def create_app(
+    settings: Settings | None = None, *, dev: bool = False, worker: bool = True
+) -> FastAPI:
+    """The ASGI application; starting it migrates the database and starts the workers
+    (none with `worker=False`, PostgreSQL only: `solder worker` processes run them)."""
+    solder = Solder(settings or Settings(), worker=worker)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
@@ -71,7 +72,14 @@ class Database:
         if sqlite_file is not None:
             # Logs hold end users' data: a new data directory is readable by its owner only.
             sqlite_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(async_url, pool_pre_ping=not self.is_sqlite)
+        self.libpq_url = "" if self.is_sqlite else _libpq(async_url)
+        """The PostgreSQL URL as libpq takes it (procrastinate's own pool connects with it)."""
+        self.engine: AsyncEngine = create_async_engine(
+            async_url,
+            pool_pre_ping=not self.is_sqlite,
+            # An unreachable server is an error in seconds (503), not a hang.
+            connect_args={} if self.is_sqlite else {"connect_timeout": _CONNECT_TIMEOUT},
+        )
         if self.is_sqlite:
             _configure_sqlite(self.engine.sync_engine, sqlite_synchronous)
         # SQLite has one writer at a time; queueing writers of this process here is
@@ -125,9 +133,19 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(engine, "normal")
         try:
-            upgrade(engine)
+            # Processes starting together on PostgreSQL migrate one after the other.
+            upgrade(engine, lock=None if self.is_sqlite else _MIGRATION_LOCK)
         finally:
             engine.dispose()
+
+
+_CONNECT_TIMEOUT = 5
+# pg_advisory_xact_lock takes a bigint: "solder" in ASCII.
+_MIGRATION_LOCK = 0x736F6C646572
+
+
+def _libpq(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 _TRANSIENT = (
@@ -139,5 +157,9 @@ _TRANSIENT = (
 
 
 def _is_unreachable(exc: DBAPIError) -> bool:
+    # psycopg's OperationalError: the server is gone, shutting down, starting up, or
+    # cannot be reached (SQLSTATE classes 08 and 57P).
+    if isinstance(exc.orig, psycopg.OperationalError):
+        return True
     text = str(exc.orig).lower()
     return any(s in text for s in _TRANSIENT)

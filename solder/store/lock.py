@@ -1,9 +1,10 @@
-"""One serving process per database: its dispatcher owns every unfinished execution there.
+"""One serving process per SQLite database: its dispatcher owns every unfinished execution.
 
-At start a server requeues the executions left `running`, which is right only when no
-other server is running them. SQLite: a lock file beside the database. PostgreSQL: a
-session advisory lock, held on a connection of its own. Both vanish with the process,
-however it ends. Several processes on PostgreSQL need heartbeats first (the scale-out).
+At start the embedded dispatcher marks the executions left `running` as crashed and runs
+them again, which is right only when no other process is running them: a lock file
+beside the database, held while serving, vanishes with the process however it ends.
+PostgreSQL needs no such lock: workers there heartbeat, and only a dead worker's
+executions are taken back (`solder/workers.py`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from solder.errors import SolderError
-from solder.store.database import Database
-
-# pg_try_advisory_lock takes a bigint; this one is Solder's ("solder" in ASCII).
-_ADVISORY_KEY = 0x736F6C646572
 
 
 class AlreadyServing(SolderError):
@@ -27,47 +21,26 @@ class AlreadyServing(SolderError):
 
 
 class ServeLock:
-    """Held while this process serves `db`."""
+    """Held while this process serves a SQLite database file."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".lock")
         self._fd: int | None = None
-        self._conn: AsyncConnection | None = None
 
-    async def acquire(self) -> None:
-        if self.db.sqlite_file is not None:
-            self._lock_file(self.db.sqlite_file)
-            return
-        conn = await self.db.engine.connect()
-        held = (await conn.execute(text(f"SELECT pg_try_advisory_lock({_ADVISORY_KEY})"))).scalar()
-        await conn.commit()
-        if not held:
-            await conn.close()
-            raise AlreadyServing(
-                "another Solder process is serving this PostgreSQL database: stop it, or "
-                "point this one at another database (one serving process per database in "
-                "this version)"
-            )
-        self._conn = conn
-
-    async def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-
-    def _lock_file(self, database: Path) -> None:
-        path = database.with_name(database.name + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise AlreadyServing(
-                f"another Solder process is serving {database}: stop it, or give this one "
-                "its own SOLDER_DATA_DIR (one process per SQLite database; use PostgreSQL "
-                "to run several)"
+                f"another Solder process is serving {self.path.with_suffix('')}: stop it, or "
+                "give this one its own SOLDER_DATA_DIR (one process per SQLite database; use "
+                "PostgreSQL to run several)"
             ) from None
         self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

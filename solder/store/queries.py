@@ -346,10 +346,6 @@ async def claim_tick(
 # --- executions and their steps ----------------------------------------------------
 
 
-async def insert_execution(conn: Conn, **values: Any) -> None:
-    await conn.execute(insert(executions).values(**values))
-
-
 async def insert_step(conn: Conn, **values: Any) -> None:
     await conn.execute(insert(steps).values(**values))
 
@@ -459,98 +455,6 @@ async def execution_totals(
         ).where(*conditions)
     )
     return result.mappings().one()
-
-
-async def finish_execution(conn: Conn, tenant_id: str, execution_id: str, **values: Any) -> int:
-    """Record an execution's end, its log document included, and drop its steps."""
-    result = await conn.execute(
-        update(executions)
-        .where(
-            executions.c.tenant_id == tenant_id,
-            executions.c.id == execution_id,
-            executions.c.status == "running",
-        )
-        .values(**values)
-    )
-    await conn.execute(
-        delete(steps).where(steps.c.tenant_id == tenant_id, steps.c.execution_id == execution_id)
-    )
-    return result.rowcount
-
-
-async def claim_next_execution(conn: Conn, claimed_at: int) -> RowMapping | None:
-    """Mark the oldest queued execution that is not waiting running; return its keys.
-
-    The candidate is picked in a materialized CTE: in `UPDATE ... WHERE key IN (SELECT
-    ... LIMIT 1 FOR UPDATE SKIP LOCKED)` PostgreSQL may run the subquery more than once,
-    each time skipping the row it just locked, and so claim several executions at once.
-    """
-    oldest = (
-        select(executions.c.tenant_id, executions.c.id)
-        .where(
-            executions.c.status == "queued",
-            or_(executions.c.wake_at.is_(None), executions.c.wake_at <= claimed_at),
-        )
-        .order_by(executions.c.started_at)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .cte("oldest")
-        .prefix_with("MATERIALIZED", dialect="postgresql")
-    )
-    result = await conn.execute(
-        update(executions)
-        .where(
-            executions.c.tenant_id == oldest.c.tenant_id,
-            executions.c.id == oldest.c.id,
-            executions.c.status == "queued",
-        )
-        .values(status="running", claimed_at=claimed_at)
-        .returning(executions.c.tenant_id, executions.c.id)
-    )
-    return result.mappings().first()
-
-
-async def park_execution(
-    conn: Conn, tenant_id: str, execution_id: str, *, wake_at: int, since: int
-) -> int:
-    """Queue a running execution again, to be claimed no sooner than `wake_at`."""
-    result = await conn.execute(
-        update(executions)
-        .where(
-            executions.c.tenant_id == tenant_id,
-            executions.c.id == execution_id,
-            executions.c.status == "running",
-        )
-        .values(status="queued", wake_at=wake_at, wait_started_at=since, claimed_at=None)
-    )
-    return result.rowcount
-
-
-async def clear_wait(conn: Conn, tenant_id: str, execution_id: str) -> None:
-    await conn.execute(
-        update(executions)
-        .where(executions.c.tenant_id == tenant_id, executions.c.id == execution_id)
-        .values(wake_at=None, wait_started_at=None)
-    )
-
-
-async def next_wake(conn: Conn) -> int | None:
-    """When the earliest waiting execution wants to run again."""
-    result = await conn.execute(
-        select(func.min(executions.c.wake_at)).where(executions.c.status == "queued")
-    )
-    value = result.scalar_one()
-    return None if value is None else int(value)
-
-
-async def requeue_running(conn: Conn) -> int:
-    """Put executions a dead process left running back in the queue."""
-    result = await conn.execute(
-        update(executions)
-        .where(executions.c.status == "running")
-        .values(status="queued", claimed_at=None)
-    )
-    return result.rowcount
 
 
 async def purge_executions(conn: Conn, started_before: int, limit: int) -> int:

@@ -147,6 +147,12 @@ executions = Table(
     Column("error_message", Text),
     Column("app_actions", Integer, nullable=False, server_default=text("0")),
     Column("claimed_at", BigInteger),
+    # Who runs it now: a token drawn at each claim. Every write of a run checks it, so a
+    # worker presumed dead that is still running (a long pause) cannot write after its
+    # execution was given to another.
+    Column("lease", String(21)),
+    # PostgreSQL: the procrastinate job that runs it next (see store/jobs.py).
+    Column("job_id", BigInteger),
     # A delayed execution waits `queued` until `wake_at`, holding no worker meanwhile;
     # `wait_started_at` is when its delay block began.
     Column("wake_at", BigInteger),
@@ -162,8 +168,8 @@ executions = Table(
         "ix_executions_pending",
         "status",
         "started_at",
-        sqlite_where=text("status IN ('queued', 'running')"),
-        postgresql_where=text("status IN ('queued', 'running')"),
+        sqlite_where=text("status IN ('queued', 'running', 'crashed')"),
+        postgresql_where=text("status IN ('queued', 'running', 'crashed')"),
     ),
 )
 
@@ -221,3 +227,8 @@ idempotency_keys = Table(
     PrimaryKeyConstraint("tenant_id", "key"),
     Index("ix_idempotency_keys_created_at", "created_at"),
 )
+
+
+def owned_by_solder(name: str | None, type_: str, _parents: object) -> bool:
+    """What schema comparisons look at: everything but procrastinate's own tables."""
+    return not (type_ == "table" and name is not None and name.startswith("procrastinate_"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from solder.store.schema import metadata
+from solder.store.schema import metadata, owned_by_solder
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -15,6 +15,7 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    include_name=owned_by_solder,
 )
 with context.begin_transaction():
     context.run_migrations()

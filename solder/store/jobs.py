@@ -1,0 +1,137 @@
+"""procrastinate's job queue on PostgreSQL, from inside Solder's own transactions.
+
+On PostgreSQL every execution waiting to run has one procrastinate job, deferred in the
+transaction that queues the execution: an answered run is never lost, and a job never
+exists without its execution. The job only says "run this execution"; the execution
+row stays the truth about where the run is. On SQLite the executions table is the
+queue itself and these functions do nothing.
+
+The SQL calls procrastinate's own functions (`procrastinate_defer_jobs_v1`,
+`procrastinate_retry_job_v2`), installed by Solder's migration 0003.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import orjson
+from sqlalchemy import text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from solder.store.schema import executions
+
+TASK = "solder.run_execution"
+QUEUE = "executions"
+
+
+def _on_postgres(conn: AsyncConnection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+async def defer(
+    conn: AsyncConnection, tenant_id: str, execution_id: str, *, at_ms: int | None = None
+) -> None:
+    """Give a queued execution its job, to run no sooner than `at_ms` (ms since the epoch).
+
+    The job's lock is the execution: procrastinate never runs two jobs with one lock at
+    once, so an execution is never run by two workers, whatever else goes wrong.
+    """
+    if not _on_postgres(conn):
+        return
+    at = None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC)
+    args = orjson.dumps({"tenant_id": tenant_id, "execution_id": execution_id}).decode()
+    job_id = (
+        await conn.execute(
+            text(
+                "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
+                ":queue, :task, 0, :lock, NULL, CAST(:args AS jsonb), :at"
+                ")::procrastinate_job_to_defer_v1]))"
+            ),
+            {
+                "queue": QUEUE,
+                "task": TASK,
+                "lock": f"execution:{tenant_id}:{execution_id}",
+                "args": args,
+                "at": at,
+            },
+        )
+    ).scalar_one()
+    await conn.execute(
+        update(executions)
+        .where(executions.c.tenant_id == tenant_id, executions.c.id == execution_id)
+        .values(job_id=job_id)
+    )
+
+
+async def stalled(
+    conn: AsyncConnection, dead_after_seconds: float
+) -> Sequence[tuple[int, str, str]]:
+    """Jobs being run by workers that stopped sending heartbeats: (job, tenant, execution).
+
+    procrastinate's own definition: a `doing` job whose worker's last heartbeat is older
+    than `dead_after_seconds`, or whose worker was already removed as dead.
+    """
+    result = await conn.execute(
+        text(
+            "SELECT job.id, job.args->>'tenant_id', job.args->>'execution_id'"
+            " FROM procrastinate_jobs job"
+            " LEFT JOIN procrastinate_workers worker ON worker.id = job.worker_id"
+            " WHERE job.status = 'doing' AND job.task_name = :task"
+            " AND (worker.id IS NULL"
+            "  OR worker.last_heartbeat < NOW() - make_interval(secs => :seconds))"
+        ),
+        {"task": TASK, "seconds": dead_after_seconds},
+    )
+    return [(row[0], row[1], row[2]) for row in result]
+
+
+async def retry(conn: AsyncConnection, job_id: int) -> bool:
+    """Put a stalled job back in the queue; False if it is no longer `doing`."""
+    locked = (
+        await conn.execute(
+            text(
+                "SELECT id FROM procrastinate_jobs WHERE id = :id AND status = 'doing'"
+                " FOR UPDATE SKIP LOCKED"
+            ),
+            {"id": job_id},
+        )
+    ).first()
+    if locked is None:
+        return False
+    await conn.execute(
+        text("SELECT procrastinate_retry_job_v2(:id, NOW(), NULL, NULL, NULL)"), {"id": job_id}
+    )
+    return True
+
+
+async def orphans(conn: AsyncConnection, idle_since: int) -> Sequence[tuple[str, str]]:
+    """Unfinished executions, untouched since `idle_since`, that no live job will run.
+
+    Nothing in Solder makes one (each queued execution is given its job, and a stalled
+    job is retried), so this is the net under the net: a job deleted by hand, or one that
+    procrastinate ended for a reason Solder did not foresee.
+    """
+    result = await conn.execute(
+        text(
+            "SELECT e.tenant_id, e.id FROM executions e"
+            " WHERE e.status IN ('queued', 'running', 'crashed')"
+            " AND COALESCE(e.claimed_at, e.started_at) < :idle_since"
+            " AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs job"
+            "  WHERE job.id = e.job_id AND job.status IN ('todo', 'doing'))"
+            " LIMIT 100"
+        ),
+        {"idle_since": idle_since},
+    )
+    return [(row[0], row[1]) for row in result]
+
+
+async def alive(conn: AsyncConnection, job_id: int | None) -> bool:
+    """Whether the job is still waiting or running."""
+    if job_id is None:
+        return False
+    found = await conn.execute(
+        text("SELECT 1 FROM procrastinate_jobs WHERE id = :id AND status IN ('todo', 'doing')"),
+        {"id": job_id},
+    )
+    return found.first() is not None

@@ -1,0 +1,180 @@
+"""An execution's life in the queue: queued, claimed, parked, crashed, finished.
+
+States: `queued -> running -> succeeded | failed | canceled`. A delay parks a running
+execution back to `queued` with `wake_at`. `crashed` marks one whose worker died while
+running it; it is claimed again like a queued one and resumes after its last finished
+step. Each claim draws a new `lease`; a run writes only while it holds its lease.
+
+On PostgreSQL, queueing an execution also defers its procrastinate job, in the same
+transaction (`store/jobs.py`); on SQLite the embedded dispatcher claims from this table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from solder.store import jobs
+from solder.store.schema import executions, steps
+
+Conn = AsyncConnection
+
+RUNNABLE = ("queued", "crashed")
+UNFINISHED = ("queued", "running", "crashed")
+
+
+def _one(tenant_id: str, execution_id: str) -> tuple[Any, ...]:
+    return (executions.c.tenant_id == tenant_id, executions.c.id == execution_id)
+
+
+async def insert_execution(conn: Conn, **values: Any) -> None:
+    """Record a queued execution, and on PostgreSQL its job, in the caller's transaction."""
+    await conn.execute(insert(executions).values(**values))
+    await jobs.defer(conn, values["tenant_id"], values["id"])
+
+
+async def claim_next(conn: Conn, lease: str, claimed_at: int) -> RowMapping | None:
+    """Embedded dispatch: mark the oldest runnable execution running under `lease`.
+
+    The candidate is picked in a materialized CTE: in `UPDATE ... WHERE key IN (SELECT
+    ... LIMIT 1 FOR UPDATE SKIP LOCKED)` PostgreSQL may run the subquery more than once,
+    each time skipping the row it just locked, and so claim several executions at once.
+    """
+    oldest = (
+        select(executions.c.tenant_id, executions.c.id)
+        .where(
+            executions.c.status.in_(RUNNABLE),
+            or_(executions.c.wake_at.is_(None), executions.c.wake_at <= claimed_at),
+        )
+        .order_by(executions.c.started_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .cte("oldest")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    result = await conn.execute(
+        update(executions)
+        .where(
+            executions.c.tenant_id == oldest.c.tenant_id,
+            executions.c.id == oldest.c.id,
+            executions.c.status.in_(RUNNABLE),
+        )
+        .values(status="running", claimed_at=claimed_at, lease=lease)
+        .returning(executions.c.tenant_id, executions.c.id)
+    )
+    return result.mappings().first()
+
+
+async def take(conn: Conn, tenant_id: str, execution_id: str, lease: str, claimed_at: int) -> bool:
+    """procrastinate dispatch: claim the execution of the job this worker just fetched.
+
+    A `running` one is taken over too: its job is being run again, so whoever ran it
+    before is gone (procrastinate runs one job per lock at a time), and its lease ends.
+    """
+    result = await conn.execute(
+        update(executions)
+        .where(*_one(tenant_id, execution_id), executions.c.status.in_(UNFINISHED))
+        .values(status="running", claimed_at=claimed_at, lease=lease)
+    )
+    return result.rowcount == 1
+
+
+async def holding(conn: Conn, tenant_id: str, execution_id: str, lease: str) -> RowMapping | None:
+    """The execution, locked for this transaction, if it still runs under `lease`."""
+    result = await conn.execute(
+        select(executions)
+        .where(
+            *_one(tenant_id, execution_id),
+            executions.c.status == "running",
+            executions.c.lease == lease,
+        )
+        .with_for_update()
+    )
+    return result.mappings().first()
+
+
+async def park(
+    conn: Conn, tenant_id: str, execution_id: str, lease: str, *, wake_at: int, since: int
+) -> bool:
+    """Queue a running execution again, to be claimed no sooner than `wake_at`."""
+    result = await conn.execute(
+        update(executions)
+        .where(
+            *_one(tenant_id, execution_id),
+            executions.c.status == "running",
+            executions.c.lease == lease,
+        )
+        .values(status="queued", wake_at=wake_at, wait_started_at=since, claimed_at=None)
+    )
+    if result.rowcount != 1:
+        return False
+    await jobs.defer(conn, tenant_id, execution_id, at_ms=wake_at)
+    return True
+
+
+async def clear_wait(conn: Conn, tenant_id: str, execution_id: str) -> None:
+    await conn.execute(
+        update(executions)
+        .where(*_one(tenant_id, execution_id))
+        .values(wake_at=None, wait_started_at=None)
+    )
+
+
+async def next_wake(conn: Conn) -> int | None:
+    """When the earliest waiting execution wants to run again."""
+    result = await conn.execute(
+        select(func.min(executions.c.wake_at)).where(executions.c.status == "queued")
+    )
+    value = result.scalar_one()
+    return None if value is None else int(value)
+
+
+async def crash_running(conn: Conn) -> int:
+    """Embedded dispatch, at start: what a dead process left running has crashed."""
+    result = await conn.execute(
+        update(executions)
+        .where(executions.c.status == "running")
+        .values(status="crashed", lease=None, claimed_at=None)
+    )
+    return result.rowcount
+
+
+async def crash(conn: Conn, tenant_id: str, execution_id: str) -> bool:
+    """Mark one running execution crashed: its worker died (its job is run again)."""
+    result = await conn.execute(
+        update(executions)
+        .where(*_one(tenant_id, execution_id), executions.c.status == "running")
+        .values(status="crashed", lease=None)
+    )
+    return result.rowcount == 1
+
+
+async def requeue_orphan(conn: Conn, tenant_id: str, execution_id: str) -> bool:
+    """Give an unfinished execution that lost its job a new one (crashed if it ran)."""
+    row = (
+        await conn.execute(
+            select(executions.c.wake_at, executions.c.job_id)
+            .where(*_one(tenant_id, execution_id), executions.c.status.in_(UNFINISHED))
+            .with_for_update()
+        )
+    ).first()
+    if row is None or await jobs.alive(conn, row.job_id):
+        return False
+    await crash(conn, tenant_id, execution_id)
+    await jobs.defer(conn, tenant_id, execution_id, at_ms=row.wake_at)
+    return True
+
+
+async def finish(conn: Conn, tenant_id: str, execution_id: str, **values: Any) -> None:
+    """Record an execution's end, its log document included, and drop its steps."""
+    await conn.execute(
+        update(executions)
+        .where(*_one(tenant_id, execution_id), executions.c.status == "running")
+        .values(lease=None, **values)
+    )
+    await conn.execute(
+        delete(steps).where(steps.c.tenant_id == tenant_id, steps.c.execution_id == execution_id)
+    )

@@ -1,0 +1,188 @@
+"""Scale-out dispatch (PostgreSQL): executions run as procrastinate jobs.
+
+Every queued execution has a job, deferred in the transaction that queued it
+(`store/jobs.py`). Any number of processes (`solder worker`, and `solder serve` unless
+`--no-worker`) run a procrastinate worker on the same database; LISTEN/NOTIFY wakes
+them as jobs arrive.
+
+Workers heartbeat every sixth of `SOLDER_WORKER_TIMEOUT_SECONDS`. Every worker process
+also sweeps at that pace: a job whose worker has sent no heartbeat for two thirds of the
+timeout is put back in the queue and its execution marked `crashed`; the next worker to
+fetch the job resumes the execution after its last finished step. A dead worker's
+executions are so detected within the timeout. The block that was in flight when the
+worker died runs again: delivery is at least once for that one step, exactly once for
+every other step and for the execution's end (`docs/deploy.md`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+from procrastinate import App, PsycopgConnector
+from procrastinate.exceptions import JobAborted
+from procrastinate.jobs import Job
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
+
+from solder.engine import Engine
+from solder.errors import Unavailable
+from solder.ids import lease_id, now_ms
+from solder.settings import Settings
+from solder.store import jobs, queue
+from solder.store.database import Database
+
+log = logging.getLogger("solder.worker")
+
+# A job fetch also happens on every NOTIFY; polling only catches delays that come due.
+_POLL_SECONDS = 1.0
+_MAX_RESTART_DELAY = 10.0
+
+
+class _RunAgain(BaseRetryStrategy):
+    """Which interrupted jobs procrastinate runs again: the ones Solder did not end.
+
+    A workflow's own failures are recorded in its execution, not retried here; a job
+    stopped by a shutdown or by the database going away resumes its execution.
+    """
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, asyncio.CancelledError | JobAborted):
+            return RetryDecision(retry_in={"seconds": 0})
+        if isinstance(exception, Unavailable):
+            return RetryDecision(retry_in={"seconds": 1})
+        return None
+
+
+class QueueWorker:
+    """A procrastinate worker running executions, with the sweeper that rescues crashed ones."""
+
+    def __init__(self, db: Database, engine: Engine, settings: Settings, concurrency: int) -> None:
+        self.db = db
+        self.engine = engine
+        self.settings = settings
+        self.concurrency = concurrency
+        self.app = App(
+            connector=PsycopgConnector(
+                conninfo=db.libpq_url,
+                min_size=1,
+                max_size=concurrency + 3,  # + fetching, heartbeats, finishing jobs
+                kwargs={"connect_timeout": 5},
+            )
+        )
+        self.app.task(name=jobs.TASK, queue=jobs.QUEUE, retry=_RunAgain())(self.run_job)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._sweeps_failing = False
+
+    # The embedded dispatcher's interface: procrastinate's NOTIFY does the waking here.
+    def notify(self) -> None:
+        pass
+
+    def notify_at(self, wake_at: int) -> None:
+        pass
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._work_forever(), name="solder-worker"),
+            asyncio.create_task(self._sweep_forever(), name="solder-sweeper"),
+        ]
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Fetch no more jobs; let running ones finish for `grace_seconds`, then interrupt
+        them (their jobs go back to the queue and resume after the last finished step)."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run_job(self, tenant_id: str, execution_id: str) -> None:
+        """The task: claim the execution under a new lease and run it."""
+        lease = lease_id()
+        async with self.db.write() as conn:
+            if not await queue.take(conn, tenant_id, execution_id, lease, now_ms()):
+                return  # already finished (or erased): nothing to do
+        try:
+            await self.engine.run(tenant_id, execution_id, lease)
+        except Unavailable:
+            log.warning("database unreachable while running execution %s", execution_id)
+            raise
+        except Exception as exc:
+            log.exception("execution %s stopped by an internal error", execution_id)
+            await self.engine.fail(tenant_id, execution_id, lease, f"internal error: {exc!r}")
+
+    async def sweep(self) -> int:
+        """Requeue the jobs of dead workers (their executions `crashed`), and give any
+        unfinished execution left without a job a new one. Returns how many it rescued."""
+        timeout = self.settings.worker_timeout_seconds
+        rescued = 0
+        async with self.db.read() as conn:
+            stalled = await jobs.stalled(conn, timeout * 2 / 3)
+        for job_id, tenant_id, execution_id in stalled:
+            async with self.db.write() as conn:
+                if await jobs.retry(conn, job_id):
+                    await queue.crash(conn, tenant_id, execution_id)
+                    rescued += 1
+                    log.warning(
+                        "execution %s crashed with its worker; it resumes after its last "
+                        "finished block",
+                        execution_id,
+                    )
+        async with self.db.read() as conn:
+            lost = await jobs.orphans(conn, now_ms() - int(timeout * 1000))
+        for tenant_id, execution_id in lost:
+            async with self.db.write() as conn:
+                if await queue.requeue_orphan(conn, tenant_id, execution_id):
+                    rescued += 1
+                    log.warning("execution %s had no job: queued it again", execution_id)
+        return rescued
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+                self._sweeps_failing = False
+            except Unavailable:
+                if not self._sweeps_failing:
+                    log.warning("crash sweeps paused while the database is unavailable")
+                self._sweeps_failing = True
+            except Exception:
+                log.exception("crash sweep failed")
+            await asyncio.sleep(self.settings.worker_timeout_seconds / 6)
+
+    async def _work_forever(self) -> None:
+        """Run the procrastinate worker; when the database goes away it stops, so start it
+        again (with backoff) until Solder stops."""
+        delay = 0.5
+        timeout = self.settings.worker_timeout_seconds
+        name = f"{socket.gethostname()}:{os.getpid()}"
+        while not self._stopping:
+            try:
+                async with self.app.open_async():
+                    await self.app.run_worker_async(
+                        name=name,
+                        concurrency=self.concurrency,
+                        queues=[jobs.QUEUE],
+                        install_signal_handlers=False,
+                        shutdown_graceful_timeout=self.settings.shutdown_grace_seconds,
+                        fetch_job_polling_interval=_POLL_SECONDS,
+                        update_heartbeat_interval=timeout / 6,
+                        stalled_worker_timeout=timeout * 2 / 3,
+                        delete_jobs="successful",
+                    )
+                delay = 0.5
+                if not self._stopping:  # its heartbeat or listener lost the database
+                    log.warning("the queue worker stopped; starting it again")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "the queue worker stopped (%s); starting it again in %.1f s", exc, delay
+                )
+            if not self._stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RESTART_DELAY)
