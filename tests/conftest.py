@@ -55,9 +55,9 @@ def free_port() -> int:
 class Server:
     """A Solder server running in a thread of the test process, as `solder serve` runs it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, worker: bool = True) -> None:
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = create_app(settings, worker=worker)
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",
@@ -119,7 +119,8 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
     def make(**overrides: Any) -> Server:
         data_dir = overrides.pop("data_dir", tmp_path / f"solder-{len(started)}")
-        server = Server(settings_for(data_dir, **overrides))
+        worker = overrides.pop("worker", True)
+        server = Server(settings_for(data_dir, **overrides), worker=worker)
         server.start()
         started.append(server)
         return server

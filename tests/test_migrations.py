@@ -3,8 +3,10 @@ database of this run (SQLite, or PostgreSQL with SOLDER_TEST_DATABASE=postgres).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
@@ -44,3 +46,20 @@ def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
     db.migrate()
     db.migrate()
     assert differences(db)[0] == []
+
+
+@pytest.mark.skipif(not databases.on_postgres(), reason="procrastinate's queue is PostgreSQL's")
+def test_migrations_install_procrastinates_queue(tmp_path: Path) -> None:
+    from procrastinate import App, PsycopgConnector
+
+    db = empty_database(tmp_path)
+    db.migrate()
+
+    async def check() -> bool:
+        app = App(connector=PsycopgConnector(conninfo=db.libpq_url))
+        async with app.open_async():
+            return await app.check_connection_async()
+
+    assert asyncio.run(check())
+    _, tables = differences(db)
+    assert {"procrastinate_jobs", "procrastinate_workers"} <= tables

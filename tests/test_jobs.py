@@ -1,0 +1,159 @@
+"""procrastinate jobs on PostgreSQL: each queued execution has exactly one, committed with
+it; the sweep rescues the jobs of dead workers (their executions `crashed`) and gives a
+job to an execution that lost its own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from solder.app import Solder
+from solder.ids import now_ms
+from solder.store import queue
+from solder.store.database import Database
+from solder.workers import QueueWorker
+from tests import databases
+from tests.conftest import Api, Server, api_client
+
+pytestmark = pytest.mark.skipif(
+    not databases.on_postgres(), reason="PostgreSQL only (SOLDER_TEST_DATABASE=postgres)"
+)
+
+WORKFLOW = {
+    "name": "Double",
+    "trigger": {"type": "webhook"},
+    "blocks": [
+        {
+            "name": "double",
+            "connector": "transform",
+            "config": {"expression": "{{ trigger.n * 2 }}"},
+        }
+    ],
+}
+
+
+@pytest.fixture
+def api_only(make_server: Callable[..., Server]) -> Server:
+    """A server that queues runs and runs none (`solder serve --no-worker`)."""
+    return make_server(worker=False, worker_timeout_seconds=1)
+
+
+@pytest.fixture
+def api(api_only: Server) -> Iterator[Api]:
+    with api_client(api_only) as client:
+        yield client
+
+
+def jobs_of(server: Server) -> list[tuple[Any, ...]]:
+    return databases.rows(
+        server.settings.data_dir,
+        "SELECT id, status, args->>'execution_id', lock FROM procrastinate_jobs ORDER BY id",
+    )
+
+
+def sweep(server: Server) -> int:
+    async def run() -> int:
+        solder = Solder(server.settings)
+        assert isinstance(solder.dispatcher, QueueWorker)
+        try:
+            return await solder.dispatcher.sweep()
+        finally:
+            await solder.db.dispose()
+
+    return asyncio.run(run())
+
+
+def test_an_accepted_run_has_its_job_before_any_worker_runs(api_only: Server, api: Api) -> None:
+    user_id, workflow_id = api.install(WORKFLOW)
+    execution_id = api.run(user_id, workflow_id, {"n": 1})
+    [(job_id, status, job_execution, lock)] = jobs_of(api_only)
+    assert (status, job_execution) == ("todo", execution_id)
+    assert lock.endswith(execution_id), "one job at a time per execution"
+    linked = databases.rows(
+        api_only.settings.data_dir, f"SELECT job_id FROM executions WHERE id = '{execution_id}'"
+    )
+    assert linked == [(job_id,)]
+
+
+def test_an_execution_rolled_back_leaves_no_job(api_only: Server, api: Api) -> None:
+    user_id, workflow_id = api.install(WORKFLOW)
+    api.run(user_id, workflow_id, {"n": 1})
+    [(tenant_id, version)] = databases.rows(
+        api_only.settings.data_dir, "SELECT tenant_id, workflow_version FROM executions"
+    )
+
+    async def queue_then_fail() -> None:
+        db = Database(api_only.settings.database_url)
+        try:
+            async with db.write() as conn:
+                await queue.insert_execution(
+                    conn,
+                    tenant_id=tenant_id,
+                    id="rolled-back-execution",
+                    workflow_id=workflow_id,
+                    user_id=user_id,
+                    workflow_version=version,
+                    status="queued",
+                    trigger_id="trigger",
+                    trigger_data="{}",
+                    started_at=now_ms(),
+                )
+                assert len(jobs_of(api_only)) == 1, "uncommitted: not seen by workers"
+                raise RuntimeError("the request fails after queueing")
+        finally:
+            await db.dispose()
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(queue_then_fail())
+    assert len(jobs_of(api_only)) == 1, "the job went with its execution"
+    assert len(databases.rows(api_only.settings.data_dir, "SELECT id FROM executions")) == 1
+
+
+def test_a_dead_workers_execution_is_marked_crashed_then_resumed(
+    make_server: Callable[..., Server], api_only: Server, api: Api
+) -> None:
+    user_id, workflow_id = api.install(WORKFLOW)
+    execution_id = api.run(user_id, workflow_id, {"n": 21})
+    # A worker fetched the job, claimed the execution, and died: no heartbeat for an hour.
+    data_dir = api_only.settings.data_dir
+    databases.execute(
+        data_dir,
+        "WITH dead AS (INSERT INTO procrastinate_workers (last_heartbeat)"
+        " VALUES (NOW() - INTERVAL '1 hour') RETURNING id)"
+        " UPDATE procrastinate_jobs SET status = 'doing', worker_id = (SELECT id FROM dead)",
+    )
+    databases.execute(data_dir, "UPDATE executions SET status = 'running', lease = 'dead'")
+    assert sweep(api_only) == 1
+    [log] = api.logs(workflow_id)
+    assert log["status"] == "crashed"
+    assert [status for _, status, _, _ in jobs_of(api_only)] == ["todo"]
+    assert sweep(api_only) == 0, "rescued once"
+
+    worker = make_server(data_dir=data_dir)
+    with api_client(worker) as resumed:
+        log = resumed.wait_for(workflow_id, execution_id)
+    assert log["status"] == "succeeded"
+    assert log["results"][1]["data"][0][0]["json"] == 42
+
+
+def test_an_execution_that_lost_its_job_gets_a_new_one(
+    make_server: Callable[..., Server], api_only: Server, api: Api
+) -> None:
+    user_id, workflow_id = api.install(WORKFLOW)
+    execution_id = api.run(user_id, workflow_id, {"n": 2})
+    data_dir = api_only.settings.data_dir
+    databases.execute(data_dir, "DELETE FROM procrastinate_jobs")
+    assert sweep(api_only) == 0, "not before it has been idle for the worker timeout"
+    time.sleep(1.1)
+    assert sweep(api_only) == 1
+    [(_, status, job_execution, _)] = jobs_of(api_only)
+    assert (status, job_execution) == ("todo", execution_id)
+
+    worker = make_server(data_dir=data_dir)
+    with api_client(worker) as resumed:
+        log = resumed.wait_for(workflow_id, execution_id)
+    assert log["status"] == "succeeded"
