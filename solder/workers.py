@@ -180,8 +180,9 @@ class QueueWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                reason = str(exc.__cause__ or exc).strip()  # procrastinate wraps psycopg's
                 log.warning(
-                    "the queue worker stopped (%s); starting it again in %.1f s", exc, delay
+                    "the queue worker stopped (%s); starting it again in %.1f s", reason, delay
                 )
             if not self._stopping:
                 await asyncio.sleep(delay)

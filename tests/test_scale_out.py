@@ -217,8 +217,10 @@ def test_the_database_stopped_and_started_under_load_loses_no_accepted_run(
         with Load(api_server.base_url, headers, user_id, workflow_id) as load:
             wait_for(lambda: len(load.accepted) >= 30, "runs are accepted")
             pg_cluster.stop("fast")
-            down = len(load.answers)
+            down, stopped_at = len(load.answers), time.monotonic()
             wait_for(lambda: len(load.answers) >= down + 20, "answers come while it is down")
+            # Down for several heartbeats (every 0.5 s here); runs in flight are interrupted.
+            time.sleep(max(0.0, 3 - (time.monotonic() - stopped_at)))
             pg_cluster.start()
             back = len(load.accepted)
             wait_for(lambda: len(load.accepted) >= back + 30, "runs are accepted again")
