@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run test check lint format clean
+.PHONY: install dev run test check lint format clean bench
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Solder needs Python 3.11 or newer; set PYTHON=/path/to/python3.11"'
@@ -47,3 +47,7 @@ format: dev
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+## bench: run the benchmarks (PostgreSQL must be reachable) and print a table
+bench: dev
+	$(BIN)/python bench/scale_out.py
