@@ -34,7 +34,24 @@ def solder(
     )
 
 
-class ServeProcess:
+class _Child:
+    process: subprocess.Popen[bytes]
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs (a worker sends no heartbeat again)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(TIMEOUT)
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(TIMEOUT)
+
+
+class ServeProcess(_Child):
     """`solder serve` in a child process; its output goes to a file for the test to read."""
 
     def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
@@ -60,18 +77,8 @@ class ServeProcess:
                 raise RuntimeError(f"solder serve did not start:\n{log.read_text()}")
             time.sleep(0.05)
 
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(TIMEOUT)
 
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(TIMEOUT)
-
-
-class WorkerProcess:
+class WorkerProcess(_Child):
     """`solder worker` in a child process (PostgreSQL); its output goes to a file."""
 
     def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
@@ -87,16 +94,3 @@ class WorkerProcess:
                 self.kill()
                 raise RuntimeError(f"solder worker did not start:\n{log.read_text()}")
             time.sleep(0.05)
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, no heartbeat is sent again."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(TIMEOUT)
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(TIMEOUT)

@@ -6,70 +6,21 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from tests import databases
 from tests.conftest import TIMEOUT, Api, Server
 from tests.processes import ServeProcess, environment, solder
-from tests.upstream import Reply, Upstream
+from tests.runs import (
+    assert_each_ran_exactly_once,
+    count_workflow,
+    echo_n,
+    wait_until_all_ended,
+)
+from tests.upstream import Upstream
 
 RUNS = 40
-
-
-def workflow(upstream: Upstream) -> dict[str, Any]:
-    return {
-        "name": "Count",
-        "trigger": {"type": "webhook"},
-        "blocks": [
-            {
-                "name": "call",
-                "connector": "http",
-                "config": {"url": f"{upstream.base_url}/count", "query": {"n": "{{ trigger.n }}"}},
-            },
-            {
-                "name": "double",
-                "connector": "transform",
-                "config": {"expression": "{{ blocks.call.n * 2 }}"},
-            },
-        ],
-    }
-
-
-def echo_n(request: Any) -> Reply:
-    return Reply(200, {"n": int(request.query["n"][0])})
-
-
-def all_logs(api: Api, workflow_id: str) -> list[dict[str, Any]]:
-    logs: list[dict[str, Any]] = []
-    page = 1
-    while batch := api.logs(workflow_id, limit=30, page=page):
-        logs += batch
-        page += 1
-    return logs
-
-
-def wait_until_all_ended(api: Api, workflow_id: str, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 2 * TIMEOUT
-    while time.monotonic() < deadline:
-        logs = all_logs(api, workflow_id)
-        if len(logs) >= count and all(log["stoppedAt"] is not None for log in logs):
-            return logs
-        time.sleep(0.2)
-    raise AssertionError("accepted runs did not all end after the restart")
-
-
-def assert_each_ran_exactly_once(logs: list[dict[str, Any]], accepted: dict[str, int]) -> None:
-    ran = Counter(log["executionId"] for log in logs)
-    assert ran == Counter(list(accepted)), "lost or extra runs"
-    for log in logs:
-        n = accepted[log["executionId"]]
-        assert log["finished"] is True, log
-        ids = [result["connectorId"] for result in log["results"]]
-        assert len(ids) == 3, f"steps recorded twice or missing: {ids}"
-        assert len(set(ids)) == 3, f"steps recorded twice: {ids}"
-        assert log["results"][2]["data"][0][0]["json"] == 2 * n
 
 
 def test_sigkill_with_runs_queued_and_in_flight_loses_nothing(
@@ -87,7 +38,7 @@ def test_sigkill_with_runs_queued_and_in_flight_loses_nothing(
     first = ServeProcess(env, log)
     headers = {"Authorization": f"bearer {key}"}
     with Api(base_url=first.base_url, headers=headers, timeout=TIMEOUT) as api:
-        user_id, workflow_id = api.install(workflow(upstream))
+        user_id, workflow_id = api.install(count_workflow(upstream))
         upstream.hold()  # the first runs block in their http call; the rest stay queued
         accepted = {api.run(user_id, workflow_id, {"n": n}): n for n in range(RUNS)}
         deadline = time.monotonic() + TIMEOUT
@@ -120,7 +71,7 @@ def test_runs_queued_at_shutdown_finish_after_restart(
     key = first.new_key("acme")
     client = httpx.Client(headers={"Authorization": f"bearer {key}"}, timeout=TIMEOUT)
     with Api(base_url=first.base_url, headers=client.headers, timeout=TIMEOUT) as api:
-        user_id, workflow_id = api.install(workflow(upstream))
+        user_id, workflow_id = api.install(count_workflow(upstream))
         upstream.hold()
         accepted = {api.run(user_id, workflow_id, {"n": n}): n for n in range(5)}
     first.stop()  # the grace period ends with a run in flight and four queued
@@ -136,7 +87,7 @@ def test_a_worker_that_lost_its_execution_to_another_writes_nothing_more(
     server: Server, api: Api, upstream: Upstream
 ) -> None:
     upstream.route("/count", echo_n)
-    user_id, workflow_id = api.install(workflow(upstream))
+    user_id, workflow_id = api.install(count_workflow(upstream))
     upstream.hold()
     execution_id = api.run(user_id, workflow_id, {"n": 1})
     deadline = time.monotonic() + TIMEOUT

@@ -19,7 +19,14 @@ from tests import databases
 from tests.conftest import TIMEOUT, Api
 from tests.pgcluster import PgCluster, pg_cluster  # noqa: F401
 from tests.processes import ServeProcess, WorkerProcess, environment, solder
-from tests.upstream import Reply, Upstream
+from tests.runs import (
+    all_logs,
+    assert_each_ran_exactly_once,
+    count_workflow,
+    echo_n,
+    wait_until_all_ended,
+)
+from tests.upstream import Upstream
 
 pytestmark = [
     pytest.mark.slow,
@@ -31,29 +38,6 @@ pytestmark = [
 
 RUNS = 2000
 CALL_SECONDS = 0.1  # how long each run's http block takes upstream
-
-
-def workflow(upstream: Upstream) -> dict[str, Any]:
-    return {
-        "name": "Count",
-        "trigger": {"type": "webhook"},
-        "blocks": [
-            {
-                "name": "call",
-                "connector": "http",
-                "config": {"url": f"{upstream.base_url}/count", "query": {"n": "{{ trigger.n }}"}},
-            },
-            {
-                "name": "double",
-                "connector": "transform",
-                "config": {"expression": "{{ blocks.call.n * 2 }}"},
-            },
-        ],
-    }
-
-
-def echo_n(request: Any) -> Reply:
-    return Reply(200, {"n": int(request.query["n"][0])}, delay=CALL_SECONDS)
 
 
 def new_key(env: dict[str, str]) -> dict[str, str]:
@@ -83,33 +67,10 @@ def wait_for(condition: Any, what: str, timeout: float = 4 * TIMEOUT) -> None:
         time.sleep(0.1)
 
 
-def all_logs(api: Api, workflow_id: str) -> list[dict[str, Any]]:
-    logs: list[dict[str, Any]] = []
-    page = 1
-    while batch := api.logs(workflow_id, limit=30, page=page):
-        logs += batch
-        page += 1
-    return logs
-
-
-def assert_each_ran_exactly_once(logs: list[dict[str, Any]], accepted: dict[str, int]) -> None:
-    ran = Counter(log["executionId"] for log in logs)
-    missing = set(accepted) - set(ran)
-    assert not missing, f"{len(missing)} accepted runs are lost"
-    assert max(ran.values()) == 1, "an execution is listed twice"
-    for log in logs:
-        assert log["status"] == "succeeded", log
-        ids = [result["connectorId"] for result in log["results"]]
-        assert len(ids) == 3, f"steps missing or recorded twice: {ids}"
-        assert len(set(ids)) == 3, f"steps recorded twice: {ids}"
-        if log["executionId"] in accepted:
-            assert log["results"][2]["data"][0][0]["json"] == 2 * accepted[log["executionId"]]
-
-
 def test_an_api_and_two_workers_lose_nothing_when_a_worker_is_killed(
     tmp_path: Path, upstream: Upstream
 ) -> None:
-    upstream.route("/count", echo_n)
+    upstream.route("/count", lambda request: echo_n(request, CALL_SECONDS))
     env = environment(
         tmp_path,
         SOLDER_HTTP_ALLOW_PRIVATE_NETWORKS="true",
@@ -124,7 +85,7 @@ def test_an_api_and_two_workers_lose_nothing_when_a_worker_is_killed(
     restarted: WorkerProcess | None = None
     try:
         with Api(base_url=api_server.base_url, headers=headers, timeout=TIMEOUT) as api:
-            user_id, workflow_id = api.install(workflow(upstream))
+            user_id, workflow_id = api.install(count_workflow(upstream))
             with ThreadPoolExecutor(8) as pool:
                 ids = pool.map(lambda n: (api.run(user_id, workflow_id, {"n": n}), n), range(RUNS))
                 submitting = iter(ids)
@@ -140,7 +101,7 @@ def test_an_api_and_two_workers_lose_nothing_when_a_worker_is_killed(
             logs = all_logs(api, workflow_id)
         assert len(logs) == RUNS
         assert_each_ran_exactly_once(logs, accepted)
-        assert api_server.process.poll() is None
+        assert api_server.alive()
         assert second.alive()
     finally:
         for process in (first, second, restarted):
@@ -201,7 +162,7 @@ def test_the_database_stopped_and_started_under_load_loses_no_accepted_run(
 ) -> None:
     pg_cluster.create_database("solder")
     private_database = pg_cluster.url("solder")
-    upstream.route("/count", lambda request: Reply(200, {"n": int(request.query["n"][0])}))
+    upstream.route("/count", echo_n)
     env = environment(
         tmp_path,
         SOLDER_DATABASE_URL=private_database,
@@ -213,7 +174,7 @@ def test_the_database_stopped_and_started_under_load_loses_no_accepted_run(
     worker = WorkerProcess(env, tmp_path / "worker.log")
     try:
         with Api(base_url=api_server.base_url, headers=headers, timeout=TIMEOUT) as api:
-            user_id, workflow_id = api.install(workflow(upstream))
+            user_id, workflow_id = api.install(count_workflow(upstream))
         with Load(api_server.base_url, headers, user_id, workflow_id) as load:
             wait_for(lambda: len(load.accepted) >= 30, "runs are accepted")
             pg_cluster.stop("fast")
@@ -235,8 +196,8 @@ def test_the_database_stopped_and_started_under_load_loses_no_accepted_run(
         wait_for(lambda: counts(url)[0] == counts(url)[1], "every run ended, without a restart")
         with Api(base_url=api_server.base_url, headers=headers, timeout=TIMEOUT) as api:
             logs = all_logs(api, workflow_id)
-        assert_each_ran_exactly_once(logs, load.accepted)
-        assert api_server.process.poll() is None, "the API was not restarted"
+        assert_each_ran_exactly_once(logs, load.accepted, others=True)
+        assert api_server.alive(), "the API was not restarted"
         assert worker.alive(), "the worker was not restarted"
     finally:
         worker.terminate()
@@ -245,14 +206,14 @@ def test_the_database_stopped_and_started_under_load_loses_no_accepted_run(
 
 def one_run(api_url: str, headers: dict[str, str], upstream: Upstream) -> tuple[Api, str, str]:
     api = Api(base_url=api_url, headers=headers, timeout=TIMEOUT)
-    user_id, workflow_id = api.install(workflow(upstream))
+    user_id, workflow_id = api.install(count_workflow(upstream))
     return api, workflow_id, api.run(user_id, workflow_id, {"n": 21})
 
 
 def test_sigterm_lets_the_block_in_flight_finish_within_the_grace_period(
     tmp_path: Path, upstream: Upstream
 ) -> None:
-    upstream.route("/count", lambda r: Reply(200, {"n": int(r.query["n"][0])}, delay=1.5))
+    upstream.route("/count", lambda request: echo_n(request, 1.5))
     env = environment(
         tmp_path, SOLDER_HTTP_ALLOW_PRIVATE_NETWORKS="true", SOLDER_SHUTDOWN_GRACE_SECONDS="20"
     )
@@ -279,7 +240,7 @@ def test_sigterm_lets_the_block_in_flight_finish_within_the_grace_period(
 def test_a_run_interrupted_past_the_grace_period_resumes_on_another_worker(
     tmp_path: Path, upstream: Upstream
 ) -> None:
-    upstream.route("/count", lambda r: Reply(200, {"n": int(r.query["n"][0])}))
+    upstream.route("/count", echo_n)
     env = environment(
         tmp_path, SOLDER_HTTP_ALLOW_PRIVATE_NETWORKS="true", SOLDER_SHUTDOWN_GRACE_SECONDS="0.5"
     )
@@ -335,7 +296,7 @@ def test_schedules_and_delays_across_two_workers_run_once_each(
             )
             api.activate(user_id, waiting)
             runs = {api.run(user_id, waiting, {"n": n}): n for n in range(20)}
-            delayed = wait_for_logs(api, waiting, len(runs))
+            delayed = wait_until_all_ended(api, waiting, len(runs))
             time.sleep(2)  # a few more ticks
             ticked = all_logs(api, ticking)
         ticks = [log["results"][0]["data"][0][0]["json"]["scheduledAt"] for log in ticked]
@@ -364,13 +325,3 @@ def every_second() -> dict[str, Any]:
 
 def seconds(timestamp: str) -> float:
     return datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
-def wait_for_logs(api: Api, workflow_id: str, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 2 * TIMEOUT
-    while time.monotonic() < deadline:
-        logs = all_logs(api, workflow_id)
-        if len(logs) >= count and all(log["stoppedAt"] for log in logs):
-            return logs
-        time.sleep(0.2)
-    raise AssertionError(f"{count} runs did not end")
