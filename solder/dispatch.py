@@ -101,19 +101,13 @@ class EmbeddedDispatcher:
             if claimed is None:
                 await self._idle()
                 continue
-            tenant_id, execution_id, lease = claimed
             try:
-                await self.engine.run(tenant_id, execution_id, lease)
+                await self.engine.run_or_fail(*claimed)
             except Unavailable:
                 # Left `running`: it resumes after its last finished step at the next start.
-                log.warning("database unreachable while running execution %s", execution_id)
                 await asyncio.sleep(_POLL_SECONDS)
-            except Exception as exc:
-                log.exception("execution %s stopped by an internal error", execution_id)
-                with contextlib.suppress(Exception):
-                    await self.engine.fail(
-                        tenant_id, execution_id, lease, f"internal error: {exc!r}"
-                    )
+            except Exception:  # failing it failed too: keep this worker going
+                log.exception("execution %s could not be marked failed", claimed[1])
 
     async def _claim(self) -> tuple[str, str, str] | None:
         lease = lease_id()

@@ -30,6 +30,7 @@ from solder.connectors import (
 )
 from solder.credentials import scrub
 from solder.definitions import Block, Definition, from_document
+from solder.errors import Unavailable
 from solder.expressions import ExpressionError, resolve
 from solder.ids import item_id, now_ms
 from solder.settings import Settings
@@ -140,6 +141,19 @@ class Engine:
             await self._finish(tenant_id, execution_id, lease, "succeeded", None, None)
         elif not stop.halt:
             await self._finish(tenant_id, execution_id, lease, "failed", stop.block, stop.message)
+
+    async def run_or_fail(self, tenant_id: str, execution_id: str, lease: str) -> None:
+        """`run`, what a worker calls: an unexpected error ends the execution as failed,
+        with the error in its log. `Unavailable` (the database) is raised: the execution
+        is left as it was, to resume after its last finished step."""
+        try:
+            await self.run(tenant_id, execution_id, lease)
+        except Unavailable:
+            log.warning("database unreachable while running execution %s", execution_id)
+            raise
+        except Exception as exc:
+            log.exception("execution %s stopped by an internal error", execution_id)
+            await self.fail(tenant_id, execution_id, lease, f"internal error: {exc!r}")
 
     async def fail(self, tenant_id: str, execution_id: str, lease: str, message: str) -> None:
         """End a running execution as failed, outside of any block."""

@@ -106,14 +106,7 @@ class QueueWorker:
         async with self.db.write() as conn:
             if not await queue.take(conn, tenant_id, execution_id, lease, now_ms()):
                 return  # already finished (or erased): nothing to do
-        try:
-            await self.engine.run(tenant_id, execution_id, lease)
-        except Unavailable:
-            log.warning("database unreachable while running execution %s", execution_id)
-            raise
-        except Exception as exc:
-            log.exception("execution %s stopped by an internal error", execution_id)
-            await self.engine.fail(tenant_id, execution_id, lease, f"internal error: {exc!r}")
+        await self.engine.run_or_fail(tenant_id, execution_id, lease)
 
     async def sweep(self) -> int:
         """Requeue the jobs of dead workers (their executions `crashed`), and give any
