@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder import logs, users, workflows
+from solder.cursors import Cursor
 from solder.errors import InvalidRequest, NotFound
 from solder.ids import execution_id, iso_ms, item_id, now_ms
 from solder.keys import Tenant
@@ -218,8 +219,12 @@ async def page_of_logs(
     page: int,
     limit: int,
     descending: bool,
+    cursor: Cursor | None = None,
 ) -> bytes:
-    """One page of logs as the JSON document `{"data": [...]}`."""
+    """One page of logs as the JSON document `{"data": [...], "nextCursor": ...}`: the
+    page `page`, or the one after `cursor`. `nextCursor` is null on the last page."""
+    if cursor is not None:
+        descending = cursor.descending
     async with db.read() as conn:
         workflow = await workflows.resolve(conn, tenant, workflow_ref)
         user_id = await users.optional_id(conn, tenant, user_ref)
@@ -229,16 +234,23 @@ async def page_of_logs(
             workflow["id"],
             user_id,
             descending=descending,
-            limit=limit,
-            offset=(page - 1) * limit,
+            limit=limit + 1,  # one more says whether there is a next page
+            offset=0 if cursor is not None else (page - 1) * limit,
+            after=None if cursor is None else (cursor.started_at, cursor.execution_id),
         )
+        rows, more = rows[:limit], len(rows) > limit
         unfinished = [row["id"] for row in rows if row["log"] is None]
         steps_by_execution: dict[str, list[RowMapping]] = defaultdict(list)
         if unfinished:
             for step in await q.steps_of(conn, tenant.id, unfinished):
                 steps_by_execution[step["execution_id"]].append(step)
+    last = rows[-1] if rows and more else None
     return logs.page_document(
-        row["log"] or orjson.dumps(logs.render(row, steps_by_execution[row["id"]])) for row in rows
+        (
+            row["log"] or orjson.dumps(logs.render(row, steps_by_execution[row["id"]]))
+            for row in rows
+        ),
+        None if last is None else Cursor(descending, last["started_at"], last["id"]).encode(),
     )
 
 

@@ -48,6 +48,7 @@ def render(execution: Mapping[Any, Any], steps: Iterable[Mapping[Any, Any]]) -> 
     }
 
 
-def page_document(logs: Iterable[bytes]) -> bytes:
-    """`{"data": [...]}` spliced from pre-serialized log documents, without re-parsing them."""
-    return b'{"data":[' + b",".join(logs) + b"]}"
+def page_document(logs: Iterable[bytes], next_cursor: str | None = None) -> bytes:
+    """`{"data": [...], "nextCursor": ...}` spliced from pre-serialized log documents,
+    without re-parsing them."""
+    return b'{"data":[' + b",".join(logs) + b'],"nextCursor":' + orjson.dumps(next_cursor) + b"}"

@@ -82,7 +82,7 @@ def test_pages_have_the_right_sizes_and_then_end(api: Api, history: tuple[str, l
     sizes = [len(api.logs(workflow_id, page=page)) for page in (1, 2, 3, 4, 5)]
     assert sizes == [10, 10, 5, 0, 0]
     response = api.get(f"/workflows/{workflow_id}/logs", params={"page": 4})
-    assert response.json() == {"data": []}
+    assert response.json() == {"data": [], "nextCursor": None}
     assert [len(api.logs(workflow_id, page=p, limit=30)) for p in (1, 2)] == [25, 0]
     assert [len(api.logs(workflow_id, page=p, limit=7)) for p in (1, 2, 3, 4)] == [7, 7, 7, 4]
 
@@ -171,6 +171,9 @@ def test_user_without_runs_gets_an_empty_list(api: Api) -> None:
         {"order": "sideways"},
         {"order": "ascending"},
         {"sortOrder": "up"},
+        {"cursor": "not-a-cursor"},
+        {"cursor": ""},
+        {"cursor": "ZDoxMjM"},  # base64url of "d:123", no execution id
     ],
 )
 def test_bad_parameters_are_400_in_shape(api: Api, params: dict[str, str]) -> None:
@@ -180,6 +183,77 @@ def test_bad_parameters_are_400_in_shape(api: Api, params: dict[str, str]) -> No
     assert body == {"error": "invalid_request", "message": body["message"], "status": 400}
     name = next(iter(params))
     assert {"pageSize": "limit", "sortOrder": "order"}.get(name, name) in body["message"]
+
+
+def page_after(api: Api, workflow_id: str, **params: Any) -> tuple[list[dict[str, Any]], Any]:
+    response = api.get(f"/workflows/{workflow_id}/logs", params=params)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["data"], body["nextCursor"]
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+def test_cursors_walk_every_log_once_in_order(
+    api: Api, history: tuple[str, list[str]], order: str
+) -> None:
+    workflow_id, ids = history
+    by_page, cursor = page_after(api, workflow_id, limit=7, order=order)
+    walked, pages = list(by_page), 1
+    while cursor is not None and pages < 10:
+        logs, cursor = page_after(api, workflow_id, limit=7, cursor=cursor)
+        walked += logs
+        pages += 1
+    assert pages == 4, "7 + 7 + 7 + 4, and the last page says it is the last"
+    assert ids_of(walked) == ids_of(api.logs(workflow_id, limit=30, order=order))
+    assert sorted(ids_of(walked)) == sorted(ids)
+
+
+def test_a_cursor_holds_its_place_while_new_runs_arrive(
+    api: Api, history: tuple[str, list[str]]
+) -> None:
+    workflow_id, _ = history
+    first, cursor = page_after(api, workflow_id, limit=10)
+    user_id = first[0]["userId"]
+    run_all(api, user_id, workflow_id, 3)  # three newer logs push every page down by three
+    after, _ = page_after(api, workflow_id, limit=10, cursor=cursor)
+    shifted, _ = page_after(api, workflow_id, limit=10, page=2)
+    assert ids_of(after) == ids_of(api.logs(workflow_id, limit=30))[13:23]
+    assert ids_of(shifted)[:3] == ids_of(first)[-3:], "pages by number shift; cursors do not"
+
+
+def test_a_page_by_number_also_gives_the_cursor_to_the_next(
+    api: Api, history: tuple[str, list[str]]
+) -> None:
+    workflow_id, _ = history
+    _, cursor = page_after(api, workflow_id, page=2, limit=5)
+    logs, _ = page_after(api, workflow_id, limit=5, cursor=cursor)
+    assert ids_of(logs) == ids_of(api.logs(workflow_id, page=3, limit=5))
+
+
+def test_a_cursor_keeps_the_user_filter_it_is_given(api: Api) -> None:
+    user_id, workflow_id = api.install(echo_workflow())
+    other = api.create_user("grace")
+    api.activate(other, workflow_id)
+    run_all(api, user_id, workflow_id, 4)
+    run_all(api, other, workflow_id, 4)
+    logs, cursor = page_after(api, workflow_id, userId=other, limit=3)
+    rest, end = page_after(api, workflow_id, userId=other, limit=3, cursor=cursor)
+    assert {log["userId"] for log in logs + rest} == {other}
+    assert (len(logs + rest), end) == (4, None)
+
+
+def test_a_cursor_with_page_or_the_other_order_is_refused(
+    api: Api, history: tuple[str, list[str]]
+) -> None:
+    workflow_id, _ = history
+    _, cursor = page_after(api, workflow_id, limit=5)
+    url = f"/workflows/{workflow_id}/logs"
+    both = assert_error(api.get(url, params={"cursor": cursor, "page": 2}), 400)
+    assert "either page or cursor" in both["message"]
+    flipped = assert_error(api.get(url, params={"cursor": cursor, "order": "asc"}), 400)
+    assert "other order" in flipped["message"]
+    same, _ = page_after(api, workflow_id, limit=5, cursor=cursor, order="desc")
+    assert len(same) == 5
 
 
 def test_limit_message_names_the_bounds(api: Api) -> None:

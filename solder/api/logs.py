@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from solder import executions
+from solder import cursors, executions
 from solder.api.deps import App, CurrentTenant, IdempotencyKey, descending, page_and_limit
 from solder.api.responses import raw_json
+from solder.errors import InvalidRequest
 
 router = APIRouter(tags=["logs"])
 
@@ -25,9 +26,25 @@ async def list_logs(
     pageSize: str | None = Query(None, description="Alias of limit."),
     order: str | None = Query(None, description="asc or desc by startedAt (default desc)."),
     sortOrder: str | None = Query(None, description="Alias of order."),
+    cursor: str | None = Query(
+        None,
+        description="Solder's addition: the nextCursor of a previous page, for the page "
+        "after it (instead of page; as fast at any depth). nextCursor is null on the last page.",
+    ),
 ) -> Response:
     """The executions of a workflow, newest first, each with its block-by-block log."""
     page_number, size = page_and_limit(page, limit if limit is not None else pageSize)
+    newest_first = descending(order if order is not None else sortOrder)
+    after = None
+    if cursor is not None:
+        after = cursors.decode(cursor)
+        if page is not None:
+            raise InvalidRequest("use either page or cursor, not both")
+        if (order is not None or sortOrder is not None) and newest_first != after.descending:
+            raise InvalidRequest(
+                "this cursor continues a page in the other order: leave order out with a "
+                "cursor, or start again from page 1"
+            )
     body = await executions.page_of_logs(
         solder.db,
         tenant,
@@ -35,7 +52,8 @@ async def list_logs(
         userId,
         page=page_number,
         limit=size,
-        descending=descending(order if order is not None else sortOrder),
+        descending=newest_first,
+        cursor=after,
     )
     return raw_json(body)
 

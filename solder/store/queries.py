@@ -399,18 +399,42 @@ async def page_of_logs(
     *,
     descending: bool,
     limit: int,
-    offset: int,
+    offset: int = 0,
+    after: tuple[int, str] | None = None,
 ) -> Sequence[RowMapping]:
+    """A page of executions, newest (or oldest) first, past `offset` rows or `after` the
+    (started_at, id) where the previous page ended.
+
+    The page's keys are picked first from the logs index alone, then only those rows are
+    read: skipping `offset` rows walks index entries, not wide rows with their logs.
+    """
     conditions = [executions.c.tenant_id == tenant_id, executions.c.workflow_id == workflow_id]
     if user_id is not None:
         conditions.append(executions.c.user_id == user_id)
+    position = tuple_(executions.c.started_at, executions.c.id)
+    if after is not None:
+        conditions.append(position < tuple_(*after) if descending else position > tuple_(*after))
     order = (
         (executions.c.started_at.desc(), executions.c.id.desc())
         if descending
         else (executions.c.started_at.asc(), executions.c.id.asc())
     )
+    keys = (
+        select(executions.c.tenant_id, executions.c.id)
+        .where(*conditions)
+        .order_by(*order)
+        .limit(limit)
+        .offset(offset)
+        .subquery("page")
+    )
     result = await conn.execute(
-        select(*_LOG_COLUMNS).where(*conditions).order_by(*order).limit(limit).offset(offset)
+        select(*_LOG_COLUMNS)
+        .join_from(
+            executions,
+            keys,
+            and_(executions.c.tenant_id == keys.c.tenant_id, executions.c.id == keys.c.id),
+        )
+        .order_by(*order)
     )
     return result.mappings().all()
 
