@@ -34,8 +34,8 @@ from solder.errors import Unavailable
 from solder.expressions import ExpressionError, resolve
 from solder.ids import item_id, now_ms
 from solder.settings import Settings
+from solder.store import codec, queue
 from solder.store import queries as q
-from solder.store import queue
 from solder.store.database import Database
 
 log = logging.getLogger("solder.engine")
@@ -421,7 +421,7 @@ class Engine:
                 error_block=error_block,
                 error_message=error_message,
                 app_actions=sum(s["app_actions"] for s in steps),
-                log=orjson.dumps(logs.render(ended, steps)),
+                log=codec.pack(orjson.dumps(logs.render(ended, steps))),
             )
 
 

@@ -17,8 +17,8 @@ from solder.cursors import Cursor
 from solder.errors import InvalidRequest, NotFound
 from solder.ids import execution_id, iso_ms, item_id, now_ms
 from solder.keys import Tenant
+from solder.store import codec, queue
 from solder.store import queries as q
-from solder.store import queue
 from solder.store.database import Database
 
 
@@ -247,7 +247,9 @@ async def page_of_logs(
     last = rows[-1] if rows and more else None
     return logs.page_document(
         (
-            row["log"] or orjson.dumps(logs.render(row, steps_by_execution[row["id"]]))
+            codec.unpack(row["log"])
+            if row["log"] is not None
+            else orjson.dumps(logs.render(row, steps_by_execution[row["id"]]))
             for row in rows
         ),
         None if last is None else Cursor(descending, last["started_at"], last["id"]).encode(),

@@ -107,11 +107,21 @@ def stored_bytes(data_dir: Path) -> dict[str, bytes]:
 
     SQLite: the database's files as they are on disk (freed pages included).
     PostgreSQL: every value of every table, binary values as their raw bytes.
+    Both: the stored log documents decompressed, since compression would hide from a
+    byte search what they hold.
     """
+    from solder.store.codec import unpack
+
+    logs = b"\n".join(
+        unpack(log)
+        for (log,) in rows(data_dir, "SELECT log FROM executions WHERE log IS NOT NULL")
+        if isinstance(log, bytes)
+    )
     if not on_postgres():
-        return {
+        files = {
             f.name: f.read_bytes() for f in data_dir.iterdir() if f.name.startswith("solder.db")
         }
+        return {**files, "log documents": logs}
     from solder.store.schema import metadata
 
     found: dict[str, bytes] = {}
@@ -122,4 +132,5 @@ def stored_bytes(data_dir: Path) -> dict[str, bytes]:
             for row in values
             for value in row
         )
+    found["log documents"] = logs
     return found
