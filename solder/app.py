@@ -38,7 +38,11 @@ class Solder:
         self, settings: Settings, *, worker: bool = True, concurrency: int | None = None
     ) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        self.db = Database(
+            settings.database_url,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            pool_size=settings.database_pool_size,
+        )
         if not worker and self.db.is_sqlite:
             raise ValueError("on SQLite the server runs its executions itself")
         self.connectors: Mapping[str, Connector] = registry()

@@ -70,7 +70,11 @@ def _settings() -> Settings:
 
 def _database(settings: Settings) -> Database:
     try:
-        db = Database(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+        db = Database(
+            settings.database_url,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            pool_size=settings.database_pool_size,
+        )
         db.migrate()
     except Exception as exc:
         raise _fail(

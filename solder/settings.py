@@ -111,6 +111,14 @@ class Settings(BaseSettings):
         "encrypts, all decrypt). Unset: a key is generated into `<data dir>/secret.key` "
         "on first start, with a warning to back it up.",
     )
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Database connections each process keeps open for requests and runs. "
+        "A request that finds them all busy waits for one (up to 30 s, then 503) rather "
+        "than opening more: each process holds at most this many.",
+    )
     sqlite_synchronous: Literal["normal", "full"] = Field(
         default="normal",
         description="SQLite `synchronous` pragma. `normal` (with WAL) survives any process "

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import Api, Server, api_client
 from tests.test_protocol import MISSING_ID, assert_error
 from tests.upstream import Reply, Upstream
 
@@ -323,3 +323,17 @@ def test_running_execution_shows_finished_blocks_and_no_stop(api: Api, upstream:
     assert done["stoppedAt"] is not None
     assert [r["connectorId"] for r in done["results"]] == [trigger_id, before_id, call_id, after_id]
     assert done["results"][:2] == log["results"]
+
+
+def test_with_one_database_connection_concurrent_readers_wait_their_turn(
+    make_server: Callable[..., Server],
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = make_server(database_pool_size=1)
+    with api_client(server) as api:
+        user_id, workflow_id = api.install(echo_workflow())
+        run_all(api, user_id, workflow_id, 3)
+        with ThreadPoolExecutor(8) as pool:
+            pages = list(pool.map(lambda _: api.logs(workflow_id), range(32)))
+    assert all(len(page) == 3 for page in pages)

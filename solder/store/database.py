@@ -12,6 +12,7 @@ import psycopg
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from solder.errors import Unavailable
@@ -65,10 +66,13 @@ def _configure_sqlite(sync_engine: Any, synchronous: str) -> None:
 class Database:
     """The async engine and the transactions every query runs in."""
 
-    def __init__(self, database_url: str, *, sqlite_synchronous: str = "normal") -> None:
+    def __init__(
+        self, database_url: str, *, sqlite_synchronous: str = "normal", pool_size: int = 10
+    ) -> None:
         async_url, self.sync_url = _urls(database_url)
         self.is_sqlite = async_url.get_backend_name() == "sqlite"
         sqlite_file = self.sqlite_file = _sqlite_file(async_url)
+        in_memory = self.is_sqlite and sqlite_file is None  # one connection, nothing to size
         if sqlite_file is not None:
             # Logs hold end users' data: a new data directory is readable by its owner only.
             sqlite_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -76,6 +80,9 @@ class Database:
         """The PostgreSQL URL as libpq takes it (procrastinate's own pool connects with it)."""
         self.engine: AsyncEngine = create_async_engine(
             async_url,
+            # A fixed number of connections, kept open: opening one per burst costs
+            # PostgreSQL a backend start each time (bench/RESULTS.md).
+            **({} if in_memory else {"pool_size": pool_size, "max_overflow": 0}),
             pool_pre_ping=not self.is_sqlite,
             # An unreachable server is an error in seconds (503), not a hang.
             connect_args={} if self.is_sqlite else {"connect_timeout": _CONNECT_TIMEOUT},
@@ -117,6 +124,8 @@ class Database:
         try:
             async with self.engine.connect() as conn:
                 yield conn
+        except PoolTimeout as exc:
+            raise Unavailable("every database connection is busy; retry shortly") from exc
         except DBAPIError as exc:
             if exc.connection_invalidated or _is_unreachable(exc):
                 raise Unavailable("the database is unavailable; retry shortly") from exc
