@@ -155,7 +155,7 @@ def test_version_prefix_serves_logs_like_unprefixed(api: Api) -> None:
     log = api.wait_for(workflow_id, execution_id)
     response = api.get(f"/2024-03/workflows/{workflow_id}/logs", params={"userId": user_id})
     assert response.status_code == 200, response.text
-    assert response.json() == {"data": [log]}
+    assert response.json() == {"data": [log], "nextCursor": None}
     assert_error(api.get(f"/2024-03/workflows/{workflow_id}/logs", params={"limit": 0}), 400)
 
 
