@@ -48,6 +48,9 @@ format: dev
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
-## bench: run the benchmarks (PostgreSQL must be reachable) and print a table
+## bench: run the benchmark suite (bench/run.py) and print its tables
+# The load generator is wrk: installed here from Debian's packages when missing.
 bench: dev
-	$(BIN)/python bench/scale_out.py
+	@command -v wrk >/dev/null || { echo "make bench: wrk is missing; installing it (apt-get install -y wrk)"; \
+		apt-get install -y wrk >/dev/null || { echo "make bench: could not install wrk: install it (Debian/Ubuntu: apt-get install wrk) and rerun"; exit 1; }; }
+	$(BIN)/python bench/run.py

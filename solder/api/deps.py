@@ -20,7 +20,8 @@ MAX_PAGE = 1_000_000_000
 _bearer = HTTPBearer(auto_error=False, description="An API key from `solder keys create`.")
 
 
-def get_solder(request: Request) -> Solder:
+async def get_solder(request: Request) -> Solder:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, on every request.
     solder: Solder = request.app.state.solder
     return solder
 
