@@ -254,6 +254,8 @@ def test_a_cursor_with_page_or_the_other_order_is_refused(
     assert "other order" in flipped["message"]
     same, _ = page_after(api, workflow_id, limit=5, cursor=cursor, order="desc")
     assert len(same) == 5
+    empty_page, _ = page_after(api, workflow_id, limit=5, cursor=cursor, page="")
+    assert ids_of(empty_page) == ids_of(same), "an empty page means the default, no conflict"
 
 
 def test_limit_message_names_the_bounds(api: Api) -> None:

@@ -38,7 +38,7 @@ async def list_logs(
     after = None
     if cursor is not None:
         after = cursors.decode(cursor)
-        if page is not None:
+        if page not in (None, ""):  # an empty value means the default, as everywhere
             raise InvalidRequest("use either page or cursor, not both")
         if (order is not None or sortOrder is not None) and newest_first != after.descending:
             raise InvalidRequest(
