@@ -16,10 +16,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import orjson
-from sqlalchemy import text, update
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
-
-from solder.store.schema import executions
 
 TASK = "solder.run_execution"
 QUEUE = "executions"
@@ -31,17 +29,19 @@ def _on_postgres(conn: AsyncConnection) -> bool:
 
 async def defer(
     conn: AsyncConnection, tenant_id: str, execution_id: str, *, at_ms: int | None = None
-) -> None:
-    """Give a queued execution its job, to run no sooner than `at_ms` (ms since the epoch).
+) -> int | None:
+    """Defer the job of a queued execution, to run no sooner than `at_ms` (ms since the
+    epoch); its id, for the execution's `job_id` (None on SQLite: no job).
 
-    The job's lock is the execution: procrastinate never runs two jobs with one lock at
-    once, so an execution is never run by two workers, whatever else goes wrong.
+    The job's lock is the execution: procrastinate does not run two jobs with one lock at
+    once. (A worker wrongly presumed dead may still be running the execution's previous
+    job; the lease keeps it from writing.)
     """
     if not _on_postgres(conn):
-        return
+        return None
     at = None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC)
     args = orjson.dumps({"tenant_id": tenant_id, "execution_id": execution_id}).decode()
-    job_id = (
+    job_id: int = (
         await conn.execute(
             text(
                 "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
@@ -57,11 +57,7 @@ async def defer(
             },
         )
     ).scalar_one()
-    await conn.execute(
-        update(executions)
-        .where(executions.c.tenant_id == tenant_id, executions.c.id == execution_id)
-        .values(job_id=job_id)
-    )
+    return job_id
 
 
 async def stalled(

@@ -32,8 +32,8 @@ def _one(tenant_id: str, execution_id: str) -> tuple[Any, ...]:
 
 async def insert_execution(conn: Conn, **values: Any) -> None:
     """Record a queued execution, and on PostgreSQL its job, in the caller's transaction."""
-    await conn.execute(insert(executions).values(**values))
-    await jobs.defer(conn, values["tenant_id"], values["id"])
+    job_id = await jobs.defer(conn, values["tenant_id"], values["id"])
+    await conn.execute(insert(executions).values(**values, job_id=job_id))
 
 
 async def claim_next(conn: Conn, lease: str, claimed_at: int) -> RowMapping | None:
@@ -111,8 +111,17 @@ async def park(
     )
     if result.rowcount != 1:
         return False
-    await jobs.defer(conn, tenant_id, execution_id, at_ms=wake_at)
+    await _give_job(conn, tenant_id, execution_id, at_ms=wake_at)
     return True
+
+
+async def _give_job(conn: Conn, tenant_id: str, execution_id: str, *, at_ms: int | None) -> None:
+    """On PostgreSQL, a new job for an execution already recorded (see `jobs.defer`)."""
+    job_id = await jobs.defer(conn, tenant_id, execution_id, at_ms=at_ms)
+    if job_id is not None:
+        await conn.execute(
+            update(executions).where(*_one(tenant_id, execution_id)).values(job_id=job_id)
+        )
 
 
 async def clear_wait(conn: Conn, tenant_id: str, execution_id: str) -> None:
@@ -142,14 +151,13 @@ async def crash_running(conn: Conn) -> int:
     return result.rowcount
 
 
-async def crash(conn: Conn, tenant_id: str, execution_id: str) -> bool:
+async def crash(conn: Conn, tenant_id: str, execution_id: str) -> None:
     """Mark one running execution crashed: its worker died (its job is run again)."""
-    result = await conn.execute(
+    await conn.execute(
         update(executions)
         .where(*_one(tenant_id, execution_id), executions.c.status == "running")
         .values(status="crashed", lease=None)
     )
-    return result.rowcount == 1
 
 
 async def requeue_orphan(conn: Conn, tenant_id: str, execution_id: str) -> bool:
@@ -164,7 +172,7 @@ async def requeue_orphan(conn: Conn, tenant_id: str, execution_id: str) -> bool:
     if row is None or await jobs.alive(conn, row.job_id):
         return False
     await crash(conn, tenant_id, execution_id)
-    await jobs.defer(conn, tenant_id, execution_id, at_ms=row.wake_at)
+    await _give_job(conn, tenant_id, execution_id, at_ms=row.wake_at)
     return True
 
 
