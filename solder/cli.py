@@ -93,7 +93,7 @@ def serve(
         typer.Option(
             help="Dev mode: create a dev tenant, API key, demo user and demo workflow if "
             "missing, run the demo, print a curl line listing its logs, and let the http "
-            "connector call loopback and private addresses."
+            "connector call loopback and private addresses, and log every request."
         ),
     ] = False,
     worker: Annotated[
@@ -121,6 +121,7 @@ def serve(
         overrides["port"] = port
     if dev:
         overrides["http_allow_private_networks"] = True
+        overrides["access_log"] = True
     settings = settings.model_copy(update=overrides)
     _configure_logging()
     db = _database(settings)  # fail early, with a clear message, on a bad database URL
@@ -136,7 +137,13 @@ def serve(
         app = create_app(settings, dev=dev, worker=worker)
     except (PluginError, SecretKeyError) as exc:
         raise _fail(str(exc)) from None
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=settings.access_log,
+    )
     server = uvicorn.Server(config)
 
     async def main() -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -199,8 +197,8 @@ async def rerun(
 
 
 async def _active_installation(
-    conn: AsyncConnection, tenant: Tenant, workflow: RowMapping, user: RowMapping
-) -> RowMapping:
+    conn: AsyncConnection, tenant: Tenant, workflow: Mapping[Any, Any], user: Mapping[Any, Any]
+) -> Mapping[Any, Any]:
     installed = await q.installation(conn, tenant.id, workflow["id"], user["id"])
     if installed is None or not installed["active"]:
         raise InvalidRequest(
@@ -225,7 +223,7 @@ async def page_of_logs(
     page `page`, or the one after `cursor`. `nextCursor` is null on the last page."""
     if cursor is not None:
         descending = cursor.descending
-    async with db.read() as conn:
+    async with db.read_inline() as conn:
         workflow = await workflows.resolve(conn, tenant, workflow_ref)
         user_id = await users.optional_id(conn, tenant, user_ref)
         rows = await q.page_of_logs(
@@ -239,17 +237,19 @@ async def page_of_logs(
             after=None if cursor is None else (cursor.started_at, cursor.execution_id),
         )
         rows, more = rows[:limit], len(rows) > limit
-        unfinished = [row["id"] for row in rows if row["log"] is None]
-        steps_by_execution: dict[str, list[RowMapping]] = defaultdict(list)
-        if unfinished:
-            for step in await q.steps_of(conn, tenant.id, unfinished):
-                steps_by_execution[step["execution_id"]].append(step)
+        # A finished execution's log is stored whole; a running one's is rendered from
+        # its steps so far.
+        steps_of = {
+            row["id"]: await q.steps_of(conn, tenant.id, row["id"])
+            for row in rows
+            if row["log"] is None
+        }
     last = rows[-1] if rows and more else None
     return logs.page_document(
         (
             codec.unpack(row["log"])
             if row["log"] is not None
-            else orjson.dumps(logs.render(row, steps_by_execution[row["id"]]))
+            else orjson.dumps(logs.render(row, steps_of[row["id"]]))
             for row in rows
         ),
         None if last is None else Cursor(descending, last["started_at"], last["id"]).encode(),

@@ -34,7 +34,7 @@ async def ensure_tenant(conn: AsyncConnection, name: str) -> Tenant:
     return tenant
 
 
-async def create_key(conn: AsyncConnection, tenant: Tenant) -> tuple[str, str]:
+async def create_key(conn: q.Conn, tenant: Tenant) -> tuple[str, str]:
     """A new key for `tenant`: its id and the key itself, which is never stored."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = object_id()
@@ -49,7 +49,7 @@ async def create_key(conn: AsyncConnection, tenant: Tenant) -> tuple[str, str]:
     return key_id, key
 
 
-async def authenticate(conn: AsyncConnection, key: str) -> Tenant:
+async def authenticate(conn: q.Reader, key: str) -> Tenant:
     row = await q.tenant_by_key_hash(conn, hash_key(key))
     if row is None:
         raise Unauthorized("unknown or revoked API key")

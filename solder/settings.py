@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Interface `solder serve` listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port `solder serve` listens on.")
+    access_log: bool = Field(
+        default=False,
+        description="Log one line per HTTP request (method, path, status) on standard error. "
+        "Off by default: it costs the logs endpoint about 5 % of its throughput "
+        "(bench/RESULTS.md), and a proxy in front usually logs requests already. "
+        "`solder serve --dev` turns it on.",
+    )
     http_allow_private_networks: bool = Field(
         default=False,
         description="Let the `http` connector call loopback and private addresses "

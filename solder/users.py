@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.errors import Conflict, NotFound
@@ -13,7 +13,7 @@ from solder.keys import Tenant
 from solder.store import queries as q
 
 
-async def resolve(conn: AsyncConnection, tenant: Tenant, ref: str) -> RowMapping:
+async def resolve(conn: q.Reader, tenant: Tenant, ref: str) -> Mapping[Any, Any]:
     """The user whose id or username is `ref`."""
     row = None
     if OBJECT_ID.match(ref):
@@ -44,7 +44,7 @@ async def create(
 
 async def update(
     conn: AsyncConnection, tenant: Tenant, ref: str, changes: dict[str, Any]
-) -> RowMapping:
+) -> Mapping[Any, Any]:
     user = await resolve(conn, tenant, ref)
     values: dict[str, Any] = {}
     if "username" in changes and changes["username"] != user["username"]:
@@ -58,14 +58,16 @@ async def update(
     return await resolve(conn, tenant, user["id"])
 
 
-def public(user: RowMapping, *, with_created: bool = False) -> dict[str, Any]:
+def public(user: Mapping[Any, Any], *, with_created: bool = False) -> dict[str, Any]:
     body = {"userId": user["id"], "username": user["username"], "fullName": user["full_name"]}
     if with_created:
         body["createdAt"] = iso_ms(user["created_at"])
     return body
 
 
-async def page(conn: AsyncConnection, tenant: Tenant, number: int, size: int) -> list[RowMapping]:
+async def page(
+    conn: AsyncConnection, tenant: Tenant, number: int, size: int
+) -> list[Mapping[Any, Any]]:
     return list(await q.list_users(conn, tenant.id, limit=size, offset=(number - 1) * size))
 
 
@@ -85,7 +87,7 @@ async def erase_logs(conn: AsyncConnection, tenant: Tenant, ref: str) -> None:
     await q.erase_user_logs(conn, tenant.id, user["id"])
 
 
-async def optional_id(conn: AsyncConnection, tenant: Tenant, ref: str | None) -> str | None:
+async def optional_id(conn: q.Reader, tenant: Tenant, ref: str | None) -> str | None:
     """The id of the user `ref` names, or None when `ref` is absent or empty."""
     if not ref:
         return None

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder import definitions
@@ -18,7 +17,7 @@ from solder.keys import Tenant
 from solder.store import queries as q
 
 
-async def resolve(conn: AsyncConnection, tenant: Tenant, ref: str) -> RowMapping:
+async def resolve(conn: q.Reader, tenant: Tenant, ref: str) -> Mapping[Any, Any]:
     """The workflow whose id (or, failing that, name) is `ref`."""
     row = None
     if OBJECT_ID.match(ref):
@@ -124,7 +123,7 @@ async def _insert_version(
 
 
 async def activate(
-    conn: AsyncConnection, tenant: Tenant, workflow: RowMapping, user_id: str
+    conn: AsyncConnection, tenant: Tenant, workflow: Mapping[Any, Any], user_id: str
 ) -> None:
     """Install the workflow for the user (at its latest version) if needed, and activate it.
 
@@ -152,7 +151,7 @@ async def activate(
 
 
 async def deactivate(
-    conn: AsyncConnection, tenant: Tenant, workflow: RowMapping, user_id: str
+    conn: AsyncConnection, tenant: Tenant, workflow: Mapping[Any, Any], user_id: str
 ) -> None:
     if await q.installation(conn, tenant.id, workflow["id"], user_id) is not None:
         await q.update_installation(
@@ -161,7 +160,7 @@ async def deactivate(
 
 
 async def upgrade(
-    conn: AsyncConnection, tenant: Tenant, workflow: RowMapping, user_id: str
+    conn: AsyncConnection, tenant: Tenant, workflow: Mapping[Any, Any], user_id: str
 ) -> None:
     current = await q.installation(conn, tenant.id, workflow["id"], user_id)
     if current is None:
@@ -177,7 +176,7 @@ async def upgrade(
 async def summary(
     conn: AsyncConnection,
     tenant: Tenant,
-    workflow: RowMapping,
+    workflow: Mapping[Any, Any],
     user_id: str | None,
     connectors: Mapping[str, Connector],
 ) -> dict[str, Any]:
@@ -215,7 +214,7 @@ async def listing(
 
 
 async def delete(
-    conn: AsyncConnection, tenant: Tenant, workflow: RowMapping, user_id: str | None
+    conn: AsyncConnection, tenant: Tenant, workflow: Mapping[Any, Any], user_id: str | None
 ) -> None:
     """Uninstall the workflow for one user or, without a user, delete it with its logs."""
     if user_id is None:
@@ -225,7 +224,7 @@ async def delete(
 
 
 async def versions(
-    conn: AsyncConnection, tenant: Tenant, workflow: RowMapping
+    conn: AsyncConnection, tenant: Tenant, workflow: Mapping[Any, Any]
 ) -> list[dict[str, Any]]:
     return [
         {"version": row["version"], "createdAt": iso_ms(row["created_at"])}
@@ -234,7 +233,7 @@ async def versions(
 
 
 async def users_of(
-    conn: AsyncConnection, tenant: Tenant, workflow: RowMapping
+    conn: AsyncConnection, tenant: Tenant, workflow: Mapping[Any, Any]
 ) -> list[dict[str, Any]]:
     return [
         {

@@ -244,8 +244,16 @@ def test_openapi_lists_the_logs_endpoint(server: Server) -> None:
         response = client.get("/openapi.json")
     assert response.status_code == 200
     document = response.json()
-    assert "/workflows/{workflowId}/logs" in document["paths"]
-    assert "get" in document["paths"]["/workflows/{workflowId}/logs"]
+    operation = document["paths"]["/workflows/{workflowId}/logs"]["get"]
+    # The handler reads its query itself (the hot path), yet the docs still list it all.
+    parameters = {(p["in"], p["name"]) for p in operation["parameters"]}
+    assert parameters == {("path", "workflowId")} | {
+        ("query", name)
+        for name in ("userId", "page", "limit", "pageSize", "order", "sortOrder", "cursor")
+    }
+    assert all(p.get("description") for p in operation["parameters"] if p["in"] == "query")
+    assert operation["security"] == [{"HTTPBearer": []}]
+    assert "HTTPBearer" in document["components"]["securitySchemes"]
 
 
 def test_docs_serve_html(server: Server) -> None:

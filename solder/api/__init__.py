@@ -45,7 +45,8 @@ def create_app(
         """Liveness: answers without authentication."""
         return {"status": "ok"}
 
-    for module in (users, credentials, workflows, run, logs):
+    # Routes are matched in order: the logs, the hottest, come first.
+    for module in (logs, users, credentials, workflows, run):
         app.include_router(module.router)
     if dev:
         app.include_router(demo.router)

@@ -34,7 +34,7 @@ async def authenticate(solder: Solder, authorization: str | None) -> Tenant:
     scheme, _, key = (authorization or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing API key: send the header `Authorization: bearer <API key>`")
-    async with solder.db.read() as conn:
+    async with solder.db.read_inline() as conn:
         return await keys.authenticate(conn, key.strip())
 
 

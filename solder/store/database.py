@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from solder.errors import Unavailable
+from solder.store.prepared import InlineReader, Reader
 
 
 def _urls(database_url: str) -> tuple[URL, URL]:
@@ -89,6 +91,7 @@ class Database:
         )
         if self.is_sqlite:
             _configure_sqlite(self.engine.sync_engine, sqlite_synchronous)
+        self._inline = None if sqlite_file is None else InlineReader(sqlite_file, keep=pool_size)
         # SQLite has one writer at a time; queueing writers of this process here is
         # cheaper than letting them spin on busy_timeout.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -106,6 +109,26 @@ class Database:
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
                 yield conn
+
+    @asynccontextmanager
+    async def read_inline(self) -> AsyncIterator[Reader]:
+        """A read transaction for prepared statements that touch a bounded number of rows
+        through an index (an API key, a page of logs): on SQLite, run in this thread.
+
+        It blocks the event loop while a statement runs, so it is not for scans (counts,
+        analytics). On PostgreSQL it is `read()`.
+        """
+        if self._inline is None:
+            async with self.read() as conn:
+                yield conn
+            return
+        try:
+            with self._inline.transaction() as conn:
+                yield conn
+        except sqlite3.OperationalError as exc:
+            if any(s in str(exc).lower() for s in _TRANSIENT):
+                raise Unavailable("the database is unavailable; retry shortly") from exc
+            raise
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -133,6 +156,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._inline is not None:
+            self._inline.close()
 
     def migrate(self) -> None:
         """Bring the schema up to date (Alembic `upgrade head`)."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from solder.store.prepared import Prepared, Row, fetch, fetch_one
+from solder.store.prepared import Reader as Reader  # re-exported: q.Reader
 from solder.store.schema import (
     api_keys,
     credentials,
@@ -36,13 +39,15 @@ async def insert_tenant(conn: Conn, *, id: str, name: str, created_at: int) -> N
     await conn.execute(insert(tenants).values(id=id, name=name, created_at=created_at))
 
 
-async def tenant_by_key_hash(conn: Conn, key_hash: str) -> RowMapping | None:
-    result = await conn.execute(
-        select(tenants.c.id, tenants.c.name)
-        .join(api_keys, api_keys.c.tenant_id == tenants.c.id)
-        .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
-    )
-    return result.mappings().first()
+_TENANT_BY_KEY_HASH = Prepared(
+    select(tenants.c.id, tenants.c.name)
+    .join(api_keys, api_keys.c.tenant_id == tenants.c.id)
+    .where(api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None))
+)
+
+
+async def tenant_by_key_hash(conn: Reader, key_hash: str) -> Row | None:
+    return await fetch_one(conn, _TENANT_BY_KEY_HASH, key_hash=key_hash)
 
 
 async def insert_api_key(conn: Conn, **values: Any) -> None:
@@ -70,18 +75,22 @@ async def revoke_api_key(conn: Conn, key_id: str, revoked_at: int) -> int:
 # --- users -------------------------------------------------------------------------
 
 
-async def user_by_id(conn: Conn, tenant_id: str, user_id: str) -> RowMapping | None:
-    result = await conn.execute(
-        select(users).where(users.c.tenant_id == tenant_id, users.c.id == user_id)
+_USER_BY_ID = Prepared(
+    select(users).where(users.c.tenant_id == bindparam("tenant_id"), users.c.id == bindparam("id"))
+)
+_USER_BY_USERNAME = Prepared(
+    select(users).where(
+        users.c.tenant_id == bindparam("tenant_id"), users.c.username == bindparam("username")
     )
-    return result.mappings().first()
+)
 
 
-async def user_by_username(conn: Conn, tenant_id: str, username: str) -> RowMapping | None:
-    result = await conn.execute(
-        select(users).where(users.c.tenant_id == tenant_id, users.c.username == username)
-    )
-    return result.mappings().first()
+async def user_by_id(conn: Reader, tenant_id: str, user_id: str) -> Row | None:
+    return await fetch_one(conn, _USER_BY_ID, tenant_id=tenant_id, id=user_id)
+
+
+async def user_by_username(conn: Reader, tenant_id: str, username: str) -> Row | None:
+    return await fetch_one(conn, _USER_BY_USERNAME, tenant_id=tenant_id, username=username)
 
 
 async def insert_user(conn: Conn, **values: Any) -> None:
@@ -124,18 +133,24 @@ async def delete_user(conn: Conn, tenant_id: str, user_id: str) -> None:
 # --- workflows ---------------------------------------------------------------------
 
 
-async def workflow_by_id(conn: Conn, tenant_id: str, workflow_id: str) -> RowMapping | None:
-    result = await conn.execute(
-        select(workflows).where(workflows.c.tenant_id == tenant_id, workflows.c.id == workflow_id)
+_WORKFLOW_BY_ID = Prepared(
+    select(workflows).where(
+        workflows.c.tenant_id == bindparam("tenant_id"), workflows.c.id == bindparam("id")
     )
-    return result.mappings().first()
+)
+_WORKFLOW_BY_NAME = Prepared(
+    select(workflows).where(
+        workflows.c.tenant_id == bindparam("tenant_id"), workflows.c.name == bindparam("name")
+    )
+)
 
 
-async def workflow_by_name(conn: Conn, tenant_id: str, name: str) -> RowMapping | None:
-    result = await conn.execute(
-        select(workflows).where(workflows.c.tenant_id == tenant_id, workflows.c.name == name)
-    )
-    return result.mappings().first()
+async def workflow_by_id(conn: Reader, tenant_id: str, workflow_id: str) -> Row | None:
+    return await fetch_one(conn, _WORKFLOW_BY_ID, tenant_id=tenant_id, id=workflow_id)
+
+
+async def workflow_by_name(conn: Reader, tenant_id: str, name: str) -> Row | None:
+    return await fetch_one(conn, _WORKFLOW_BY_NAME, tenant_id=tenant_id, name=name)
 
 
 async def list_workflows(conn: Conn, tenant_id: str) -> Sequence[RowMapping]:
@@ -368,15 +383,16 @@ async def execution_steps(conn: Conn, tenant_id: str, execution_id: str) -> Sequ
     return result.mappings().all()
 
 
-async def steps_of(
-    conn: Conn, tenant_id: str, execution_ids: Sequence[str]
-) -> Sequence[RowMapping]:
-    result = await conn.execute(
-        select(steps)
-        .where(steps.c.tenant_id == tenant_id, steps.c.execution_id.in_(execution_ids))
-        .order_by(steps.c.execution_id, steps.c.seq)
-    )
-    return result.mappings().all()
+_STEPS_OF = Prepared(
+    select(steps)
+    .where(steps.c.tenant_id == bindparam("tenant_id"), steps.c.execution_id == bindparam("id"))
+    .order_by(steps.c.seq)
+)
+
+
+async def steps_of(conn: Reader, tenant_id: str, execution_id: str) -> list[Row]:
+    """The recorded steps of an execution, in order."""
+    return await fetch(conn, _STEPS_OF, tenant_id=tenant_id, id=execution_id)
 
 
 _LOG_COLUMNS = (
@@ -392,7 +408,7 @@ _LOG_COLUMNS = (
 
 
 async def page_of_logs(
-    conn: Conn,
+    conn: Reader,
     tenant_id: str,
     workflow_id: str,
     user_id: str | None,
@@ -401,19 +417,40 @@ async def page_of_logs(
     limit: int,
     offset: int = 0,
     after: tuple[int, str] | None = None,
-) -> Sequence[RowMapping]:
+) -> list[Row]:
     """A page of executions, newest (or oldest) first, past `offset` rows or `after` the
-    (started_at, id) where the previous page ended.
+    (started_at, id) where the previous page ended."""
+    statement = _page_statement(descending, user_id is not None, after is not None)
+    after_at, after_id = after if after is not None else (None, None)
+    return await fetch(
+        conn,
+        statement,
+        tenant_id=tenant_id,
+        workflow_id=workflow_id,
+        **({} if user_id is None else {"user_id": user_id}),
+        **({} if after is None else {"after_at": after_at, "after_id": after_id}),
+        limit=limit,
+        offset=offset,
+    )
+
+
+@functools.cache
+def _page_statement(descending: bool, by_user: bool, after: bool) -> Prepared:
+    """The page query, one per shape (8 in all), prepared once.
 
     The page's keys are picked first from the logs index alone, then only those rows are
     read: skipping `offset` rows walks index entries, not wide rows with their logs.
     """
-    conditions = [executions.c.tenant_id == tenant_id, executions.c.workflow_id == workflow_id]
-    if user_id is not None:
-        conditions.append(executions.c.user_id == user_id)
+    conditions = [
+        executions.c.tenant_id == bindparam("tenant_id"),
+        executions.c.workflow_id == bindparam("workflow_id"),
+    ]
+    if by_user:
+        conditions.append(executions.c.user_id == bindparam("user_id"))
     position = tuple_(executions.c.started_at, executions.c.id)
-    if after is not None:
-        conditions.append(position < tuple_(*after) if descending else position > tuple_(*after))
+    if after:
+        bound = tuple_(bindparam("after_at"), bindparam("after_id"))
+        conditions.append(position < bound if descending else position > bound)
     order = (
         (executions.c.started_at.desc(), executions.c.id.desc())
         if descending
@@ -423,11 +460,11 @@ async def page_of_logs(
         select(executions.c.tenant_id, executions.c.id)
         .where(*conditions)
         .order_by(*order)
-        .limit(limit)
-        .offset(offset)
+        .limit(bindparam("limit"))
+        .offset(bindparam("offset"))
         .subquery("page")
     )
-    result = await conn.execute(
+    return Prepared(
         select(*_LOG_COLUMNS)
         .join_from(
             executions,
@@ -436,7 +473,6 @@ async def page_of_logs(
         )
         .order_by(*order)
     )
-    return result.mappings().all()
 
 
 async def failed_executions(

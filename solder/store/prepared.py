@@ -1,0 +1,129 @@
+"""Prepared statements, and SQLite reads that never leave the event loop's thread.
+
+The hot read paths (an API key, a page of logs) cost far more in machinery than in
+SQL: SQLAlchemy spends some 30 µs per statement building it and finding its compiled
+form, and a hop to aiosqlite's thread and back costs 0.2 to 0.4 ms on a loaded machine,
+several times per statement, while the statements themselves take about 10 µs each on
+SQLite (bench/RESULTS.md). So those paths build each statement once (`Prepared`) and
+run its SQL on the driver's cursor; on SQLite, on a plain `sqlite3` connection in the
+calling thread (`InlineReader`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Select
+
+Row = dict[str, Any]
+
+# sqlite3 takes `:name` parameters from a dict, as psycopg takes `%(name)s`.
+_SQLITE_NAMED = sqlite.pysqlite.dialect(paramstyle="named")
+
+
+class Prepared:
+    """A statement built once, with named bind parameters, compiled once per database."""
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self._sql: dict[str, str] = {}
+
+    def sql(self, dialect: Dialect) -> str:
+        sql = self._sql.get(dialect.name)
+        if sql is None:
+            sql = self._sql[dialect.name] = str(self.statement.compile(dialect=dialect))
+        return sql
+
+
+class InlineConnection:
+    """A read transaction on a `sqlite3` connection, in the calling thread.
+
+    Awaiting `fetch` on it never suspends, so a transaction runs to its end without
+    letting another task in; each statement blocks the event loop while it runs, which
+    is why only bounded lookups through an index use it.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def fetch(self, sql: str, params: dict[str, Any]) -> list[Row]:
+        cursor = self._conn.execute(sql, params)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+Reader = AsyncConnection | InlineConnection
+"""What a prepared statement runs on: any transaction's connection, or an inline one."""
+
+
+async def fetch(conn: Reader, statement: Prepared, **params: Any) -> list[Row]:
+    """The rows of a prepared statement, as dicts of column name to driver value."""
+    if isinstance(conn, InlineConnection):
+        return conn.fetch(statement.sql(_SQLITE_NAMED), params)
+    if conn.dialect.name == "postgresql":
+        # psycopg's cursor, on the transaction's own connection: no SQLAlchemy per call.
+        raw = await conn.get_raw_connection()
+        driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+        async with driver.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(statement.sql(conn.dialect), params)
+            return await cursor.fetchall()
+    result = await conn.execute(statement.statement, params)
+    return [dict(row) for row in result.mappings()]
+
+
+async def fetch_one(conn: Reader, statement: Prepared, **params: Any) -> Row | None:
+    rows = await fetch(conn, statement, **params)
+    return rows[0] if rows else None
+
+
+class InlineReader:
+    """Read-only `sqlite3` connections for `InlineConnection`s, kept for reuse.
+
+    Used on the event loop's thread only, so it never waits for a connection (nothing
+    could give one back meanwhile): it opens another when every kept one is in use.
+    """
+
+    def __init__(self, path: Path, *, keep: int) -> None:
+        self._path = path
+        self._keep = keep
+        self._idle: list[sqlite3.Connection] = []
+
+    @contextmanager
+    def transaction(self) -> Iterator[InlineConnection]:
+        conn = self._idle.pop() if self._idle else self._open()
+        try:
+            conn.execute("BEGIN")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        try:
+            yield InlineConnection(conn)
+        finally:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                conn.close()  # in an unknown state: not reused
+            else:
+                if len(self._idle) < self._keep:
+                    self._idle.append(conn)
+                else:
+                    conn.close()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA query_only=ON")  # a read path that tried to write is a bug
+        return conn
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
