@@ -209,7 +209,7 @@ async def _active_installation(
 
 
 async def page_of_logs(
-    db: Database,
+    conn: q.Reader,
     tenant: Tenant,
     workflow_ref: str,
     user_ref: str | None,
@@ -223,27 +223,26 @@ async def page_of_logs(
     page `page`, or the one after `cursor`. `nextCursor` is null on the last page."""
     if cursor is not None:
         descending = cursor.descending
-    async with db.read_inline() as conn:
-        workflow = await workflows.resolve(conn, tenant, workflow_ref)
-        user_id = await users.optional_id(conn, tenant, user_ref)
-        rows = await q.page_of_logs(
-            conn,
-            tenant.id,
-            workflow["id"],
-            user_id,
-            descending=descending,
-            limit=limit + 1,  # one more says whether there is a next page
-            offset=0 if cursor is not None else (page - 1) * limit,
-            after=None if cursor is None else (cursor.started_at, cursor.execution_id),
-        )
-        rows, more = rows[:limit], len(rows) > limit
-        # A finished execution's log is stored whole; a running one's is rendered from
-        # its steps so far.
-        steps_of = {
-            row["id"]: await q.steps_of(conn, tenant.id, row["id"])
-            for row in rows
-            if row["log"] is None
-        }
+    workflow = await workflows.resolve(conn, tenant, workflow_ref)
+    user_id = await users.optional_id(conn, tenant, user_ref)
+    rows = await q.page_of_logs(
+        conn,
+        tenant.id,
+        workflow["id"],
+        user_id,
+        descending=descending,
+        limit=limit + 1,  # one more says whether there is a next page
+        offset=0 if cursor is not None else (page - 1) * limit,
+        after=None if cursor is None else (cursor.started_at, cursor.execution_id),
+    )
+    rows, more = rows[:limit], len(rows) > limit
+    # A finished execution's log is stored whole; a running one's is rendered from its
+    # steps so far, read in the same snapshot.
+    steps_of = {
+        row["id"]: await q.steps_of(conn, tenant.id, row["id"])
+        for row in rows
+        if row["log"] is None
+    }
     last = rows[-1] if rows and more else None
     return logs.page_document(
         (

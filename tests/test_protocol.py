@@ -51,6 +51,19 @@ def test_unknown_or_malformed_key_is_401(server: Server, authorization: str) -> 
         assert_error(client.post("/users", json={"username": "eve"}), 401)
 
 
+@pytest.mark.parametrize(
+    "authorization", ["bearer sk_not_a_real_key", "bearer", "Basic dXNlcjpwYXNz", "sk_bare", None]
+)
+def test_logs_with_bad_parameters_and_no_valid_key_are_401_not_400(
+    server: Server, authorization: str | None
+) -> None:
+    """The logs endpoint reads its parameters itself: it still checks the key first."""
+    headers = {} if authorization is None else {"Authorization": authorization}
+    with raw_client(server, **headers) as client:
+        for query in ("limit=0", "page=x", "cursor=nonsense", "order=sideways"):
+            assert_error(client.get(f"/workflows/{MISSING_ID}/logs?{query}"), 401)
+
+
 @pytest.mark.parametrize("body", [b"{not json", b'{"username": 5}', b"[]"])
 def test_a_bad_body_without_a_key_is_401_not_400(server: Server, body: bytes) -> None:
     headers = {"content-type": "application/json"}

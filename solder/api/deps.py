@@ -29,13 +29,19 @@ async def get_solder(request: Request) -> Solder:
 App = Annotated[Solder, Depends(get_solder)]
 
 
-async def authenticate(solder: Solder, authorization: str | None) -> Tenant:
-    """The tenant whose API key is in an `Authorization: bearer <key>` header."""
+def bearer_key(authorization: str | None) -> str:
+    """The API key in an `Authorization: bearer <key>` header."""
     scheme, _, key = (authorization or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized("missing API key: send the header `Authorization: bearer <API key>`")
+    return key.strip()
+
+
+async def authenticate(solder: Solder, authorization: str | None) -> Tenant:
+    """The tenant whose API key is in an `Authorization: bearer <key>` header."""
+    key = bearer_key(authorization)
     async with solder.db.read_inline() as conn:
-        return await keys.authenticate(conn, key.strip())
+        return await keys.authenticate(conn, key)
 
 
 async def get_tenant(

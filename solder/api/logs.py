@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
-from solder import cursors, executions
+from solder import cursors, executions, keys
 from solder.api.deps import (
     App,
     CurrentTenant,
     IdempotencyKey,
-    authenticate,
+    bearer_key,
     descending,
     page_and_limit,
 )
@@ -52,34 +53,41 @@ _LOGS_QUERY = {
 async def list_logs(workflowId: str, request: Request) -> Response:
     """The executions of a workflow, newest first, each with its block-by-block log."""
     solder: Solder = request.app.state.solder
-    tenant = await authenticate(solder, request.headers.get("authorization"))
-    query = request.query_params
-    page, cursor = query.get("page"), query.get("cursor")
-    limit = query.get("limit", query.get("pageSize"))
-    order = query.get("order", query.get("sortOrder"))
-    page_number, size = page_and_limit(page, limit)
-    newest_first = descending(order)
-    after = None
-    if cursor is not None:
-        after = cursors.decode(cursor)
-        if page not in (None, ""):  # an empty value means the default, as everywhere
-            raise InvalidRequest("use either page or cursor, not both")
-        if order is not None and newest_first != after.descending:
-            raise InvalidRequest(
-                "this cursor continues a page in the other order: leave order out with a "
-                "cursor, or start again from page 1"
-            )
-    body = await executions.page_of_logs(
-        solder.db,
-        tenant,
-        workflowId,
-        query.get("userId"),
-        page=page_number,
-        limit=size,
-        descending=newest_first,
-        cursor=after,
-    )
+    key = bearer_key(request.headers.get("authorization"))
+    # One transaction for the key and the page: on PostgreSQL each costs round trips.
+    async with solder.db.read_inline() as conn:
+        tenant = await keys.authenticate(conn, key)  # before saying what else is wrong
+        page, size, newest_first, after = _paging(request.query_params)
+        body = await executions.page_of_logs(
+            conn,
+            tenant,
+            workflowId,
+            request.query_params.get("userId"),
+            page=page,
+            limit=size,
+            descending=newest_first,
+            cursor=after,
+        )
     return raw_json(body)
+
+
+def _paging(query: QueryParams) -> tuple[int, int, bool, cursors.Cursor | None]:
+    """The page number, size, order and cursor a logs request asks for."""
+    page, cursor = query.get("page"), query.get("cursor")
+    order = query.get("order", query.get("sortOrder"))
+    page_number, size = page_and_limit(page, query.get("limit", query.get("pageSize")))
+    newest_first = descending(order)
+    if cursor is None:
+        return page_number, size, newest_first, None
+    after = cursors.decode(cursor)
+    if page not in (None, ""):  # an empty value means the default, as everywhere
+        raise InvalidRequest("use either page or cursor, not both")
+    if order is not None and newest_first != after.descending:
+        raise InvalidRequest(
+            "this cursor continues a page in the other order: leave order out with a "
+            "cursor, or start again from page 1"
+        )
+    return page_number, size, after.descending, after
 
 
 @router.post("/workflows/{workflowId}/rerun/{executionId}")
