@@ -168,7 +168,8 @@ def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     # httpx logs every URL it calls (query strings may hold secrets); alembic its plugins.
     # procrastinate logs every job's start and end; Solder logs what matters of them.
-    for noisy in ("httpx", "httpcore", "alembic", "procrastinate"):
+    # psycopg's pool logs every connection it hands out.
+    for noisy in ("httpx", "httpcore", "alembic", "procrastinate", "psycopg"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -10,7 +10,7 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from solder import logs, users, workflows
+from solder import keys, logs, users, workflows
 from solder.cursors import Cursor
 from solder.errors import InvalidRequest, NotFound
 from solder.ids import execution_id, iso_ms, item_id, now_ms
@@ -210,7 +210,7 @@ async def _active_installation(
 
 async def page_of_logs(
     conn: q.Reader,
-    tenant: Tenant,
+    key: str,
     workflow_ref: str,
     user_ref: str | None,
     *,
@@ -220,26 +220,36 @@ async def page_of_logs(
     cursor: Cursor | None = None,
 ) -> bytes:
     """One page of logs as the JSON document `{"data": [...], "nextCursor": ...}`: the
-    page `page`, or the one after `cursor`. `nextCursor` is null on the last page."""
+    page `page`, or the one after `cursor`, for the holder of API key `key`.
+
+    The key, the workflow, the user and the page are read in one statement: on
+    PostgreSQL each statement is a round trip. `nextCursor` is null on the last page.
+    """
     if cursor is not None:
         descending = cursor.descending
-    workflow = await workflows.resolve(conn, tenant, workflow_ref)
-    user_id = await users.optional_id(conn, tenant, user_ref)
     rows = await q.page_of_logs(
         conn,
-        tenant.id,
-        workflow["id"],
-        user_id,
+        keys.hash_key(key),
+        workflow_ref,
+        user_ref or None,  # an empty userId means all users, as everywhere
         descending=descending,
         limit=limit + 1,  # one more says whether there is a next page
         offset=0 if cursor is not None else (page - 1) * limit,
         after=None if cursor is None else (cursor.started_at, cursor.execution_id),
     )
+    if not rows:
+        raise keys.unknown()
+    if rows[0]["asker_workflow_id"] is None:
+        raise workflows.unknown(workflow_ref)
+    if user_ref and rows[0]["asker_user_id"] is None:
+        raise users.unknown(user_ref)
+    tenant_id = rows[0]["asker_tenant_id"]
+    rows = [row for row in rows if row["id"] is not None]
     rows, more = rows[:limit], len(rows) > limit
     # A finished execution's log is stored whole; a running one's is rendered from its
     # steps so far, read in the same snapshot.
     steps_of = {
-        row["id"]: await q.steps_of(conn, tenant.id, row["id"])
+        row["id"]: await q.steps_of(conn, tenant_id, row["id"])
         for row in rows
         if row["log"] is None
     }

@@ -52,8 +52,12 @@ async def create_key(conn: q.Conn, tenant: Tenant) -> tuple[str, str]:
 async def authenticate(conn: q.Reader, key: str) -> Tenant:
     row = await q.tenant_by_key_hash(conn, hash_key(key))
     if row is None:
-        raise Unauthorized("unknown or revoked API key")
+        raise unknown()
     return Tenant(row["id"], row["name"])
+
+
+def unknown() -> Unauthorized:
+    return Unauthorized("unknown or revoked API key")
 
 
 async def revoke(conn: AsyncConnection, key_id: str) -> None:

@@ -21,8 +21,12 @@ async def resolve(conn: q.Reader, tenant: Tenant, ref: str) -> Mapping[Any, Any]
     if row is None:
         row = await q.user_by_username(conn, tenant.id, ref)
     if row is None:
-        raise NotFound(f"no user with id or username {ref!r}")
+        raise unknown(ref)
     return row
+
+
+def unknown(ref: str) -> NotFound:
+    return NotFound(f"no user with id or username {ref!r}")
 
 
 async def create(

@@ -25,8 +25,12 @@ async def resolve(conn: q.Reader, tenant: Tenant, ref: str) -> Mapping[Any, Any]
     if row is None:
         row = await q.workflow_by_name(conn, tenant.id, ref)
     if row is None:
-        raise NotFound(f"no workflow with id or name {ref!r}")
+        raise unknown(ref)
     return row
+
+
+def unknown(ref: str) -> NotFound:
+    return NotFound(f"no workflow with id or name {ref!r}")
 
 
 async def definition(

@@ -54,13 +54,16 @@ async def list_logs(workflowId: str, request: Request) -> Response:
     """The executions of a workflow, newest first, each with its block-by-block log."""
     solder: Solder = request.app.state.solder
     key = bearer_key(request.headers.get("authorization"))
-    # One transaction for the key and the page: on PostgreSQL each costs round trips.
-    async with solder.db.read_inline() as conn:
-        tenant = await keys.authenticate(conn, key)  # before saying what else is wrong
+    try:
         page, size, newest_first, after = _paging(request.query_params)
+    except InvalidRequest:
+        async with solder.db.read_inline() as conn:
+            await keys.authenticate(conn, key)  # an unknown key is told so first
+        raise
+    async with solder.db.read_inline() as conn:
         body = await executions.page_of_logs(
             conn,
-            tenant,
+            key,
             workflowId,
             request.query_params.get("userId"),
             page=page,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg_pool
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
@@ -17,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from solder.errors import Unavailable
-from solder.store.prepared import InlineReader, Reader
+from solder.store.prepared import InlineReader, PostgresReader, Reader
 
 
 def _urls(database_url: str) -> tuple[URL, URL]:
@@ -92,6 +93,11 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine.sync_engine, sqlite_synchronous)
         self._inline = None if sqlite_file is None else InlineReader(sqlite_file, keep=pool_size)
+        self._postgres_reads = (
+            None
+            if self.is_sqlite
+            else PostgresReader(self.libpq_url, size=pool_size, connect_timeout=_CONNECT_TIMEOUT)
+        )
         # SQLite has one writer at a time; queueing writers of this process here is
         # cheaper than letting them spin on busy_timeout.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -113,12 +119,21 @@ class Database:
     @asynccontextmanager
     async def read_inline(self) -> AsyncIterator[Reader]:
         """A read transaction for prepared statements that touch a bounded number of rows
-        through an index (an API key, a page of logs): on SQLite, run in this thread.
+        through an index (an API key, a page of logs), on the driver's own connection.
 
-        It blocks the event loop while a statement runs, so it is not for scans (counts,
-        analytics). On PostgreSQL it is `read()`.
+        On SQLite it runs in this thread and blocks the event loop while a statement
+        runs, so it is not for scans (counts, analytics).
         """
-        if self._inline is None:
+        if self._postgres_reads is not None:
+            try:
+                async with self._postgres_reads.transaction() as conn:
+                    yield conn
+            except psycopg_pool.PoolTimeout as exc:
+                raise Unavailable("every database connection is busy; retry shortly") from exc
+            except psycopg.OperationalError as exc:
+                raise Unavailable("the database is unavailable; retry shortly") from exc
+            return
+        if self._inline is None:  # an in-memory database: one connection, SQLAlchemy's
             async with self.read() as conn:
                 yield conn
             return
@@ -158,6 +173,8 @@ class Database:
         await self.engine.dispose()
         if self._inline is not None:
             self._inline.close()
+        if self._postgres_reads is not None:
+            await self._postgres_reads.close()
 
     def migrate(self) -> None:
         """Bring the schema up to date (Alembic `upgrade head`)."""

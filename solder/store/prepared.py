@@ -11,15 +11,17 @@ calling thread (`InlineReader`).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from sqlalchemy.dialects import sqlite
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
@@ -28,6 +30,7 @@ Row = dict[str, Any]
 
 # sqlite3 takes `:name` parameters from a dict, as psycopg takes `%(name)s`.
 _SQLITE_NAMED = sqlite.pysqlite.dialect(paramstyle="named")
+_POSTGRES = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 
 
 class Prepared:
@@ -44,38 +47,56 @@ class Prepared:
         return sql
 
 
-class InlineConnection:
+class DriverConnection:
+    """A transaction on a driver's own connection, for prepared statements only."""
+
+    dialect: Dialect
+
+    async def rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
+        raise NotImplementedError
+
+
+class InlineConnection(DriverConnection):
     """A read transaction on a `sqlite3` connection, in the calling thread.
 
-    Awaiting `fetch` on it never suspends, so a transaction runs to its end without
-    letting another task in; each statement blocks the event loop while it runs, which
-    is why only bounded lookups through an index use it.
+    Awaiting `rows` never suspends, so a transaction runs to its end without letting
+    another task in; each statement blocks the event loop while it runs, which is why
+    only bounded lookups through an index use it.
     """
+
+    dialect = _SQLITE_NAMED
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def fetch(self, sql: str, params: dict[str, Any]) -> list[Row]:
+    async def rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
         cursor = self._conn.execute(sql, params)
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-Reader = AsyncConnection | InlineConnection
-"""What a prepared statement runs on: any transaction's connection, or an inline one."""
+class PostgresConnection(DriverConnection):
+    """A read-only transaction on a psycopg connection of `PostgresReader`'s pool."""
+
+    dialect = _POSTGRES
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
+        async with self._conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(sql, params)
+            return await cursor.fetchall()
+
+
+Reader = AsyncConnection | DriverConnection
+"""What a prepared statement runs on: any transaction's connection, or a driver's."""
 
 
 async def fetch(conn: Reader, statement: Prepared, **params: Any) -> list[Row]:
     """The rows of a prepared statement, as dicts of column name to driver value."""
-    if isinstance(conn, InlineConnection):
-        return conn.fetch(statement.sql(_SQLITE_NAMED), params)
-    if conn.dialect.name == "postgresql":
-        # psycopg's cursor, on the transaction's own connection: no SQLAlchemy per call.
-        raw = await conn.get_raw_connection()
-        driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
-        async with driver.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(statement.sql(conn.dialect), params)
-            return await cursor.fetchall()
+    if isinstance(conn, DriverConnection):
+        return await conn.rows(statement.sql(conn.dialect), params)
     result = await conn.execute(statement.statement, params)
     return [dict(row) for row in result.mappings()]
 
@@ -127,3 +148,47 @@ class InlineReader:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+class PostgresReader:
+    """psycopg's own pool of read-only, repeatable-read connections, for the hot reads.
+
+    Through SQLAlchemy's async engine each statement costs a greenlet switch and its
+    machinery on top of the round trip, and checking a connection out costs a ping;
+    here a transaction is BEGIN, the statements and COMMIT. A connection the server
+    dropped fails its request (503, `Unavailable`) and is replaced.
+    """
+
+    def __init__(self, conninfo: str, *, size: int, connect_timeout: int) -> None:
+        self._pool = AsyncConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=size,
+            open=False,
+            kwargs={"connect_timeout": connect_timeout},
+            configure=_read_only,
+            name="solder-reads",
+        )
+        self._opening = asyncio.Lock()
+        self._open = False
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresConnection]:
+        if not self._open:
+            async with self._opening:
+                if not self._open:
+                    await self._pool.open(wait=False)
+                    self._open = True
+        async with self._pool.connection() as conn:
+            yield PostgresConnection(conn)
+
+    async def close(self) -> None:
+        if self._open:
+            await self._pool.close()
+            self._open = False
+
+
+async def _read_only(conn: psycopg.AsyncConnection[Any]) -> None:
+    # Repeatable read: a page of logs sees one snapshot, like SQLite's read transactions.
+    await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+    await conn.set_read_only(True)

@@ -6,7 +6,20 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    null,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -409,25 +422,32 @@ _LOG_COLUMNS = (
 
 async def page_of_logs(
     conn: Reader,
-    tenant_id: str,
-    workflow_id: str,
-    user_id: str | None,
+    key_hash: str,
+    workflow_ref: str,
+    user_ref: str | None,
     *,
     descending: bool,
     limit: int,
     offset: int = 0,
     after: tuple[int, str] | None = None,
 ) -> list[Row]:
-    """A page of executions, newest (or oldest) first, past `offset` rows or `after` the
-    (started_at, id) where the previous page ended."""
-    statement = _page_statement(descending, user_id is not None, after is not None)
+    """A page of logs, and who asks for it, in one statement (one round trip).
+
+    Every row names the key's tenant (`asker_tenant_id`, `asker_tenant_name`), the
+    workflow whose id or else name is `workflow_ref` (`asker_workflow_id`, null if none)
+    and the user whose id or else username is `user_ref` (`asker_user_id`, null if none).
+    Each also holds one execution of the page (`id` null when the page is empty, on its
+    only row), newest (or oldest) first, past `offset` rows or `after` the (started_at,
+    id) where the previous page ended. No row at all: no active key has that hash.
+    """
+    statement = _page_statement(descending, user_ref is not None, after is not None)
     after_at, after_id = after if after is not None else (None, None)
     return await fetch(
         conn,
         statement,
-        tenant_id=tenant_id,
-        workflow_id=workflow_id,
-        **({} if user_id is None else {"user_id": user_id}),
+        key_hash=key_hash,
+        workflow=workflow_ref,
+        **({} if user_ref is None else {"user": user_ref}),
         **({} if after is None else {"after_at": after_at, "after_id": after_id}),
         limit=limit,
         offset=offset,
@@ -441,12 +461,34 @@ def _page_statement(descending: bool, by_user: bool, after: bool) -> Prepared:
     The page's keys are picked first from the logs index alone, then only those rows are
     read: skipping `offset` rows walks index entries, not wide rows with their logs.
     """
+
+    def named(column: Any, table: Any, key: Any, ref: str) -> Any:
+        """The id of the row of `table` whose id, or else `key` column, is `ref`."""
+        of_tenant = table.c.tenant_id == tenants.c.id
+        return func.coalesce(
+            select(table.c.id).where(of_tenant, table.c.id == bindparam(ref)).scalar_subquery(),
+            select(table.c.id).where(of_tenant, key == bindparam(ref)).scalar_subquery(),
+        ).label(column)
+
+    asker = (
+        select(
+            tenants.c.id.label("asker_tenant_id"),
+            tenants.c.name.label("asker_tenant_name"),
+            named("asker_workflow_id", workflows, workflows.c.name, "workflow"),
+            named("asker_user_id", users, users.c.username, "user")
+            if by_user
+            else null().label("asker_user_id"),
+        )
+        .join_from(api_keys, tenants, api_keys.c.tenant_id == tenants.c.id)
+        .where(api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None))
+        .cte("asker")
+    )
     conditions = [
-        executions.c.tenant_id == bindparam("tenant_id"),
-        executions.c.workflow_id == bindparam("workflow_id"),
+        executions.c.tenant_id == select(asker.c.asker_tenant_id).scalar_subquery(),
+        executions.c.workflow_id == select(asker.c.asker_workflow_id).scalar_subquery(),
     ]
     if by_user:
-        conditions.append(executions.c.user_id == bindparam("user_id"))
+        conditions.append(executions.c.user_id == select(asker.c.asker_user_id).scalar_subquery())
     position = tuple_(executions.c.started_at, executions.c.id)
     if after:
         bound = tuple_(bindparam("after_at"), bindparam("after_id"))
@@ -464,14 +506,22 @@ def _page_statement(descending: bool, by_user: bool, after: bool) -> Prepared:
         .offset(bindparam("offset"))
         .subquery("page")
     )
-    return Prepared(
+    page = (
         select(*_LOG_COLUMNS)
         .join_from(
             executions,
             keys,
             and_(executions.c.tenant_id == keys.c.tenant_id, executions.c.id == keys.c.id),
         )
-        .order_by(*order)
+        .subquery("logs")
+    )
+    order = (
+        (page.c.started_at.desc(), page.c.id.desc())
+        if descending
+        else (page.c.started_at.asc(), page.c.id.asc())
+    )
+    return Prepared(
+        select(asker, *page.c).select_from(asker.outerjoin(page, true())).order_by(*order)
     )
 
 
