@@ -246,23 +246,33 @@ async def page_of_logs(
     tenant_id = rows[0]["asker_tenant_id"]
     rows = [row for row in rows if row["id"] is not None]
     rows, more = rows[:limit], len(rows) > limit
-    # A finished execution's log is stored whole; a running one's is rendered from its
-    # steps so far, read in the same snapshot.
-    steps_of = {
-        row["id"]: await q.steps_of(conn, tenant_id, row["id"])
-        for row in rows
-        if row["log"] is None
-    }
     last = rows[-1] if rows and more else None
     return logs.page_document(
-        (
+        [
             codec.unpack(row["log"])
-            if row["log"] is not None
-            else orjson.dumps(logs.render(row, steps_of[row["id"]]))
+            if row["log"] is not None  # a finished execution's log is stored whole
+            else await _live_log(conn, tenant_id, row)
             for row in rows
-        ),
+        ],
         None if last is None else Cursor(descending, last["started_at"], last["id"]).encode(),
     )
+
+
+async def _live_log(conn: q.Reader, tenant_id: str, execution: Mapping[Any, Any]) -> bytes:
+    """The log of an execution that had not ended when its page was read: its steps so
+    far, or its stored log if it has ended since."""
+    rows = await q.live_log(conn, tenant_id, execution["id"])
+    if not rows:  # deleted since (with its user or its workflow)
+        return orjson.dumps(logs.render(execution, []))
+    now = rows[0]
+    if now["log"] is not None:
+        return codec.unpack(now["log"])
+    steps = [
+        {name.removeprefix("step_"): value for name, value in row.items()}
+        for row in rows
+        if row["step_seq"] is not None
+    ]
+    return orjson.dumps(logs.render({**execution, "status": now["status"]}, steps))
 
 
 async def errors(

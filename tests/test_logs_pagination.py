@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
+from solder import executions
+from solder.store.database import Database
+from solder.store.prepared import DriverConnection, Reader
+from tests import databases
 from tests.conftest import Api, Server, api_client
 from tests.test_protocol import MISSING_ID, assert_error
 from tests.upstream import Reply, Upstream
@@ -283,7 +289,9 @@ def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def test_running_execution_shows_finished_blocks_and_no_stop(api: Api, upstream: Upstream) -> None:
+def slow_workflow(api: Api, upstream: Upstream) -> tuple[str, str, list[str]]:
+    """A workflow whose middle block calls `upstream` (hold it to keep runs running), and
+    an active user: their ids, and the ids of the trigger and the three blocks."""
     upstream.route("/slow", Reply(200, {"ok": True}))
     workflow_id = api.create_workflow(
         {
@@ -301,9 +309,14 @@ def test_running_execution_shows_finished_blocks_and_no_stop(api: Api, upstream:
         }
     )
     blocks = api.get(f"/workflows/{workflow_id}").json()["data"]["blocks"]
-    trigger_id, before_id, call_id, after_id = (block["id"] for block in blocks)
     user_id = api.create_user("ada")
     api.activate(user_id, workflow_id)
+    return workflow_id, user_id, [block["id"] for block in blocks]
+
+
+def test_running_execution_shows_finished_blocks_and_no_stop(api: Api, upstream: Upstream) -> None:
+    workflow_id, user_id, blocks = slow_workflow(api, upstream)
+    trigger_id, before_id, call_id, after_id = blocks
     upstream.hold()
     try:
         execution_id = api.run(user_id, workflow_id, {"x": 1})
@@ -325,6 +338,64 @@ def test_running_execution_shows_finished_blocks_and_no_stop(api: Api, upstream:
     assert done["stoppedAt"] is not None
     assert [r["connectorId"] for r in done["results"]] == [trigger_id, before_id, call_id, after_id]
     assert done["results"][:2] == log["results"]
+
+
+class EndsAfterThePage(DriverConnection):
+    """A read connection that lets the running execution end right after the page's
+    statement, before its steps are read: the race a busy server sees."""
+
+    def __init__(self, inner: Reader, end_the_run: Callable[[], None]) -> None:
+        assert isinstance(inner, DriverConnection)
+        self.inner, self.dialect, self.end_the_run = inner, inner.dialect, end_the_run
+        self.statements = 0
+
+    async def rows(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        self.statements += 1
+        if self.statements == 2:
+            await asyncio.to_thread(self.end_the_run)
+        return await self.inner.rows(sql, params)
+
+
+def test_a_run_that_ends_while_its_page_is_read_shows_a_whole_log(
+    server: Server, api: Api, upstream: Upstream
+) -> None:
+    workflow_id, user_id, blocks = slow_workflow(api, upstream)
+    upstream.hold()
+    try:
+        execution_id = api.run(user_id, workflow_id, {"x": 1})
+        until(lambda: len(upstream.requests) == 1)
+    finally:
+
+        def end_the_run() -> None:
+            upstream.release()
+            api.wait_for(workflow_id, execution_id)
+
+        async def read_the_page() -> dict[str, Any]:
+            db = Database(server.settings.database_url)
+            try:
+                async with db.read_inline() as conn:
+                    reader = EndsAfterThePage(conn, end_the_run)
+                    key = str(api.headers["authorization"]).split()[1]
+                    page = await executions.page_of_logs(
+                        reader, key, workflow_id, None, page=1, limit=10, descending=True
+                    )
+                    assert reader.statements == 2  # the page, then the running run's steps
+                    return dict(orjson.loads(page))
+            finally:
+                await db.dispose()
+
+        (log,) = asyncio.run(read_the_page())["data"]
+    assert log["executionId"] == execution_id
+    # Never a log with blocks missing: either the run as the page's snapshot saw it (SQLite
+    # reads in one transaction), or as it ended (PostgreSQL reads each statement apart).
+    if databases.on_postgres():
+        assert log["finished"] is True
+    if log["finished"]:
+        assert [r["connectorId"] for r in log["results"]] == blocks
+        assert log["stoppedAt"] is not None
+    else:
+        assert [r["connectorId"] for r in log["results"]] == blocks[:2]
+        assert log["stoppedAt"] is None
 
 
 def test_with_one_database_connection_concurrent_readers_wait_their_turn(

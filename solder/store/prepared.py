@@ -76,15 +76,29 @@ class InlineConnection(DriverConnection):
 
 
 class PostgresConnection(DriverConnection):
-    """A read-only transaction on a psycopg connection of `PostgresReader`'s pool."""
+    """Read-only statements in autocommit on a connection of `PostgresReader`'s pool."""
 
     dialect = _POSTGRES
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._conn = conn
+    def __init__(self, pool: AsyncConnectionPool, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._pool = pool
+        self.conn = conn
 
     async def rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
-        async with self._conn.cursor(row_factory=dict_row) as cursor:
+        try:
+            return await self._rows(sql, params)
+        except psycopg.OperationalError:
+            # Most likely the server dropped this connection (it restarted, or failed
+            # over), and the pool's others with it: the pool checks those it keeps. The
+            # statement only reads, in its own snapshot: it runs again as it is on a
+            # connection that works, and if the server is really gone, that fails too.
+            await self._pool.putconn(self.conn)  # the pool discards a broken connection
+            await self._pool.check()
+            self.conn = await self._pool.getconn()
+        return await self._rows(sql, params)
+
+    async def _rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
+        async with self.conn.cursor(row_factory=dict_row) as cursor:
             await cursor.execute(sql, params)
             return await cursor.fetchall()
 
@@ -150,13 +164,17 @@ class InlineReader:
             self._idle.pop().close()
 
 
+APPLICATION_NAME = "solder-reads"
+
+
 class PostgresReader:
-    """psycopg's own pool of read-only, repeatable-read connections, for the hot reads.
+    """psycopg's own pool of read-only connections in autocommit, for the hot reads.
 
     Through SQLAlchemy's async engine each statement costs a greenlet switch and its
     machinery on top of the round trip, and checking a connection out costs a ping;
-    here a transaction is BEGIN, the statements and COMMIT. A connection the server
-    dropped fails its request (503, `Unavailable`) and is replaced.
+    here a statement is one round trip. Each statement sees its own snapshot, so what
+    must be consistent is read by one statement. A statement whose connection the server
+    dropped runs again on a new one; a server that cannot be reached is `Unavailable`.
     """
 
     def __init__(self, conninfo: str, *, size: int, connect_timeout: int) -> None:
@@ -165,7 +183,14 @@ class PostgresReader:
             min_size=1,
             max_size=size,
             open=False,
-            kwargs={"connect_timeout": connect_timeout},
+            timeout=connect_timeout,  # then Unavailable (503), as SQLAlchemy's pool does
+            # Each statement its own transaction: a page of logs is one statement, so one
+            # round trip instead of three (BEGIN, the statement, COMMIT).
+            kwargs={
+                "connect_timeout": connect_timeout,
+                "autocommit": True,
+                "application_name": APPLICATION_NAME,  # as pg_stat_activity shows them
+            },
             configure=_read_only,
             name="solder-reads",
         )
@@ -179,8 +204,11 @@ class PostgresReader:
                 if not self._open:
                     await self._pool.open(wait=False)
                     self._open = True
-        async with self._pool.connection() as conn:
-            yield PostgresConnection(conn)
+        conn = PostgresConnection(self._pool, await self._pool.getconn())
+        try:
+            yield conn
+        finally:
+            await self._pool.putconn(conn.conn)
 
     async def close(self) -> None:
         if self._open:
@@ -189,6 +217,4 @@ class PostgresReader:
 
 
 async def _read_only(conn: psycopg.AsyncConnection[Any]) -> None:
-    # Repeatable read: a page of logs sees one snapshot, like SQLite's read transactions.
-    await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
-    await conn.set_read_only(True)
+    await conn.set_read_only(True)  # a hot read path that tried to write is a bug

@@ -396,16 +396,34 @@ async def execution_steps(conn: Conn, tenant_id: str, execution_id: str) -> Sequ
     return result.mappings().all()
 
 
-_STEPS_OF = Prepared(
-    select(steps)
-    .where(steps.c.tenant_id == bindparam("tenant_id"), steps.c.execution_id == bindparam("id"))
+_LIVE_LOG = Prepared(
+    select(
+        executions.c.log,
+        executions.c.status,
+        executions.c.stopped_at,
+        *(column.label(f"step_{column.name}") for column in steps.c),
+    )
+    .select_from(
+        executions.outerjoin(
+            steps,
+            and_(
+                steps.c.tenant_id == executions.c.tenant_id, steps.c.execution_id == executions.c.id
+            ),
+        )
+    )
+    .where(executions.c.tenant_id == bindparam("tenant_id"), executions.c.id == bindparam("id"))
     .order_by(steps.c.seq)
 )
 
 
-async def steps_of(conn: Reader, tenant_id: str, execution_id: str) -> list[Row]:
-    """The recorded steps of an execution, in order."""
-    return await fetch(conn, _STEPS_OF, tenant_id=tenant_id, id=execution_id)
+async def live_log(conn: Reader, tenant_id: str, execution_id: str) -> list[Row]:
+    """An unfinished execution as it is now: its log, status and stop (in case it has
+    just ended), each beside one of its recorded steps (`step_*`, in order; null if none).
+
+    One statement, so one snapshot even outside a transaction: the steps of an execution
+    are dropped when it ends and its log is stored.
+    """
+    return await fetch(conn, _LIVE_LOG, tenant_id=tenant_id, id=execution_id)
 
 
 _LOG_COLUMNS = (
