@@ -31,6 +31,12 @@ COMMANDS: tuple[tuple[str, ...], ...] = (
     ("keys", "create"),
     ("keys", "list"),
     ("keys", "revoke"),
+    ("retention",),
+    ("retention", "show"),
+    ("retention", "set"),
+    ("retention", "clear"),
+    ("retention", "purge"),
+    ("vacuum",),
     ("migrate",),
     ("version",),
 )

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder import executions
 from solder.connectors import Connector, registry
@@ -22,6 +21,7 @@ from solder.schedule import Scheduler
 from solder.settings import Settings
 from solder.store.database import Database
 from solder.store.lock import ServeLock
+from solder.store.prepared import Reader
 from solder.workers import QueueWorker
 
 log = logging.getLogger("solder")
@@ -76,7 +76,7 @@ class Solder:
         self,
         tenant: Tenant,
         idempotency: Idempotency | None,
-        action: Callable[[AsyncConnection], Awaitable[dict[str, Any]]],
+        action: Callable[[Reader], Awaitable[dict[str, Any]]],
     ) -> dict[str, Any]:
         """Run `action`, which queues executions, once per idempotency key; wake the workers."""
         answer = await executions.once(self.db, tenant, idempotency, action)

@@ -20,6 +20,7 @@ from solder.connectors import PluginError
 from solder.credentials import SecretKeyError
 from solder.errors import NotFound
 from solder.ids import iso_ms
+from solder.retention_cli import retention_cli, vacuum
 from solder.settings import Settings
 from solder.store import queries as q
 from solder.store.database import Database
@@ -36,6 +37,7 @@ cli = typer.Typer(
 )
 keys_cli = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(retention_cli, name="retention")
 err = Console(stderr=True)
 
 
@@ -324,6 +326,9 @@ def migrate() -> None:
     settings = _settings()
     _database(settings)
     err.print(f"Database at {settings.database_url} is up to date.")
+
+
+cli.command("vacuum")(vacuum)
 
 
 @cli.command("secret-key")

@@ -111,7 +111,7 @@ class EmbeddedDispatcher:
 
     async def _claim(self) -> tuple[str, str, str] | None:
         lease = lease_id()
-        async with self.db.write() as conn:
+        async with self.db.write_inline() as conn:
             row = await queue.claim_next(conn, lease, now_ms())
         return None if row is None else (row["tenant_id"], row["id"], lease)
 

@@ -104,7 +104,7 @@ class Engine:
         Every write checks the lease: once the execution is given to another worker (this
         one was presumed dead), nothing more is written from here.
         """
-        async with self.db.read() as conn:
+        async with self.db.read_inline() as conn:
             execution = await q.execution(conn, tenant_id, execution_id)
             if execution is None or execution["status"] != "running":
                 return
@@ -375,7 +375,7 @@ class Engine:
             "meta": scrub(_text(meta), secrets) if meta else None,
             "app_actions": app_actions,
         }
-        async with self.db.write() as conn:
+        async with self.db.write_inline() as conn:
             if await queue.holding(conn, run.tenant_id, run.execution_id, run.lease) is None:
                 return None
             await q.insert_step(conn, **step)
@@ -384,7 +384,7 @@ class Engine:
         return step
 
     async def _definition(
-        self, conn: q.Conn, tenant_id: str, workflow_id: str, version: int
+        self, conn: q.Reader, tenant_id: str, workflow_id: str, version: int
     ) -> Definition | None:
         key = (tenant_id, workflow_id, version)
         if key not in self._definitions:
@@ -406,7 +406,7 @@ class Engine:
         error_message: str | None,
     ) -> None:
         """Write the execution's end and its whole log document, in one transaction."""
-        async with self.db.write() as conn:
+        async with self.db.write_inline() as conn:
             execution = await queue.holding(conn, tenant_id, execution_id, lease)
             if execution is None:
                 return

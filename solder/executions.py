@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder import keys, logs, users, workflows
 from solder.cursors import Cursor
@@ -18,6 +16,7 @@ from solder.keys import Tenant
 from solder.store import codec, queue
 from solder.store import queries as q
 from solder.store.database import Database
+from solder.store.prepared import INTEGRITY_ERRORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +31,12 @@ async def once(
     db: Database,
     tenant: Tenant,
     idempotency: Idempotency | None,
-    action: Callable[[AsyncConnection], Awaitable[dict[str, Any]]],
+    action: Callable[[q.Reader], Awaitable[dict[str, Any]]],
 ) -> dict[str, Any]:
     """Run `action` in a write transaction, or return its first answer for a reused key."""
     for attempt in (1, 2):
         try:
-            async with db.write() as conn:
+            async with db.write_inline() as conn:
                 if idempotency is not None:
                     prior = await q.idempotent_response(conn, tenant.id, idempotency.key)
                     if prior is not None:
@@ -59,7 +58,7 @@ async def once(
                         created_at=now_ms(),
                     )
                 return response
-        except IntegrityError:
+        except INTEGRITY_ERRORS:
             # A concurrent request with the same key won the race: answer as it did.
             if idempotency is None or attempt == 2:
                 raise
@@ -67,7 +66,7 @@ async def once(
 
 
 async def enqueue(
-    conn: AsyncConnection,
+    conn: q.Reader,
     tenant: Tenant,
     *,
     workflow_id: str,
@@ -110,7 +109,7 @@ async def enqueue(
 
 
 async def run_workflow(
-    conn: AsyncConnection,
+    conn: q.Reader,
     tenant: Tenant,
     *,
     user_ref: str,
@@ -143,7 +142,7 @@ async def run_workflow(
 
 
 async def run_event(
-    conn: AsyncConnection, tenant: Tenant, *, user_ref: str, event: str, data: Any
+    conn: q.Reader, tenant: Tenant, *, user_ref: str, event: str, data: Any
 ) -> dict[str, Any]:
     """Queue a run of every active workflow of the user whose installed version awaits `event`.
 
@@ -167,7 +166,7 @@ async def run_event(
 
 
 async def rerun(
-    conn: AsyncConnection,
+    conn: q.Reader,
     tenant: Tenant,
     *,
     workflow_ref: str,
@@ -197,7 +196,7 @@ async def rerun(
 
 
 async def _active_installation(
-    conn: AsyncConnection, tenant: Tenant, workflow: Mapping[Any, Any], user: Mapping[Any, Any]
+    conn: q.Reader, tenant: Tenant, workflow: Mapping[Any, Any], user: Mapping[Any, Any]
 ) -> Mapping[Any, Any]:
     installed = await q.installation(conn, tenant.id, workflow["id"], user["id"])
     if installed is None or not installed["active"]:

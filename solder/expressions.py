@@ -68,9 +68,14 @@ def _as_text(value: Any) -> str:
 def compile_expression(source: str) -> Expression:
     """Compile a JSONata expression once; later calls hit the cache."""
     try:
-        return Expression(source, jsonata.Jsonata(source))
+        compiled = jsonata.Jsonata(source)
     except Exception as exc:
         raise ExpressionError(f"{{{{ {source} }}}} does not parse: {exc}") from exc
+    # Skip jsonata's walk over the whole input before each evaluation, which checks it
+    # holds JSON types only: Solder's contexts are parsed JSON, and the walk grew with
+    # every block's output (half the engine's time on a workflow of 100 transforms).
+    compiled.set_validate_input(False)
+    return Expression(source, compiled)
 
 
 @lru_cache(maxsize=8192)

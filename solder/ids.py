@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -19,12 +21,44 @@ def object_id() -> str:
 
 def execution_id() -> str:
     """A 21-character URL-safe random id (126 bits), like nanoid's default."""
-    return "".join(secrets.choice(_NANOID_ALPHABET) for _ in range(21))
+    # 64 symbols: the low 6 bits of a random byte pick one, uniformly.
+    return "".join([_NANOID_ALPHABET[byte & 63] for byte in _random_bytes(21)])
 
 
 def item_id() -> str:
-    """A random UUID for an item or a block."""
-    return str(uuid.uuid4())
+    """A random (version 4) UUID for an item or a block."""
+    return str(uuid.UUID(bytes=_random_bytes(16), version=4))
+
+
+class _Entropy:
+    """The OS's randomness, read 4 KiB at a time.
+
+    Every item of every step has an id: one `os.urandom` call each (uuid4's way) was a
+    tenth of the engine's time per block. The bytes are as random; they are only read
+    in bulk, and never handed out twice (a lock guards the buffer; a forked child
+    starts with an empty one).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def take(self, count: int) -> bytes:
+        with self._lock:
+            if self._offset + count > len(self._buffer):
+                self._buffer, self._offset = os.urandom(4096), 0
+            chunk = self._buffer[self._offset : self._offset + count]
+            self._offset += count
+            return chunk
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer, self._offset = b"", 0
+
+
+_random_bytes = _Entropy().take
 
 
 def now_ms() -> int:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import sqlite3
 import time
+from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -13,7 +18,8 @@ from solder.store.database import Database
 from solder.store.prepared import APPLICATION_NAME
 from tests import databases
 from tests.conftest import Api, Server
-from tests.test_logs_pagination import echo_workflow, run_all
+from tests.test_logs_pagination import echo_workflow, run_all, slow_workflow, until
+from tests.upstream import Upstream
 
 postgres_only = pytest.mark.skipif(
     not databases.on_postgres(), reason="PostgreSQL only (SOLDER_TEST_DATABASE=postgres)"
@@ -53,3 +59,61 @@ def test_an_unreachable_postgresql_is_unavailable_within_the_connect_timeout() -
     with pytest.raises(Unavailable):
         asyncio.run(read())
     assert time.monotonic() - started < 10
+
+
+sqlite_only = pytest.mark.skipif(
+    databases.on_postgres(), reason="SQLite only: its write lock and its WAL"
+)
+
+
+@sqlite_only
+def test_runs_wait_for_another_process_holding_the_write_lock_then_finish(
+    server: Server, api: Api, upstream: Upstream
+) -> None:
+    """Steps are written in the event loop's thread, which must never wait on a lock: while
+    another process (the CLI, a backup) holds SQLite's write lock, they are written by a
+    connection that waits, and the runs end once it lets go."""
+    workflow_id, user_id, blocks = slow_workflow(api, upstream)
+    upstream.hold()
+    try:
+        started = [api.run(user_id, workflow_id, {"n": n}) for n in range(3)]
+        until(lambda: len(upstream.requests) == 3)
+        holder = sqlite3.connect(server.settings.data_dir / "solder.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+    finally:
+        upstream.release()  # the calls end: their steps wait for the lock
+    try:
+        time.sleep(0.5)
+        # The event loop is not blocked: the server answers at once.
+        assert httpx.get(f"{server.base_url}/health", timeout=3).status_code == 200
+        assert all(log["stoppedAt"] is None for log in api.logs(workflow_id))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    for execution_id in started:
+        log = api.wait_for(workflow_id, execution_id)
+        assert [result["connectorId"] for result in log["results"]] == blocks
+
+
+@sqlite_only
+def test_what_runs_write_reaches_the_database_file_not_just_its_wal(
+    server: Server, api: Api, tmp_path: Path
+) -> None:
+    """The server's own writes never checkpoint the WAL (that syncs, in the event loop):
+    a background checkpoint copies them into the database file, so the WAL stays small
+    and a copy of the file alone (as a careless backup takes) holds the runs."""
+    user_id, workflow_id = api.install(echo_workflow())
+    execution_ids = run_all(api, user_id, workflow_id, 5)
+    for execution_id in execution_ids:
+        api.wait_for(workflow_id, execution_id)
+    deadline = time.monotonic() + 10
+    found: set[str] = set()
+    while time.monotonic() < deadline and found != set(execution_ids):
+        copy = tmp_path / "copy.db"
+        shutil.copyfile(server.settings.data_dir / "solder.db", copy)
+        with contextlib.closing(sqlite3.connect(copy)) as conn:
+            found = {
+                row[0] for row in conn.execute("SELECT id FROM executions WHERE log IS NOT NULL")
+            }
+        time.sleep(0.2)
+    assert found == set(execution_ids)

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from solder import __version__
-from solder.api import credentials, demo, errors, logs, run, users, workflows
+from solder.api import credentials, demo, errors, logs, retention, run, users, workflows
 from solder.api.protocol import ProtocolMiddleware
 from solder.api.responses import OrjsonResponse
 from solder.app import Solder
@@ -46,7 +46,7 @@ def create_app(
         return {"status": "ok"}
 
     # Routes are matched in order: the logs, the hottest, come first.
-    for module in (logs, users, credentials, workflows, run):
+    for module in (logs, users, credentials, workflows, retention, run):
         app.include_router(module.router)
     if dev:
         app.include_router(demo.router)

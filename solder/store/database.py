@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +20,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from solder.errors import Unavailable
-from solder.store.prepared import InlineReader, PostgresReader, Reader
+from solder.store.prepared import Busy, InlineReader, InlineWriter, PostgresReader, Reader
+
+log = logging.getLogger("solder.database")
 
 
 def _urls(database_url: str) -> tuple[URL, URL]:
@@ -48,6 +52,10 @@ def _configure_sqlite(sync_engine: Any, synchronous: str) -> None:
         # transaction handling would defer it and break BEGIN IMMEDIATE).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # Lets retention give freed pages back to the file system (PRAGMA
+        # incremental_vacuum). It takes effect only on a new file, so before journal_mode,
+        # which writes the header; an older file switches by `solder vacuum`.
+        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
         cursor.execute("PRAGMA busy_timeout=10000")
@@ -93,6 +101,14 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine.sync_engine, sqlite_synchronous)
         self._inline = None if sqlite_file is None else InlineReader(sqlite_file, keep=pool_size)
+        # A commit that syncs (synchronous=FULL) would block the event loop: those write
+        # through aiosqlite's thread.
+        self._inline_writes = (
+            None
+            if sqlite_file is None or sqlite_synchronous.lower() in ("full", "extra")
+            else InlineWriter(sqlite_file, synchronous=sqlite_synchronous)
+        )
+        self._checkpoints: asyncio.Task[None] | None = None
         self._postgres_reads = (
             None
             if self.is_sqlite
@@ -146,6 +162,38 @@ class Database:
             raise
 
     @asynccontextmanager
+    async def write_inline(self) -> AsyncIterator[Reader]:
+        """A write transaction for prepared statements that touch a few rows through an
+        index (a step, an execution's end): on SQLite, run in this thread.
+
+        It blocks the event loop while a statement runs. When another process holds
+        SQLite's write lock it is `write()`, which waits in a thread; on PostgreSQL too.
+        """
+        writer = self._inline_writes
+        if writer is not None and self._write_lock is not None:
+            if self._checkpoints is None:
+                self._checkpoints = asyncio.create_task(
+                    self._checkpoint_forever(writer), name="solder-checkpoints"
+                )
+            async with self._write_lock:
+                try:
+                    with writer.transaction() as conn:
+                        yield conn
+                    return
+                except Busy:
+                    pass  # nothing was run: write below, waiting for the other process
+        async with self.write() as conn:
+            yield conn
+
+    async def _checkpoint_forever(self, writer: InlineWriter) -> None:
+        while True:
+            await asyncio.sleep(_CHECKPOINT_SECONDS)
+            try:
+                await asyncio.to_thread(writer.checkpoint)
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint failed (it is retried): %s", exc)
+
+    @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction, committed when the block exits without error."""
         if self._write_lock is None:
@@ -171,6 +219,13 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+            self._checkpoints = None
+        if self._inline_writes is not None:
+            self._inline_writes.close()
         if self._inline is not None:
             self._inline.close()
         if self._postgres_reads is not None:
@@ -191,6 +246,8 @@ class Database:
 
 
 _CONNECT_TIMEOUT = 5
+# Inline writes never checkpoint the WAL themselves (database.write_inline).
+_CHECKPOINT_SECONDS = 1.0
 # pg_advisory_xact_lock takes a bigint: "solder" in ASCII.
 _MIGRATION_LOCK = 0x736F6C646572
 

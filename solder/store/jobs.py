@@ -19,16 +19,18 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from solder.store.prepared import Reader
+
 TASK = "solder.run_execution"
 QUEUE = "executions"
 
 
-def _on_postgres(conn: AsyncConnection) -> bool:
+def _on_postgres(conn: Reader) -> bool:
     return conn.dialect.name == "postgresql"
 
 
 async def defer(
-    conn: AsyncConnection, tenant_id: str, execution_id: str, *, at_ms: int | None = None
+    conn: Reader, tenant_id: str, execution_id: str, *, at_ms: int | None = None
 ) -> int | None:
     """Defer the job of a queued execution, to run no sooner than `at_ms` (ms since the
     epoch); its id, for the execution's `job_id` (None on SQLite: no job).
@@ -39,6 +41,8 @@ async def defer(
     """
     if not _on_postgres(conn):
         return None
+    # Jobs are deferred in write transactions, which are SQLAlchemy's on PostgreSQL.
+    assert isinstance(conn, AsyncConnection)
     at = None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC)
     args = orjson.dumps({"tenant_id": tenant_id, "execution_id": execution_id}).decode()
     job_id: int = (

@@ -19,32 +19,51 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import sqlalchemy.exc
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Delete, Insert, Select, Update
 
 Row = dict[str, Any]
+
+INTEGRITY_ERRORS = (sqlalchemy.exc.IntegrityError, sqlite3.IntegrityError, psycopg.IntegrityError)
+"""A unique key or a constraint refused a write, whichever connection ran it."""
 
 # sqlite3 takes `:name` parameters from a dict, as psycopg takes `%(name)s`.
 _SQLITE_NAMED = sqlite.pysqlite.dialect(paramstyle="named")
 _POSTGRES = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 
 
+Statement = Select[Any] | Insert | Update | Delete
+
+
 class Prepared:
     """A statement built once, with named bind parameters, compiled once per database."""
 
-    def __init__(self, statement: Select[Any]) -> None:
+    def __init__(self, statement: Statement) -> None:
         self.statement = statement
-        self._sql: dict[str, str] = {}
+        self._compiled: dict[str, tuple[str, dict[str, Any]]] = {}
 
-    def sql(self, dialect: Dialect) -> str:
-        sql = self._sql.get(dialect.name)
-        if sql is None:
-            sql = self._sql[dialect.name] = str(self.statement.compile(dialect=dialect))
-        return sql
+    def compiled(self, dialect: Dialect) -> tuple[str, dict[str, Any]]:
+        """The SQL for `dialect`, and the values of the parameters the statement holds
+        itself (its literals, such as `status = 'running'`)."""
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            sql = self.statement.compile(dialect=dialect)
+            if any(bind.expanding for bind in sql.binds.values()):
+                raise ValueError("a prepared statement cannot hold IN (list): spell it with OR")
+            constants = {
+                name: bind.effective_value for name, bind in sql.binds.items() if not bind.required
+            }
+            compiled = self._compiled[dialect.name] = (str(sql), constants)
+        return compiled
+
+    def run_on(self, dialect: Dialect, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        sql, constants = self.compiled(dialect)
+        return sql, {**constants, **params} if constants else params
 
 
 class DriverConnection:
@@ -53,6 +72,10 @@ class DriverConnection:
     dialect: Dialect
 
     async def rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
+        raise NotImplementedError
+
+    async def count(self, sql: str, params: dict[str, Any]) -> int:
+        """Run a statement that returns no rows; how many rows it changed."""
         raise NotImplementedError
 
 
@@ -73,6 +96,9 @@ class InlineConnection(DriverConnection):
         cursor = self._conn.execute(sql, params)
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    async def count(self, sql: str, params: dict[str, Any]) -> int:
+        return self._conn.execute(sql, params).rowcount
 
 
 class PostgresConnection(DriverConnection):
@@ -110,14 +136,29 @@ Reader = AsyncConnection | DriverConnection
 async def fetch(conn: Reader, statement: Prepared, **params: Any) -> list[Row]:
     """The rows of a prepared statement, as dicts of column name to driver value."""
     if isinstance(conn, DriverConnection):
-        return await conn.rows(statement.sql(conn.dialect), params)
-    result = await conn.execute(statement.statement, params)
+        return await conn.rows(*statement.run_on(conn.dialect, params))
+    result = await conn.exec_driver_sql(*_on(conn, statement, params))
     return [dict(row) for row in result.mappings()]
 
 
 async def fetch_one(conn: Reader, statement: Prepared, **params: Any) -> Row | None:
     rows = await fetch(conn, statement, **params)
     return rows[0] if rows else None
+
+
+async def execute(conn: Reader, statement: Prepared, **params: Any) -> int:
+    """Run a prepared statement that returns no rows; how many rows it changed."""
+    if isinstance(conn, DriverConnection):
+        return await conn.count(*statement.run_on(conn.dialect, params))
+    return (await conn.exec_driver_sql(*_on(conn, statement, params))).rowcount
+
+
+def _on(
+    conn: AsyncConnection, statement: Prepared, params: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The statement's SQL and parameters as the driver under `conn` takes them: SQLAlchemy
+    would treat parameters named after columns as values to set, and compile again."""
+    return statement.run_on(_SQLITE_NAMED if conn.dialect.name == "sqlite" else _POSTGRES, params)
 
 
 class InlineReader:
@@ -162,6 +203,67 @@ class InlineReader:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+class Busy(Exception):
+    """Another process holds SQLite's write lock: waiting for it here would block the loop."""
+
+
+class InlineWriter:
+    """SQLite write transactions on one `sqlite3` connection, in the event loop's thread.
+
+    A step's write (check the lease, insert the step, commit) costs some 0.1 ms here,
+    and about 2 ms through aiosqlite's thread on a busy server (bench/RESULTS.md). The
+    transaction never suspends, so one connection serves every writer of the process
+    in turn (the caller holds the process's write lock). It never waits either: when
+    another process holds the write lock, `transaction` raises `Busy` and the caller
+    writes through a connection that may wait. Committing never checkpoints the WAL
+    here (that writes the database file and syncs it): `checkpoint` does, in a thread.
+    """
+
+    def __init__(self, path: Path, *, synchronous: str) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._conn: sqlite3.Connection | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[InlineConnection]:
+        conn = self._conn or self._open()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc).lower() or "busy" in str(exc).lower():
+                raise Busy from exc
+            raise
+        try:
+            yield InlineConnection(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA secure_delete=ON")  # as every Solder connection: see database.py
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._conn = conn
+        return conn
+
+    def checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the database file (in a thread: it syncs)."""
+        with sqlite3.connect(self._path, isolation_level=None) as conn:
+            conn.execute("PRAGMA busy_timeout=1000")
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        conn.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 APPLICATION_NAME = "solder-reads"

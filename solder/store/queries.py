@@ -7,12 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     and_,
     bindparam,
     case,
     delete,
     func,
     insert,
+    literal,
     null,
     or_,
     select,
@@ -23,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from solder.store.prepared import Prepared, Row, fetch, fetch_one
+from solder.store.prepared import Prepared, Row, execute, fetch, fetch_one
 from solder.store.prepared import Reader as Reader  # re-exported: q.Reader
 from solder.store.schema import (
     api_keys,
@@ -206,17 +208,21 @@ async def insert_version(conn: Conn, **values: Any) -> None:
     await conn.execute(insert(workflow_versions).values(**values))
 
 
-async def workflow_version(
-    conn: Conn, tenant_id: str, workflow_id: str, version: int
-) -> RowMapping | None:
-    result = await conn.execute(
-        select(workflow_versions).where(
-            workflow_versions.c.tenant_id == tenant_id,
-            workflow_versions.c.workflow_id == workflow_id,
-            workflow_versions.c.version == version,
-        )
+_WORKFLOW_VERSION = Prepared(
+    select(workflow_versions).where(
+        workflow_versions.c.tenant_id == bindparam("tenant_id"),
+        workflow_versions.c.workflow_id == bindparam("workflow_id"),
+        workflow_versions.c.version == bindparam("version"),
     )
-    return result.mappings().first()
+)
+
+
+async def workflow_version(
+    conn: Reader, tenant_id: str, workflow_id: str, version: int
+) -> Row | None:
+    return await fetch_one(
+        conn, _WORKFLOW_VERSION, tenant_id=tenant_id, workflow_id=workflow_id, version=version
+    )
 
 
 async def list_versions(conn: Conn, tenant_id: str, workflow_id: str) -> Sequence[RowMapping]:
@@ -234,17 +240,19 @@ async def list_versions(conn: Conn, tenant_id: str, workflow_id: str) -> Sequenc
 # --- installations (a user's copy of a workflow) -----------------------------------
 
 
-async def installation(
-    conn: Conn, tenant_id: str, workflow_id: str, user_id: str
-) -> RowMapping | None:
-    result = await conn.execute(
-        select(installations).where(
-            installations.c.tenant_id == tenant_id,
-            installations.c.workflow_id == workflow_id,
-            installations.c.user_id == user_id,
-        )
+_INSTALLATION = Prepared(
+    select(installations).where(
+        installations.c.tenant_id == bindparam("tenant_id"),
+        installations.c.workflow_id == bindparam("workflow_id"),
+        installations.c.user_id == bindparam("user_id"),
     )
-    return result.mappings().first()
+)
+
+
+async def installation(conn: Reader, tenant_id: str, workflow_id: str, user_id: str) -> Row | None:
+    return await fetch_one(
+        conn, _INSTALLATION, tenant_id=tenant_id, workflow_id=workflow_id, user_id=user_id
+    )
 
 
 async def insert_installation(conn: Conn, **values: Any) -> None:
@@ -309,23 +317,23 @@ _INSTALLED_VERSION = and_(
 )
 
 
-async def event_subscribers(
-    conn: Conn, tenant_id: str, user_id: str, event: str
-) -> Sequence[RowMapping]:
-    """The user's active installations whose installed version is triggered by `event`."""
-    result = await conn.execute(
-        select(installations.c.workflow_id, installations.c.version, workflow_versions.c.definition)
-        .join(workflow_versions, _INSTALLED_VERSION)
-        .where(
-            installations.c.tenant_id == tenant_id,
-            installations.c.user_id == user_id,
-            installations.c.active.is_(True),
-            workflow_versions.c.trigger_type == "event",
-            workflow_versions.c.trigger_event == event,
-        )
-        .order_by(installations.c.installed_at, installations.c.workflow_id)
+_EVENT_SUBSCRIBERS = Prepared(
+    select(installations.c.workflow_id, installations.c.version, workflow_versions.c.definition)
+    .join(workflow_versions, _INSTALLED_VERSION)
+    .where(
+        installations.c.tenant_id == bindparam("tenant_id"),
+        installations.c.user_id == bindparam("user_id"),
+        installations.c.active.is_(True),
+        workflow_versions.c.trigger_type == "event",
+        workflow_versions.c.trigger_event == bindparam("event"),
     )
-    return result.mappings().all()
+    .order_by(installations.c.installed_at, installations.c.workflow_id)
+)
+
+
+async def event_subscribers(conn: Reader, tenant_id: str, user_id: str, event: str) -> list[Row]:
+    """The user's active installations whose installed version is triggered by `event`."""
+    return await fetch(conn, _EVENT_SUBSCRIBERS, tenant_id=tenant_id, user_id=user_id, event=event)
 
 
 async def scheduled_installations(conn: Conn) -> Sequence[RowMapping]:
@@ -374,26 +382,34 @@ async def claim_tick(
 # --- executions and their steps ----------------------------------------------------
 
 
-async def insert_step(conn: Conn, **values: Any) -> None:
-    await conn.execute(insert(steps).values(**values))
+_INSERT_STEP = Prepared(insert(steps).values({c.name: bindparam(c.name) for c in steps.c}))
 
 
-async def execution(conn: Conn, tenant_id: str, execution_id: str) -> RowMapping | None:
-    result = await conn.execute(
-        select(executions).where(
-            executions.c.tenant_id == tenant_id, executions.c.id == execution_id
-        )
+async def insert_step(conn: Reader, **values: Any) -> None:
+    """Record a finished step."""
+    await execute(conn, _INSERT_STEP, **{"error": None, "meta": None, "app_actions": 0, **values})
+
+
+_EXECUTION = Prepared(
+    select(executions).where(
+        executions.c.tenant_id == bindparam("tenant_id"), executions.c.id == bindparam("id")
     )
-    return result.mappings().first()
+)
 
 
-async def execution_steps(conn: Conn, tenant_id: str, execution_id: str) -> Sequence[RowMapping]:
-    result = await conn.execute(
-        select(steps)
-        .where(steps.c.tenant_id == tenant_id, steps.c.execution_id == execution_id)
-        .order_by(steps.c.seq)
-    )
-    return result.mappings().all()
+async def execution(conn: Reader, tenant_id: str, execution_id: str) -> Row | None:
+    return await fetch_one(conn, _EXECUTION, tenant_id=tenant_id, id=execution_id)
+
+
+_EXECUTION_STEPS = Prepared(
+    select(steps)
+    .where(steps.c.tenant_id == bindparam("tenant_id"), steps.c.execution_id == bindparam("id"))
+    .order_by(steps.c.seq)
+)
+
+
+async def execution_steps(conn: Reader, tenant_id: str, execution_id: str) -> list[Row]:
+    return await fetch(conn, _EXECUTION_STEPS, tenant_id=tenant_id, id=execution_id)
 
 
 _LIVE_LOG = Prepared(
@@ -585,22 +601,6 @@ async def execution_totals(
     return result.mappings().one()
 
 
-async def purge_executions(conn: Conn, started_before: int, limit: int) -> int:
-    """Delete up to `limit` ended executions that started before `started_before`."""
-    expired = (
-        select(executions.c.tenant_id, executions.c.id)
-        .where(
-            executions.c.started_at < started_before,
-            executions.c.status.in_(("succeeded", "failed", "canceled")),
-        )
-        .limit(limit)
-    )
-    result = await conn.execute(
-        delete(executions).where(tuple_(executions.c.tenant_id, executions.c.id).in_(expired))
-    )
-    return result.rowcount
-
-
 async def purge_idempotency_keys(conn: Conn, created_before: int) -> int:
     result = await conn.execute(
         delete(idempotency_keys).where(idempotency_keys.c.created_at < created_before)
@@ -628,17 +628,24 @@ async def any_execution(conn: Conn, tenant_id: str, workflow_id: str) -> bool:
 # --- idempotency -------------------------------------------------------------------
 
 
-async def idempotent_response(conn: Conn, tenant_id: str, key: str) -> RowMapping | None:
-    result = await conn.execute(
-        select(idempotency_keys).where(
-            idempotency_keys.c.tenant_id == tenant_id, idempotency_keys.c.key == key
-        )
+_IDEMPOTENT_RESPONSE = Prepared(
+    select(idempotency_keys).where(
+        idempotency_keys.c.tenant_id == bindparam("tenant_id"),
+        idempotency_keys.c.key == bindparam("key"),
     )
-    return result.mappings().first()
+)
+_INSERT_IDEMPOTENT_RESPONSE = Prepared(
+    insert(idempotency_keys).values({c.name: bindparam(c.name) for c in idempotency_keys.c})
+)
 
 
-async def insert_idempotent_response(conn: Conn, **values: Any) -> None:
-    await conn.execute(insert(idempotency_keys).values(**values))
+async def idempotent_response(conn: Reader, tenant_id: str, key: str) -> Row | None:
+    return await fetch_one(conn, _IDEMPOTENT_RESPONSE, tenant_id=tenant_id, key=key)
+
+
+async def insert_idempotent_response(conn: Reader, **values: Any) -> None:
+    """Keep a response for its key; every column of `idempotency_keys` must be given."""
+    await execute(conn, _INSERT_IDEMPOTENT_RESPONSE, **values)
 
 
 # --- credentials -------------------------------------------------------------------
@@ -679,3 +686,155 @@ async def delete_credential(conn: Conn, tenant_id: str, user_id: str, credential
         )
     )
     return result.rowcount
+
+
+# --- retention ---------------------------------------------------------------------
+# A workflow's logs are kept for its own retention, else its tenant's, else the server's
+# (`default_ms`). Everything in milliseconds.
+
+_ENDED = ("succeeded", "failed", "canceled")
+
+
+async def tenant_retention(conn: Conn, tenant_id: str) -> int | None:
+    """The tenant's own retention; None: it inherits the server's."""
+    result = await conn.execute(select(tenants.c.retention_ms).where(tenants.c.id == tenant_id))
+    retention_ms: int | None = result.scalar()
+    return retention_ms
+
+
+async def set_tenant_retention(conn: Conn, tenant_id: str, retention_ms: int | None) -> None:
+    await conn.execute(
+        update(tenants).where(tenants.c.id == tenant_id).values(retention_ms=retention_ms)
+    )
+
+
+async def set_workflow_retention(
+    conn: Conn, tenant_id: str, workflow_id: str, retention_ms: int | None
+) -> None:
+    await conn.execute(
+        update(workflows)
+        .where(workflows.c.tenant_id == tenant_id, workflows.c.id == workflow_id)
+        .values(retention_ms=retention_ms)
+    )
+
+
+async def workflow_retentions(conn: Conn, tenant_id: str) -> Sequence[RowMapping]:
+    """The tenant's workflows that have a retention of their own, by name."""
+    result = await conn.execute(
+        select(workflows.c.id, workflows.c.name, workflows.c.retention_ms)
+        .where(workflows.c.tenant_id == tenant_id, workflows.c.retention_ms.is_not(None))
+        .order_by(workflows.c.name)
+    )
+    return result.mappings().all()
+
+
+async def tenants_retention(conn: Conn) -> Sequence[RowMapping]:
+    """Every tenant with its own retention (null when it has none), by name."""
+    result = await conn.execute(
+        select(tenants.c.id, tenants.c.name, tenants.c.retention_ms).order_by(tenants.c.name)
+    )
+    return result.mappings().all()
+
+
+def _cutoff(now: int, default_ms: int) -> Any:
+    """Per workflow (joined to its tenant): executions that started before it are expired."""
+    return literal(now, BigInteger) - func.coalesce(
+        workflows.c.retention_ms, tenants.c.retention_ms, literal(default_ms, BigInteger)
+    )
+
+
+# Oldest first. SQLite walks ix_executions_workflow_logs; PostgreSQL, with few workflows,
+# may walk ix_executions_started_at and filter (docs/decisions.md, Retention).
+_LOGS_INDEX_ORDER = (executions.c.started_at,)
+
+
+def _of_workflow_expired(cutoff: Any) -> list[Any]:
+    return [
+        executions.c.tenant_id == workflows.c.tenant_id,
+        executions.c.workflow_id == workflows.c.id,
+        executions.c.started_at < cutoff,
+        executions.c.status.in_(_ENDED),
+    ]
+
+
+async def expired_workflows(conn: Conn, now: int, default_ms: int) -> Sequence[RowMapping]:
+    """The workflows with ended executions past their retention, with their cutoff.
+
+    One probe of `ix_executions_workflow_logs` per workflow; the purge then deletes each
+    one's expired executions through the same index, never scanning the rows it keeps.
+    """
+    cutoff = _cutoff(now, default_ms)
+    # A scalar subquery, not EXISTS: PostgreSQL turns EXISTS into a semi-join that scans
+    # every execution; this stays one index probe per workflow on both databases.
+    oldest_expired = (
+        select(executions.c.id)
+        .where(*_of_workflow_expired(cutoff))
+        .order_by(*_LOGS_INDEX_ORDER)
+        .limit(1)
+        .scalar_subquery()
+    )
+    result = await conn.execute(
+        select(workflows.c.tenant_id, workflows.c.id, cutoff.label("cutoff"))
+        .join(tenants, tenants.c.id == workflows.c.tenant_id)
+        .where(oldest_expired.is_not(None))
+        .order_by(workflows.c.tenant_id, workflows.c.id)
+    )
+    return result.mappings().all()
+
+
+async def count_expired(conn: Conn, now: int, default_ms: int) -> int:
+    """How many ended executions are past their retention (for a progress bar)."""
+    cutoff = _cutoff(now, default_ms)
+    result = await conn.execute(
+        select(func.count())
+        .select_from(workflows)
+        .join(tenants, tenants.c.id == workflows.c.tenant_id)
+        .join(executions, and_(*_of_workflow_expired(cutoff)))
+    )
+    return int(result.scalar_one())
+
+
+async def purge_workflow_executions(
+    conn: Conn, tenant_id: str, workflow_id: str, started_before: int, limit: int
+) -> int:
+    """Delete up to `limit` of a workflow's ended executions started before a cutoff.
+
+    Their steps go with them (ON DELETE CASCADE). On PostgreSQL, rows another worker's
+    purge holds are skipped rather than waited for.
+    """
+    expired = (
+        select(executions.c.id)
+        .where(
+            executions.c.tenant_id == tenant_id,
+            executions.c.workflow_id == workflow_id,
+            executions.c.started_at < started_before,
+            executions.c.status.in_(_ENDED),
+        )
+        .order_by(*_LOGS_INDEX_ORDER)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = await conn.execute(
+        delete(executions).where(executions.c.tenant_id == tenant_id, executions.c.id.in_(expired))
+    )
+    return result.rowcount
+
+
+async def auto_vacuum_mode(conn: Conn) -> int:
+    """SQLite: 0 none, 1 full, 2 incremental."""
+    return int((await conn.exec_driver_sql("PRAGMA auto_vacuum")).scalar_one())
+
+
+async def free_pages(conn: Conn) -> int:
+    """SQLite: pages of the file that hold nothing (deleted rows' pages, not yet reused)."""
+    return int((await conn.exec_driver_sql("PRAGMA freelist_count")).scalar_one())
+
+
+async def incremental_vacuum(conn: Conn, pages: int) -> None:
+    """SQLite: give up to `pages` free pages back to the file system.
+
+    One `incremental_vacuum(1)` per page: Python's sqlite3 runs a pragma statement one
+    step at a time, and each step frees one page, so one `incremental_vacuum(N)` would
+    free a single page.
+    """
+    await conn.exec_driver_sql("PRAGMA incremental_vacuum(1)", [()] * pages)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.store import jobs
+from solder.store.prepared import Prepared, Reader, Row, execute, fetch_one
 from solder.store.schema import executions, steps
 
 Conn = AsyncConnection
@@ -30,24 +30,41 @@ def _one(tenant_id: str, execution_id: str) -> tuple[Any, ...]:
     return (executions.c.tenant_id == tenant_id, executions.c.id == execution_id)
 
 
-async def insert_execution(conn: Conn, **values: Any) -> None:
+_QUEUED = (
+    "tenant_id",
+    "id",
+    "workflow_id",
+    "user_id",
+    "workflow_version",
+    "status",
+    "trigger_id",
+    "trigger_data",
+    "started_at",
+    "rerun_of",
+    "job_id",
+)
+_INSERT_EXECUTION = Prepared(insert(executions).values({name: bindparam(name) for name in _QUEUED}))
+
+
+async def insert_execution(conn: Reader, **values: Any) -> None:
     """Record a queued execution, and on PostgreSQL its job, in the caller's transaction."""
     job_id = await jobs.defer(conn, values["tenant_id"], values["id"])
-    await conn.execute(insert(executions).values(**values, job_id=job_id))
+    await execute(conn, _INSERT_EXECUTION, **{"rerun_of": None, **values, "job_id": job_id})
 
 
-async def claim_next(conn: Conn, lease: str, claimed_at: int) -> RowMapping | None:
+def _claim_statement() -> Prepared:
     """Embedded dispatch: mark the oldest runnable execution running under `lease`.
 
     The candidate is picked in a materialized CTE: in `UPDATE ... WHERE key IN (SELECT
     ... LIMIT 1 FOR UPDATE SKIP LOCKED)` PostgreSQL may run the subquery more than once,
     each time skipping the row it just locked, and so claim several executions at once.
     """
+    runnable = or_(*(executions.c.status == status for status in RUNNABLE))
     oldest = (
         select(executions.c.tenant_id, executions.c.id)
         .where(
-            executions.c.status.in_(RUNNABLE),
-            or_(executions.c.wake_at.is_(None), executions.c.wake_at <= claimed_at),
+            runnable,
+            or_(executions.c.wake_at.is_(None), executions.c.wake_at <= bindparam("claimed_at")),
         )
         .order_by(executions.c.started_at)
         .limit(1)
@@ -55,17 +72,24 @@ async def claim_next(conn: Conn, lease: str, claimed_at: int) -> RowMapping | No
         .cte("oldest")
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
-    result = await conn.execute(
+    return Prepared(
         update(executions)
         .where(
             executions.c.tenant_id == oldest.c.tenant_id,
             executions.c.id == oldest.c.id,
-            executions.c.status.in_(RUNNABLE),
+            runnable,
         )
-        .values(status="running", claimed_at=claimed_at, lease=lease)
+        .values(status="running", claimed_at=bindparam("claimed_at"), lease=bindparam("lease"))
         .returning(executions.c.tenant_id, executions.c.id)
     )
-    return result.mappings().first()
+
+
+_CLAIM = _claim_statement()
+
+
+async def claim_next(conn: Reader, lease: str, claimed_at: int) -> Row | None:
+    """Mark the oldest runnable execution running under `lease` (embedded dispatch)."""
+    return await fetch_one(conn, _CLAIM, lease=lease, claimed_at=claimed_at)
 
 
 async def take(conn: Conn, tenant_id: str, execution_id: str, lease: str, claimed_at: int) -> bool:
@@ -82,18 +106,21 @@ async def take(conn: Conn, tenant_id: str, execution_id: str, lease: str, claime
     return result.rowcount == 1
 
 
-async def holding(conn: Conn, tenant_id: str, execution_id: str, lease: str) -> RowMapping | None:
-    """The execution, locked for this transaction, if it still runs under `lease`."""
-    result = await conn.execute(
-        select(executions)
-        .where(
-            *_one(tenant_id, execution_id),
-            executions.c.status == "running",
-            executions.c.lease == lease,
-        )
-        .with_for_update()
+_HOLDING = Prepared(
+    select(executions)
+    .where(
+        executions.c.tenant_id == bindparam("tenant_id"),
+        executions.c.id == bindparam("id"),
+        executions.c.status == "running",
+        executions.c.lease == bindparam("lease"),
     )
-    return result.mappings().first()
+    .with_for_update()
+)
+
+
+async def holding(conn: Reader, tenant_id: str, execution_id: str, lease: str) -> Row | None:
+    """The execution, locked for this transaction, if it still runs under `lease`."""
+    return await fetch_one(conn, _HOLDING, tenant_id=tenant_id, id=execution_id, lease=lease)
 
 
 async def park(
@@ -124,12 +151,15 @@ async def _give_job(conn: Conn, tenant_id: str, execution_id: str, *, at_ms: int
         )
 
 
-async def clear_wait(conn: Conn, tenant_id: str, execution_id: str) -> None:
-    await conn.execute(
-        update(executions)
-        .where(*_one(tenant_id, execution_id))
-        .values(wake_at=None, wait_started_at=None)
-    )
+_CLEAR_WAIT = Prepared(
+    update(executions)
+    .where(executions.c.tenant_id == bindparam("tenant_id"), executions.c.id == bindparam("id"))
+    .values(wake_at=None, wait_started_at=None)
+)
+
+
+async def clear_wait(conn: Reader, tenant_id: str, execution_id: str) -> None:
+    await execute(conn, _CLEAR_WAIT, tenant_id=tenant_id, id=execution_id)
 
 
 async def next_wake(conn: Conn) -> int | None:
@@ -176,13 +206,58 @@ async def requeue_orphan(conn: Conn, tenant_id: str, execution_id: str) -> bool:
     return True
 
 
-async def finish(conn: Conn, tenant_id: str, execution_id: str, **values: Any) -> None:
+_FINISH = Prepared(
+    update(executions)
+    .where(
+        executions.c.tenant_id == bindparam("tenant_id"),
+        executions.c.id == bindparam("id"),
+        executions.c.status == "running",
+    )
+    .values(
+        lease=None,
+        **{
+            name: bindparam(name)
+            for name in (
+                "status",
+                "stopped_at",
+                "error_block",
+                "error_message",
+                "app_actions",
+                "log",
+            )
+        },
+    )
+)
+_DROP_STEPS = Prepared(
+    delete(steps).where(
+        steps.c.tenant_id == bindparam("tenant_id"), steps.c.execution_id == bindparam("id")
+    )
+)
+
+
+async def finish(
+    conn: Reader,
+    tenant_id: str,
+    execution_id: str,
+    *,
+    status: str,
+    stopped_at: int,
+    error_block: str | None,
+    error_message: str | None,
+    app_actions: int,
+    log: bytes,
+) -> None:
     """Record an execution's end, its log document included, and drop its steps."""
-    await conn.execute(
-        update(executions)
-        .where(*_one(tenant_id, execution_id), executions.c.status == "running")
-        .values(lease=None, **values)
+    await execute(
+        conn,
+        _FINISH,
+        tenant_id=tenant_id,
+        id=execution_id,
+        status=status,
+        stopped_at=stopped_at,
+        error_block=error_block,
+        error_message=error_message,
+        app_actions=app_actions,
+        log=log,
     )
-    await conn.execute(
-        delete(steps).where(steps.c.tenant_id == tenant_id, steps.c.execution_id == execution_id)
-    )
+    await execute(conn, _DROP_STEPS, tenant_id=tenant_id, id=execution_id)

@@ -40,6 +40,8 @@ tenants = Table(
     Column("id", String(24), primary_key=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("created_at", BigInteger, nullable=False),
+    # How long the tenant's logs are kept; null: the server's SOLDER_LOG_RETENTION_DAYS.
+    Column("retention_ms", BigInteger),
 )
 
 api_keys = Table(
@@ -80,6 +82,8 @@ workflows = Table(
     Column("trigger_event", String(255)),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # How long this workflow's logs are kept; null: its tenant's retention.
+    Column("retention_ms", BigInteger),
     PrimaryKeyConstraint("tenant_id", "id"),
     UniqueConstraint("tenant_id", "name"),
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),

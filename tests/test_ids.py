@@ -1,0 +1,42 @@
+"""Ids: their shapes, and no id handed out twice, even across forked worker processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import uuid
+
+from solder.ids import execution_id, item_id
+
+NANOID = re.compile(r"^[0-9A-Za-z_-]{21}$")
+
+
+def test_execution_ids_have_nanoids_shape_and_do_not_repeat() -> None:
+    ids = [execution_id() for _ in range(20_000)]
+    assert all(NANOID.match(one) for one in ids)
+    assert len(set(ids)) == len(ids)
+    # Every symbol of the alphabet shows up: the bytes are spread over all 64.
+    assert len(set("".join(ids))) == 64
+
+
+def test_item_ids_are_random_uuids_that_do_not_repeat() -> None:
+    ids = [item_id() for _ in range(20_000)]
+    assert all(uuid.UUID(one).version == 4 for one in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def _ids_in_child(queue: multiprocessing.Queue[list[str]]) -> None:
+    queue.put([item_id() for _ in range(100)] + [execution_id() for _ in range(100)])
+
+
+def test_a_forked_process_does_not_repeat_its_parents_ids() -> None:
+    """Workers fork: a child must not hand out the ids its parent buffered."""
+    item_id()  # the parent now holds a buffer of random bytes
+    fork = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[list[str]] = fork.Queue()
+    child = fork.Process(target=_ids_in_child, args=(queue,))
+    child.start()
+    theirs = queue.get(timeout=30)
+    child.join(30)
+    ours = [item_id() for _ in range(100)] + [execution_id() for _ in range(100)]
+    assert not set(ours) & set(theirs)
