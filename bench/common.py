@@ -1,18 +1,39 @@
-"""What every scenario of the suite shares: the machine's description and wrk's load."""
+"""What every scenario of the suite shares: the machine's description, wrk's load, and
+Solder started as in production."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import os
 import platform
 import re
 import shutil
+import sqlite3
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from scale_out import BenchError
+import httpx
+import psycopg
+from cryptography.fernet import Fernet
+from scale_out import (
+    RUN_TIMEOUT,
+    SOLDER,
+    BenchError,
+    Process,
+    answers_http,
+    console,
+    cpu_seconds,
+    free_port,
+    wait_until,
+)
 
 WRK_MISSING = "wrk is missing: install it (Debian/Ubuntu: `apt-get install -y wrk`) and rerun"
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -93,3 +114,226 @@ def parse_wrk(output: str, url: str) -> Load:
 def elapsed(since: float) -> str:
     seconds = time.monotonic() - since
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+# Solder as in production, for the scenarios that run workflows (runs.py,
+# engine_overhead.py): `solder serve` on SQLite; on PostgreSQL `solder serve --no-worker`
+# and `solder worker` processes, each database made for the run and dropped after it.
+
+BENCH_TENANT = "bench"
+STALL_SECONDS = 30.0  # no execution ended for this long: Solder is stuck
+
+
+@dataclass
+class Stack:
+    """A running Solder (and the loopback upstream), its API key and its database."""
+
+    backend: str
+    database_url: str
+    base: str
+    headers: dict[str, str]
+    api: Process
+    workers: list[Process]
+    upstream_url: str
+    db: sqlite3.Connection | psycopg.Connection[tuple[Any, ...]]
+
+    def server_pids(self) -> dict[str, int]:
+        """The processes that make up the server, by the name the tables give them."""
+        if not self.workers:
+            return {"solder serve": self.api.process.pid}
+        pids = {"API (serve --no-worker)": self.api.process.pid}
+        for n, worker in enumerate(self.workers, 1):
+            pids[f"worker {n}"] = worker.process.pid
+        return pids
+
+    def server_cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.server_pids().values())
+
+    def check_alive(self) -> None:
+        for process in (self.api, *self.workers):
+            if not process.alive():
+                raise BenchError(f"{process.log.name} died:\n{process.tail()}")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read of Solder's database (`?` placeholders on both backends)."""
+        if isinstance(self.db, sqlite3.Connection):
+            return self.db.execute(sql, params).fetchall()
+        return self.db.execute(sql.replace("?", "%s"), params).fetchall()
+
+    def install(self, username: str, definition: dict[str, Any]) -> tuple[str, str]:
+        """Create a user and a workflow, activate it for them: their ids."""
+        with httpx.Client(base_url=self.base, headers=self.headers, timeout=30) as api:
+            user = api.post("/users", json={"username": username})
+            flow = api.post("/workflows", json=definition)
+            if user.status_code != 201 or flow.status_code != 201:
+                raise BenchError(f"could not create the workflow: {user.text} {flow.text}")
+            ids = user.json()["userId"], flow.json()["workflowId"]
+            body = {"userId": ids[0], "workflowId": ids[1]}
+            active = api.put("/workflows/activate", json=body)
+            if active.status_code != 200:
+                raise BenchError(f"could not activate the workflow: {active.text}")
+        return ids
+
+    def wait_idle(self, since_ms: float, timeout: float = RUN_TIMEOUT) -> float:
+        """Wait until no execution started since `since_ms` is pending; fail if one failed.
+        How long it took (s)."""
+        started = progressed = time.monotonic()
+        last = -1
+        while True:
+            pending, failed = self.query(
+                "SELECT count(*) FILTER (WHERE status IN ('queued', 'running', 'crashed')),"
+                " count(*) FILTER (WHERE status NOT IN ('queued', 'running', 'crashed',"
+                " 'succeeded')) FROM executions WHERE started_at >= ?",
+                [int(since_ms)],
+            )[0]
+            if failed:
+                problems = self.query(
+                    "SELECT status, error_block, error_message, count(*) FROM executions"
+                    " WHERE started_at >= ? AND status <> 'succeeded' GROUP BY 1, 2, 3 LIMIT 5",
+                    [int(since_ms)],
+                )
+                raise BenchError(f"{failed} executions did not succeed: {problems}")
+            if not pending:
+                return time.monotonic() - started
+            self.check_alive()
+            if pending != last:
+                progressed, last = time.monotonic(), pending
+            elif time.monotonic() - progressed > STALL_SECONDS:
+                raise BenchError(
+                    f"{pending} executions stuck unfinished for {STALL_SECONDS:g} s; the"
+                    f" servers' logs say:\n{self.first_error()}"
+                )
+            if time.monotonic() - started > timeout:
+                raise BenchError(f"{pending} executions still unfinished after {timeout:g} s")
+            time.sleep(0.2)
+
+    def vacuum(self) -> None:
+        """On PostgreSQL, what autovacuum would do after a run (it is off on the test
+        server): without statistics, each step's foreign-key check scans `executions`."""
+        if not isinstance(self.db, sqlite3.Connection):
+            self.db.execute(
+                "VACUUM ANALYZE executions, steps, procrastinate_jobs, procrastinate_events"
+            )
+
+    def first_error(self) -> str:
+        """The first traceback in the server's logs, or their last lines."""
+        for process in (self.api, *self.workers):
+            lines = process.log.read_text(errors="replace").splitlines()
+            for n, line in enumerate(lines):
+                if line.startswith("Traceback"):
+                    end = next((i for i in range(n + 1, len(lines)) if lines[i][:1] != " "), n)
+                    shown = [lines[n - 1], "  ...", *lines[max(n, end - 8) : end + 1]]
+                    return f"{process.log.name}:\n" + "\n".join(shown)
+        return "\n".join(f"{p.log.name}:\n{p.tail(10)}" for p in (self.api, *self.workers))
+
+
+def solder_cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [*SOLDER, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    if done.returncode != 0:
+        raise BenchError(f"solder {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str, name: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (its URL), dropped afterwards."""
+    admin_url = admin_url.rstrip("/")
+    drop = f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as admin:
+        admin.execute(drop)
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{admin_url}/{name}"
+    finally:
+        with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as admin:
+            admin.execute(drop)
+
+
+@contextlib.contextmanager
+def solder_stack(
+    backend: str, postgres_url: str | None, workdir: Path, *, workers: int, upstream: bool = False
+) -> Iterator[Stack]:
+    """Solder as in production on `backend` (SQLite or PostgreSQL), in `workdir`."""
+    with contextlib.ExitStack() as cleanup:
+        if backend == "SQLite":
+            url = f"sqlite:///{workdir / 'solder.db'}"
+        else:
+            assert postgres_url is not None
+            name = workdir.name.replace("-", "_").lower()  # solder_bench_<scenario>_<random>
+            url = cleanup.enter_context(postgres_database(postgres_url, name))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SOLDER_")}
+        env.update(
+            SOLDER_DATABASE_URL=url,
+            SOLDER_DATA_DIR=str(workdir / "data"),
+            SOLDER_SECRET_KEY=Fernet.generate_key().decode(),
+            SOLDER_HTTP_ALLOW_PRIVATE_NETWORKS="true",  # the upstream is on loopback
+            PYTHONUNBUFFERED="1",
+        )
+        key = solder_cli(env, "keys", "create", "--tenant", BENCH_TENANT).strip().splitlines()[-1]
+        processes: list[Process] = []
+
+        def start(name: str, args: list[str], ready: Callable[[], bool]) -> Process:
+            process = Process.start(name, args, env, workdir / f"{name}.log")
+            processes.append(process)
+            cleanup.callback(process.stop)
+            wait_until(ready, name, process.process)
+            return process
+
+        try:
+            upstream_url = ""
+            if upstream:
+                port = free_port()
+                upstream_url = f"http://127.0.0.1:{port}"
+                script = str(Path(__file__).with_name("scale_out.py"))
+                start(
+                    "upstream",
+                    [sys.executable, script, "--upstream", str(port)],
+                    lambda: answers_http(f"{upstream_url}/echo?n=1"),
+                )
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            sqlite = backend == "SQLite"
+            api = start(
+                "serve",
+                [*SOLDER, "serve", "--port", str(port), *([] if sqlite else ["--no-worker"])],
+                lambda: answers_http(f"{base}/health"),
+            )
+            started = []
+            for n in range(0 if sqlite else workers):
+                log = workdir / f"worker-{n + 1}.log"
+                started.append(start(log.stem, [*SOLDER, "worker"], functools.partial(_ready, log)))
+            db: sqlite3.Connection | psycopg.Connection[tuple[Any, ...]]
+            if sqlite:
+                db = sqlite3.connect(workdir / "solder.db", isolation_level=None)
+            else:
+                db = psycopg.connect(url, autocommit=True)
+            cleanup.callback(db.close)
+            headers = {"Authorization": f"bearer {key}", "x-api-version": "2025-09"}
+            yield Stack(backend, url, base, headers, api, started, upstream_url, db)
+        except BenchError:
+            for process in processes:
+                console.print(f"--- {process.log.name} (last lines)\n{process.tail()}")
+            raise
+
+
+def _ready(log: Path) -> bool:
+    return log.exists() and "started: running executions" in log.read_text(errors="replace")
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory (VmRSS), 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value below which `fraction` of `values` lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]

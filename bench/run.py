@@ -1,11 +1,13 @@
 """The benchmark suite: every scenario on SQLite and on PostgreSQL, one table of figures.
 
-    .venv/bin/python bench/run.py [--scenario logs_read|scale_out|all] [--scale 0.1]
+    .venv/bin/python bench/run.py [--scenario NAME|all] [--runs 3] [--run-seconds 60]
 
-Scenario 1, logs read (logs_read.py), runs on SQLite and, when a server answers at
---postgres-url, on PostgreSQL; then the scale-out benchmark (scale_out.py, PostgreSQL
-only) prints its own table. The load generator is wrk (Debian: `apt-get install wrk`).
-Figures, machine and commands are recorded in bench/RESULTS.md.
+Scenarios, each on SQLite and, when a server answers at --postgres-url, on PostgreSQL:
+1. logs read (logs_read.py, load from wrk: `apt-get install wrk`); 2. runs and 6. memory
+(runs.py); 3. engine overhead (engine_overhead.py); 7. the insert ceiling
+(insert_ceiling.py). Their figures make one table; then the scale-out benchmark
+(scale_out.py, PostgreSQL only) prints its own. Figures, machine and commands are
+recorded in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -14,16 +16,24 @@ import argparse
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import engine_overhead
+import insert_ceiling
 import logs_read
 import psycopg
-from common import machine, require_wrk
+import runs
+from common import elapsed, machine, require_wrk
 from logs_dataset import Dataset
 from rich.table import Table
 from scale_out import BenchError, console
 
-SCENARIOS = ("logs_read", "scale_out")
+SCENARIOS = ("logs_read", "runs", "engine_overhead", "insert_ceiling", "scale_out")
+COLUMNS = ("scenario", "backend", "figure", "value", "target", "met", "bare stack")
+
+Row = tuple[str, str, str, str, str, str, str]
 
 
 def postgres_reachable(url: str) -> bool:
@@ -35,25 +45,48 @@ def postgres_reachable(url: str) -> bool:
         return False
 
 
-def logs_read_table(results: list[logs_read.Measured]) -> Table:
-    table = Table(title="Solder benchmark: logs read (medians)")
-    for column in ("scenario", "backend", "figure", "value", "target", "met", "bare stack"):
-        table.add_column(column, overflow="fold")
-    for measured in results:
-        for row in logs_read.figures(measured):
-            table.add_row("1. logs read", measured.backend, *row)
-        table.add_section()
-    return table
+def table(rows: list[Row]) -> Table:
+    shown = Table(title="Solder benchmark (medians)")
+    for column in COLUMNS:
+        shown.add_column(column, overflow="fold")
+    for n, row in enumerate(rows):
+        if n and row[:2] != rows[n - 1][:2]:
+            shown.add_section()
+        shown.add_row(*row)
+    return shown
+
+
+def attempt(name: str, measure: Callable[[], None], failures: list[str]) -> None:
+    """Run one scenario; a failure is reported and the others still run."""
+    started = time.monotonic()
+    try:
+        measure()
+    except BenchError as exc:
+        console.print(f"[red]{name} failed:[/red] {exc}")
+        failures.append(name)
+    except psycopg.OperationalError as exc:
+        console.print(f"[red]{name} failed, PostgreSQL unreachable:[/red] {exc}")
+        failures.append(name)
+    console.print(f"{name}: {elapsed(started)}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
     parser.add_argument(
-        "--scale", type=float, default=1.0, help="data set size: 1 is 1,000,000 + 100,000 logs"
+        "--scale", type=float, default=1.0, help="logs read: 1 is 1,000,000 + 100,000 logs"
     )
     parser.add_argument("--runs", type=int, default=3, help="measurements of each figure")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of a measurement")
+    parser.add_argument("--seconds", type=float, default=10.0, help="logs read: a measurement")
+    parser.add_argument(
+        "--run-seconds", type=float, default=60.0, help="runs and memory: each load's length"
+    )
+    parser.add_argument(
+        "--executions", type=int, default=50, help="engine overhead: executions per run"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="`solder worker` processes on PostgreSQL"
+    )
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("SOLDER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432"),
@@ -64,32 +97,95 @@ def main() -> int:
     for line in machine():
         console.print(line)
     postgres = not options.sqlite_only and postgres_reachable(options.postgres_url)
-    status = 0
-    if options.scenario in ("logs_read", "all"):
+    postgres_url = options.postgres_url if postgres else None
+    chosen = SCENARIOS if options.scenario == "all" else (options.scenario,)
+    rows: list[Row] = []
+    notes: list[str] = []
+    failures: list[str] = []
+
+    if "logs_read" in chosen:
         dataset = Dataset(options.scale)
-        try:
+
+        def logs() -> None:
             require_wrk()
             results = logs_read.run(
-                dataset,
-                options.postgres_url if postgres else None,
-                runs=options.runs,
-                seconds=options.seconds,
+                dataset, postgres_url, runs=options.runs, seconds=options.seconds
             )
-        except BenchError as exc:
-            console.print(f"[red]logs read failed:[/red] {exc}")
-            return 1
-        console.print(logs_read_table(results))
-        console.print(
-            f"Data set: {dataset.executions:,} executions ({dataset.workflows:,} workflows x "
-            f"{dataset.users} users x {dataset.per_pair}, plus {dataset.big:,} on one pair); "
-            f"{options.runs} runs of {options.seconds:g} s each, wrk -t2 -c16."
-        )
-        for measured in results:
-            console.print(f"{measured.backend}: data set generated in {measured.generation}")
-    if options.scenario in ("scale_out", "all") and postgres:
+            for measured in results:
+                rows.extend(
+                    ("1. logs read", measured.backend, *r) for r in logs_read.figures(measured)
+                )
+                notes.append(
+                    f"{measured.backend}: logs data set generated in {measured.generation}"
+                )
+            notes.append(
+                f"Logs read: {dataset.executions:,} executions ({dataset.workflows:,} workflows x "
+                f"{dataset.users} users x {dataset.per_pair}, plus {dataset.big:,} on one pair); "
+                f"{options.runs} runs of {options.seconds:g} s each, wrk -t2 -c16."
+            )
+
+        attempt("logs read", logs, failures)
+
+    ran: dict[str, runs.Measured] = {}
+    if "runs" in chosen:
+
+        def load() -> None:
+            for measured in runs.run(
+                postgres_url,
+                runs=options.runs,
+                seconds=options.run_seconds,
+                workers=options.workers,
+            ):
+                ran[measured.backend] = measured
+
+        attempt("runs and memory", load, failures)
+
+    ceilings: dict[str, insert_ceiling.Measured] = {}
+    if "insert_ceiling" in chosen:
+
+        def ceiling() -> None:
+            for measured in insert_ceiling.run(postgres_url, runs=options.runs):
+                ceilings[measured.backend] = measured
+
+        attempt("insert ceiling", ceiling, failures)
+
+    for backend, measured in ran.items():
+        limit = ceilings[backend].rate() if backend in ceilings else None
+        rows.extend((r[0], backend, *r[1:]) for r in runs.figures(measured, limit))
+
+    if "engine_overhead" in chosen:
+
+        def overhead() -> None:
+            for measured in engine_overhead.run(
+                postgres_url,
+                runs=options.runs,
+                executions=options.executions,
+                workers=options.workers,
+            ):
+                rows.extend(
+                    (r[0], measured.backend, *r[1:]) for r in engine_overhead.figures(measured)
+                )
+
+        attempt("engine overhead", overhead, failures)
+
+    for backend, writes in ceilings.items():
+        rate = ran[backend].max_rate() if backend in ran else None
+        rows.extend((r[0], backend, *r[1:]) for r in insert_ceiling.figures(writes, rate))
+
+    if rows:
+        console.print(table(rows))
+        if "runs" in chosen or "engine_overhead" in chosen:
+            notes.append(
+                f"On PostgreSQL: solder serve --no-worker and {options.workers} solder worker "
+                "processes; on SQLite: solder serve. Runs' load: its own process."
+            )
+        for note in notes:
+            console.print(note)
+    status = 1 if failures else 0
+    if "scale_out" in chosen and postgres:
         scale_out = Path(__file__).with_name("scale_out.py")
         command = [sys.executable, str(scale_out), "--postgres-url", options.postgres_url]
-        status = subprocess.run(command, check=False).returncode
+        status = subprocess.run(command, check=False).returncode or status
     return status
 
 
