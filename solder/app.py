@@ -47,7 +47,16 @@ class Solder:
             raise ValueError("on SQLite the server runs its executions itself")
         self.connectors: Mapping[str, Connector] = registry()
         # Redirects are not followed: each hop would need the address check again.
-        self.http = httpx.AsyncClient(follow_redirects=False)
+        # Every worker keeps its connection alive between calls (httpx keeps 20 by
+        # default: with more workers calling one API, each call past 20 reconnected).
+        concurrency = concurrency or settings.worker_concurrency
+        self.http = httpx.AsyncClient(
+            follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=max(100, concurrency),
+                max_keepalive_connections=max(20, concurrency),
+            ),
+        )
         self.box = Box.from_settings(settings)
         self.engine = Engine(
             self.db,
@@ -58,7 +67,6 @@ class Solder:
                 self.db, self.box, tenant_id, user_id
             ),
         )
-        concurrency = concurrency or settings.worker_concurrency
         self.dispatcher: Dispatcher | None = None
         if self.db.is_sqlite:
             self.dispatcher = EmbeddedDispatcher(self.db, self.engine, concurrency)
@@ -79,6 +87,8 @@ class Solder:
         action: Callable[[Reader], Awaitable[dict[str, Any]]],
     ) -> dict[str, Any]:
         """Run `action`, which queues executions, once per idempotency key; wake the workers."""
+        if self.dispatcher is not None:
+            await self.dispatcher.room()
         answer = await executions.once(self.db, tenant, idempotency, action)
         self._notify()
         return answer

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
@@ -290,8 +290,13 @@ def keys_list() -> None:
         )
         for row in _run(fetch())
     ]
+    print_table(header, rows)
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A Rich table on a terminal; tab-separated lines, whole values, when piped (scripts)."""
     out = Console()
-    if not out.is_terminal:  # piped: tab-separated lines, whole ids, for scripts
+    if not out.is_terminal:
         for line in (header, *rows):
             print("\t".join(line))
         return

@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from solder import retention, workflows
 from solder.errors import SolderError
@@ -83,7 +81,7 @@ def show(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant (by name).")] = None,
 ) -> None:
     """Show how long logs are kept: the server's default, each tenant's, each workflow's own."""
-    from solder.cli import err
+    from solder.cli import err, print_table
 
     settings, db = _open()
 
@@ -112,15 +110,7 @@ def show(
         f"Server default (SOLDER_LOG_RETENTION_DAYS): {settings.log_retention_days:g} days. "
         "A workflow not listed keeps its tenant's."
     )
-    out = Console()
-    if not out.is_terminal:  # piped: tab-separated lines, for scripts
-        for line in (header, *rows):
-            print("\t".join(line))
-        return
-    table = Table(*header)
-    for values in rows:
-        table.add_row(*values)
-    out.print(table)
+    print_table(header, rows)
 
 
 def _set(tenant: str, workflow: str | None, retention_ms: int | None) -> None:

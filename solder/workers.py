@@ -81,6 +81,9 @@ class QueueWorker:
     def notify(self) -> None:
         pass
 
+    async def room(self) -> None:
+        pass  # the queue is PostgreSQL's; API processes and workers scale apart
+
     def notify_at(self, wake_at: int) -> None:
         pass
 

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from solder.errors import Unavailable
+from solder.store import prepared, queue
 from solder.store.database import Database
 from solder.store.prepared import APPLICATION_NAME
 from tests import databases
@@ -117,3 +118,20 @@ def test_what_runs_write_reaches_the_database_file_not_just_its_wal(
             }
         time.sleep(0.2)
     assert found == set(execution_ids)
+
+
+@sqlite_only
+def test_claiming_the_next_run_reads_the_pending_index_not_the_history(tmp_path: Path) -> None:
+    """Claims must not walk every finished execution: a server with a long history (or a
+    backlog) would claim slower and slower."""
+    Database(f"sqlite:///{tmp_path / 'solder.db'}").migrate()
+    sql, constants = queue._CLAIM.compiled(prepared._SQLITE_NAMED)
+    with contextlib.closing(sqlite3.connect(tmp_path / "solder.db")) as conn:
+        plan = [
+            row[3]
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN " + sql, {**constants, "claimed_at": 0, "lease": "x"}
+            )
+        ]
+    assert any("USING INDEX ix_executions_pending" in step for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.store import jobs
@@ -60,13 +60,19 @@ def _claim_statement() -> Prepared:
     each time skipping the row it just locked, and so claim several executions at once.
     """
     runnable = or_(*(executions.c.status == status for status in RUNNABLE))
+    # The pending index's own condition, word for word: SQLite uses a partial index only
+    # for a query that repeats it (else it walks every finished execution, oldest first).
+    pending = executions.c.status.in_([literal_column(f"'{status}'") for status in UNFINISHED])
     oldest = (
         select(executions.c.tenant_id, executions.c.id)
         .where(
+            pending,
             runnable,
             or_(executions.c.wake_at.is_(None), executions.c.wake_at <= bindparam("claimed_at")),
         )
-        .order_by(executions.c.started_at)
+        # In the index's order: the crashed first (they were running), then the queued,
+        # each oldest first.
+        .order_by(executions.c.status, executions.c.started_at)
         .limit(1)
         .with_for_update(skip_locked=True)
         .cte("oldest")
