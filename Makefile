@@ -52,5 +52,5 @@ clean:
 # The load generator is wrk: installed here from Debian's packages when missing.
 bench: dev
 	@command -v wrk >/dev/null || { echo "make bench: wrk is missing; installing it (apt-get install -y wrk)"; \
-		apt-get install -y wrk >/dev/null || { echo "make bench: could not install wrk: install it (Debian/Ubuntu: apt-get install wrk) and rerun"; exit 1; }; }
+		{ apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }; } || { echo "make bench: could not install wrk: install it (Debian/Ubuntu: apt-get install wrk) and rerun"; exit 1; }; }
 	$(BIN)/python bench/run.py

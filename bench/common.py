@@ -237,13 +237,14 @@ def solder_cli(env: dict[str, str], *args: str) -> str:
 
 
 @contextlib.contextmanager
-def postgres_database(admin_url: str, name: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database (its URL), dropped afterwards."""
+def postgres_database(admin_url: str, name: str, template: str = "") -> Iterator[str]:
+    """A new PostgreSQL database (its URL), empty or a copy of `template`, dropped
+    afterwards."""
     admin_url = admin_url.rstrip("/")
     drop = f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as admin:
         admin.execute(drop)
-        admin.execute(f"CREATE DATABASE {name}")
+        admin.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
     try:
         yield f"{admin_url}/{name}"
     finally:

@@ -58,6 +58,7 @@ EXECUTION_COLUMNS = (
 )
 
 Row = tuple[Any, ...]
+Edit = Callable[[Row], Row]
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,10 @@ def execution_rows(dataset: Dataset, tenant_id: str) -> Iterator[Row]:
 
 
 def tables(
-    dataset: Dataset, tenant_id: str
+    dataset: Dataset, tenant_id: str, edit: Edit | None = None
 ) -> Iterator[tuple[str, tuple[str, ...], Iterable[Row]]]:
-    """Each table's name, columns and rows, in an order the foreign keys accept."""
+    """Each table's name, columns and rows, in an order the foreign keys accept; `edit`
+    changes each execution's row (retention_load.py ages most of them)."""
     created = FIRST_SECOND * 1000
     workflows = range(dataset.workflows + 1)
     yield (
@@ -190,7 +192,8 @@ def tables(
             for u in range(dataset.users if w < dataset.workflows else 1)
         ],
     )
-    yield "executions", EXECUTION_COLUMNS, execution_rows(dataset, tenant_id)
+    rows = execution_rows(dataset, tenant_id)
+    yield "executions", EXECUTION_COLUMNS, rows if edit is None else map(edit, rows)
 
 
 def batches(rows: Iterable[Row]) -> Iterator[list[Row]]:
@@ -225,7 +228,9 @@ def prepare(url: str) -> str:
     return asyncio.run(bench_tenant(url)).id
 
 
-def generate_sqlite(path: Path, dataset: Dataset, advance: Callable[[int], None]) -> None:
+def generate_sqlite(
+    path: Path, dataset: Dataset, advance: Callable[[int], None], edit: Edit | None = None
+) -> None:
     """Write the data set into a new SQLite file at `path` (built aside, then renamed)."""
     building = path.with_name(path.name + ".building")
     for stale in (building, Path(f"{building}-wal"), Path(f"{building}-shm")):
@@ -238,7 +243,7 @@ def generate_sqlite(path: Path, dataset: Dataset, advance: Callable[[int], None]
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("PRAGMA cache_size=-1000000")
         conn.execute("BEGIN")
-        for table, columns, rows in tables(dataset, tenant_id):
+        for table, columns, rows in tables(dataset, tenant_id, edit):
             marks = ", ".join("?" * len(columns))
             insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
             for batch in batches(rows):
@@ -252,11 +257,13 @@ def generate_sqlite(path: Path, dataset: Dataset, advance: Callable[[int], None]
     building.rename(path)
 
 
-def generate_postgres(url: str, dataset: Dataset, advance: Callable[[int], None]) -> None:
+def generate_postgres(
+    url: str, dataset: Dataset, advance: Callable[[int], None], edit: Edit | None = None
+) -> None:
     """Write the data set into the empty PostgreSQL database at `url`, with COPY."""
     tenant_id = prepare(url)
     with psycopg.connect(url) as conn, conn.cursor() as cursor:
-        for table, columns, rows in tables(dataset, tenant_id):
+        for table, columns, rows in tables(dataset, tenant_id, edit):
             with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                 for batch in batches(rows):
                     for row in batch:

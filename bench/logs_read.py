@@ -23,7 +23,7 @@ import httpx
 import psycopg
 from common import Load, elapsed, wrk
 from cryptography.fernet import Fernet
-from logs_dataset import Dataset, create_api_key, generate_postgres, generate_sqlite
+from logs_dataset import Dataset, Edit, create_api_key, generate_postgres, generate_sqlite
 from logs_dataset import user_id as user_ref
 from logs_dataset import workflow_id as workflow_ref
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -117,9 +117,8 @@ def cursor_request(
     return Request("cursor", label, f"{big}&cursor={quote(cursor)}&limit=10")
 
 
-@contextlib.contextmanager
-def serving(database_url: str, workdir: Path, *, sqlite: bool) -> Iterator[tuple[str, int]]:
-    """`solder serve` on the data set: its base URL and process id."""
+def solder_env(database_url: str, workdir: Path, **settings: str) -> dict[str, str]:
+    """The environment of a Solder process on the data set, with `settings` changed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOLDER_")}
     env.update(
         SOLDER_DATABASE_URL=database_url,
@@ -128,6 +127,16 @@ def serving(database_url: str, workdir: Path, *, sqlite: bool) -> Iterator[tuple
         # The data set's executions started in 2024: retention must not purge them.
         SOLDER_LOG_RETENTION_DAYS="36500",
     )
+    return {**env, **settings}
+
+
+@contextlib.contextmanager
+def serving(
+    database_url: str, workdir: Path, *, sqlite: bool, **settings: str
+) -> Iterator[tuple[str, int]]:
+    """`solder serve` on the data set (with these `SOLDER_*` settings changed): its base
+    URL and process id."""
+    env = solder_env(database_url, workdir, **settings)
     port = free_port()
     # On PostgreSQL production runs the API apart from the workers.
     args = [*SOLDER, "serve", "--port", str(port), *([] if sqlite else ["--no-worker"])]
@@ -191,16 +200,17 @@ def progress() -> Progress:
     )
 
 
-def sqlite_dataset(dataset: Dataset) -> tuple[Path, str]:
-    """The cached SQLite file of the data set, generated if missing; how long that took."""
-    path = DATA_DIR / f"{dataset.name}.db"
+def sqlite_dataset(dataset: Dataset, name: str = "", edit: Edit | None = None) -> tuple[Path, str]:
+    """The cached SQLite file of the data set (`name`: with its executions' rows changed
+    by `edit`), generated if missing; how long that took."""
+    path = DATA_DIR / f"{name or dataset.name}.db"
     if path.exists():
         return path, "cached"
     DATA_DIR.mkdir(exist_ok=True)
     started = time.monotonic()
     with progress() as bar:
         task = bar.add_task("SQLite: generating executions", total=dataset.executions)
-        generate_sqlite(path, dataset, lambda rows: bar.advance(task, rows))
+        generate_sqlite(path, dataset, lambda rows: bar.advance(task, rows), edit)
     return path, elapsed(started)
 
 

@@ -4,10 +4,10 @@
 
 Scenarios, each on SQLite and, when a server answers at --postgres-url, on PostgreSQL:
 1. logs read (logs_read.py, load from wrk: `apt-get install wrk`); 2. runs and 6. memory
-(runs.py); 3. engine overhead (engine_overhead.py); 7. the insert ceiling
-(insert_ceiling.py). Their figures make one table; then the scale-out benchmark
-(scale_out.py, PostgreSQL only) prints its own. Figures, machine and commands are
-recorded in bench/RESULTS.md.
+(runs.py); 3. engine overhead (engine_overhead.py); 5. retention under load
+(retention_load.py, wrk too); 7. the insert ceiling (insert_ceiling.py). Their figures
+make one table; then the scale-out benchmark (scale_out.py, PostgreSQL only) prints its
+own. Figures, machine and commands are recorded in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ import engine_overhead
 import insert_ceiling
 import logs_read
 import psycopg
+import retention_load
 import runs
 from common import elapsed, machine, require_wrk
 from logs_dataset import Dataset
 from rich.table import Table
 from scale_out import BenchError, console
 
-SCENARIOS = ("logs_read", "runs", "engine_overhead", "insert_ceiling", "scale_out")
+SCENARIOS = ("logs_read", "runs", "engine_overhead", "retention", "insert_ceiling", "scale_out")
 COLUMNS = ("scenario", "backend", "figure", "value", "target", "met", "bare stack")
 
 Row = tuple[str, str, str, str, str, str, str]
@@ -74,7 +75,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
     parser.add_argument(
-        "--scale", type=float, default=1.0, help="logs read: 1 is 1,000,000 + 100,000 logs"
+        "--scale",
+        type=float,
+        default=1.0,
+        help="logs read: 1 is 1,000,000 + 100,000 logs; retention: 999,000 of them expired",
     )
     parser.add_argument("--runs", type=int, default=3, help="measurements of each figure")
     parser.add_argument("--seconds", type=float, default=10.0, help="logs read: a measurement")
@@ -167,6 +171,28 @@ def main() -> int:
                 )
 
         attempt("engine overhead", overhead, failures)
+
+    if "retention" in chosen:
+
+        def retention() -> None:
+            require_wrk()
+            purged = Dataset(options.scale)
+            for measured in retention_load.run(purged, postgres_url, runs=options.runs):
+                rows.extend(
+                    ("5. retention under load", measured.backend, *r)
+                    for r in retention_load.figures(measured)
+                )
+                notes.append(
+                    f"{measured.backend}: retention store generated in {measured.generation}"
+                )
+            notes.append(
+                f"Retention under load: {retention_load.expired(purged):,} expired executions "
+                f"of {purged.executions:,}, purged by Solder's own sweep while wrk -t2 -c16 "
+                f"reads the logs in {retention_load.WINDOW_SECONDS:g} s windows; "
+                f"{options.runs} runs, each on a fresh copy of the store."
+            )
+
+        attempt("retention under load", retention, failures)
 
     for backend, writes in ceilings.items():
         rate = ran[backend].max_rate() if backend in ran else None
