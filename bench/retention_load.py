@@ -327,3 +327,14 @@ def figures(measured: Measured) -> list[tuple[str, str, str, str, str]]:
             )
         )
     return rows
+
+
+def timeline(measured: Measured) -> str:
+    """Each run's windows' p99 in order, to see whether the worst came while purging or
+    while reclaiming the space."""
+    runs = "; ".join(
+        ", ".join(f"{window.p99_ms:.0f}" for window in run.windows)
+        + f" (purge {run.purge_seconds:.0f} s, then reclaiming {run.reclaim_seconds:.0f} s)"
+        for run in measured.runs
+    )
+    return f"{measured.backend}: retention, each {WINDOW_SECONDS:g} s window's p99 (ms): {runs}"

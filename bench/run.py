@@ -185,6 +185,7 @@ def main() -> int:
                 notes.append(
                     f"{measured.backend}: retention store generated in {measured.generation}"
                 )
+                notes.append(retention_load.timeline(measured))
             notes.append(
                 f"Retention under load: {retention_load.expired(purged):,} expired executions "
                 f"of {purged.executions:,}, purged by Solder's own sweep while wrk -t2 -c16 "
