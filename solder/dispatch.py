@@ -29,10 +29,10 @@ _POLL_SECONDS = 1.0
 # as many runs are queued as there are workers, accepting one more waits for a worker to
 # take one, for at most _MAX_WAIT_SECONDS (then it is queued all the same). Without it,
 # clients sending runs as fast as they are answered take the loop from the workers and
-# the queue only grows: 32 such clients got 90 runs a second done, each minutes after it
-# was accepted; with it, 350 a second, each within 0.3 s (bench/RESULTS.md). Only a busy
-# loop counts: workers waiting on a slow API leave the loop idle, and then a burst of
-# runs is queued at once, however long the queue.
+# the queue only grows: 32 such clients got 90 runs a second done of 1,100 accepted;
+# with it, 400 done as accepted (bench/RESULTS.md). Only a busy loop counts: workers
+# waiting on a slow API leave the loop idle, and then a burst of runs is queued at once,
+# however long the queue.
 _QUEUED_PER_WORKER = 1
 _MAX_WAIT_SECONDS = 1.0
 _LAG_PROBE_SECONDS = 0.05
