@@ -20,7 +20,14 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from solder.errors import Unavailable
-from solder.store.prepared import Busy, InlineReader, InlineWriter, PostgresReader, Reader
+from solder.store.prepared import (
+    Busy,
+    InlineReader,
+    InlineWriter,
+    PostgresReader,
+    Reader,
+    sqlite_pragmas,
+)
 
 log = logging.getLogger("solder.database")
 
@@ -51,18 +58,7 @@ def _configure_sqlite(sync_engine: Any, synchronous: str) -> None:
         # Let SQLAlchemy's "begin" event below issue BEGIN itself (pysqlite's own
         # transaction handling would defer it and break BEGIN IMMEDIATE).
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # Lets retention give freed pages back to the file system (PRAGMA
-        # incremental_vacuum). It takes effect only on a new file, so before journal_mode,
-        # which writes the header; an older file switches by `solder vacuum`.
-        cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        # Deleted logs are overwritten with zeros: an erased log is really gone.
-        cursor.execute("PRAGMA secure_delete=ON")
-        cursor.close()
+        sqlite_pragmas(dbapi_connection, synchronous=synchronous, busy_timeout_ms=10_000)
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -1,12 +1,13 @@
-"""Prepared statements, and SQLite reads that never leave the event loop's thread.
+"""Prepared statements, and SQLite transactions that never leave the event loop's thread.
 
-The hot read paths (an API key, a page of logs) cost far more in machinery than in
+The hot paths (an API key, a page of logs, a block's step) cost far more in machinery than in
 SQL: SQLAlchemy spends some 30 µs per statement building it and finding its compiled
 form, and a hop to aiosqlite's thread and back costs 0.2 to 0.4 ms on a loaded machine,
 several times per statement, while the statements themselves take about 10 µs each on
 SQLite (bench/RESULTS.md). So those paths build each statement once (`Prepared`) and
 run its SQL on the driver's cursor; on SQLite, on a plain `sqlite3` connection in the
-calling thread (`InlineReader`).
+calling thread (`InlineReader`, `InlineWriter`); on PostgreSQL reads, on psycopg's own
+pool (`PostgresReader`).
 """
 
 from __future__ import annotations
@@ -161,6 +162,20 @@ def _on(
     return statement.run_on(_SQLITE_NAMED if conn.dialect.name == "sqlite" else _POSTGRES, params)
 
 
+def sqlite_pragmas(conn: sqlite3.Connection, *, synchronous: str, busy_timeout_ms: int) -> None:
+    """Set what every Solder connection that writes to a SQLite file must have."""
+    # Lets retention give freed pages back to the file system (PRAGMA incremental_vacuum).
+    # It takes effect only on a new file, so before journal_mode, which writes the
+    # header; an older file switches by `solder vacuum`.
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    # Deleted logs are overwritten with zeros: an erased log is really gone.
+    conn.execute("PRAGMA secure_delete=ON")
+
+
 class InlineReader:
     """Read-only `sqlite3` connections for `InlineConnection`s, kept for reuse.
 
@@ -245,10 +260,7 @@ class InlineWriter:
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=0")
-        conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA secure_delete=ON")  # as every Solder connection: see database.py
+        sqlite_pragmas(conn, synchronous=self._synchronous, busy_timeout_ms=0)
         conn.execute("PRAGMA wal_autocheckpoint=0")
         self._conn = conn
         return conn
