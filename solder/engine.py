@@ -375,11 +375,12 @@ class Engine:
             "meta": scrub(_text(meta), secrets) if meta else None,
             "app_actions": app_actions,
         }
-        async with self.db.write_inline() as conn:
-            if await queue.holding(conn, run.tenant_id, run.execution_id, run.lease) is None:
+        # A delay's step also clears the execution's wait: two statements, one transaction.
+        waited = block.connector == "delay"
+        async with self.db.write_inline(single=not waited) as conn:
+            if not await queue.record_step(conn, run.lease, **step):
                 return None
-            await q.insert_step(conn, **step)
-            if block.connector == "delay":
+            if waited:
                 await queue.clear_wait(conn, run.tenant_id, run.execution_id)
         return step
 

@@ -25,6 +25,7 @@ from solder.store.prepared import (
     InlineReader,
     InlineWriter,
     PostgresReader,
+    PostgresWriter,
     Reader,
     sqlite_pragmas,
 )
@@ -110,6 +111,11 @@ class Database:
             if self.is_sqlite
             else PostgresReader(self.libpq_url, size=pool_size, connect_timeout=_CONNECT_TIMEOUT)
         )
+        self._postgres_writes = (
+            None
+            if self.is_sqlite
+            else PostgresWriter(self.libpq_url, size=pool_size, connect_timeout=_CONNECT_TIMEOUT)
+        )
         # SQLite has one writer at a time; queueing writers of this process here is
         # cheaper than letting them spin on busy_timeout.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -158,13 +164,24 @@ class Database:
             raise
 
     @asynccontextmanager
-    async def write_inline(self) -> AsyncIterator[Reader]:
+    async def write_inline(self, *, single: bool = False) -> AsyncIterator[Reader]:
         """A write transaction for prepared statements that touch a few rows through an
         index (a step, an execution's end): on SQLite, run in this thread.
 
         It blocks the event loop while a statement runs. When another process holds
-        SQLite's write lock it is `write()`, which waits in a thread; on PostgreSQL too.
+        SQLite's write lock it is `write()`, which waits in a thread. On PostgreSQL it is
+        a transaction on psycopg's own pool (`PostgresWriter`). With `single`, the caller
+        runs one statement only, which is then its own transaction (one round trip).
         """
+        if self._postgres_writes is not None:
+            try:
+                async with self._postgres_writes.transaction(single=single) as conn:
+                    yield conn
+            except psycopg_pool.PoolTimeout as exc:
+                raise Unavailable("every database connection is busy; retry shortly") from exc
+            except psycopg.OperationalError as exc:
+                raise Unavailable("the database is unavailable; retry shortly") from exc
+            return
         writer = self._inline_writes
         if writer is not None and self._write_lock is not None:
             if self._checkpoints is None:
@@ -226,6 +243,8 @@ class Database:
             self._inline.close()
         if self._postgres_reads is not None:
             await self._postgres_reads.close()
+        if self._postgres_writes is not None:
+            await self._postgres_writes.close()
 
     def migrate(self) -> None:
         """Bring the schema up to date (Alembic `upgrade head`)."""

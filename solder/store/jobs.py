@@ -41,27 +41,29 @@ async def defer(
     """
     if not _on_postgres(conn):
         return None
-    # Jobs are deferred in write transactions, which are SQLAlchemy's on PostgreSQL.
-    assert isinstance(conn, AsyncConnection)
     at = None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC)
     args = orjson.dumps({"tenant_id": tenant_id, "execution_id": execution_id}).decode()
-    job_id: int = (
-        await conn.execute(
-            text(
-                "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
-                ":queue, :task, 0, :lock, NULL, CAST(:args AS jsonb), :at"
-                ")::procrastinate_job_to_defer_v1]))"
-            ),
-            {
-                "queue": QUEUE,
-                "task": TASK,
-                "lock": f"execution:{tenant_id}:{execution_id}",
-                "args": args,
-                "at": at,
-            },
-        )
-    ).scalar_one()
+    params = {
+        "queue": QUEUE,
+        "task": TASK,
+        "lock": f"execution:{tenant_id}:{execution_id}",
+        "args": args,
+        "at": at,
+    }
+    if isinstance(conn, AsyncConnection):
+        result = await conn.exec_driver_sql(_DEFER, params)
+        job_id: int = result.scalar_one()
+    else:
+        job_id = (await conn.rows(_DEFER, params))[0]["job_id"]
     return job_id
+
+
+# psycopg's own parameter style: this runs on the driver, through SQLAlchemy or not.
+_DEFER = (
+    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
+    "%(queue)s, %(task)s, 0, %(lock)s, NULL, CAST(%(args)s AS jsonb), %(at)s"
+    ")::procrastinate_job_to_defer_v1])) AS job_id"
+)
 
 
 async def stalled(

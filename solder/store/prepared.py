@@ -281,6 +281,29 @@ class InlineWriter:
 APPLICATION_NAME = "solder-reads"
 
 
+class PostgresTransaction(DriverConnection):
+    """A write transaction on a connection of `PostgresWriter`'s pool.
+
+    Unlike a read, a statement that fails here is not run again: the transaction it was
+    part of is gone with the connection, and the caller's `Unavailable` says so.
+    """
+
+    dialect = _POSTGRES
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
+        async with self.conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(sql, params)
+            return await cursor.fetchall() if cursor.description else []
+
+    async def count(self, sql: str, params: dict[str, Any]) -> int:
+        async with self.conn.cursor() as cursor:
+            await cursor.execute(sql, params)
+            return cursor.rowcount
+
+
 class PostgresReader:
     """psycopg's own pool of read-only connections in autocommit, for the hot reads.
 
@@ -328,6 +351,57 @@ class PostgresReader:
         if self._open:
             await self._pool.close()
             self._open = False
+
+
+class PostgresWriter:
+    """psycopg's own pool of connections for the hot writes (accepting a run, a step, an
+    execution's end), each a transaction of a few prepared statements.
+
+    SQLAlchemy's async engine costs a ping at each checkout, a greenlet switch per
+    statement and its own machinery: several times the round trips themselves
+    (bench/RESULTS.md). A connection that fails is discarded by the pool; the caller
+    sees `psycopg.OperationalError` and nothing of its transaction was committed.
+    """
+
+    def __init__(self, conninfo: str, *, size: int, connect_timeout: int) -> None:
+        self._pool = AsyncConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=size,
+            open=False,
+            timeout=connect_timeout,
+            kwargs={
+                "connect_timeout": connect_timeout,
+                "autocommit": True,  # transactions are explicit (`conn.transaction()`)
+                "application_name": WRITER_NAME,
+            },
+            name="solder-writes",
+        )
+        self._opening = asyncio.Lock()
+        self._open = False
+
+    @asynccontextmanager
+    async def transaction(self, *, single: bool = False) -> AsyncIterator[PostgresTransaction]:
+        """A transaction; with `single`, for one statement, which commits by itself."""
+        if not self._open:
+            async with self._opening:
+                if not self._open:
+                    await self._pool.open(wait=False)
+                    self._open = True
+        async with self._pool.connection() as conn:
+            if single:  # the statement is its own transaction: no BEGIN and COMMIT trips
+                yield PostgresTransaction(conn)
+                return
+            async with conn.transaction():
+                yield PostgresTransaction(conn)
+
+    async def close(self) -> None:
+        if self._open:
+            await self._pool.close()
+            self._open = False
+
+
+WRITER_NAME = "solder-writes"
 
 
 async def _read_only(conn: psycopg.AsyncConnection[Any]) -> None:

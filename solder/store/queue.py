@@ -13,7 +13,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, literal_column, or_, select, update
+from sqlalchemy import (
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.store import jobs
@@ -127,6 +138,36 @@ _HOLDING = Prepared(
 async def holding(conn: Reader, tenant_id: str, execution_id: str, lease: str) -> Row | None:
     """The execution, locked for this transaction, if it still runs under `lease`."""
     return await fetch_one(conn, _HOLDING, tenant_id=tenant_id, id=execution_id, lease=lease)
+
+
+# One statement: the step goes in only while the execution runs under the lease, which
+# it holds locked (FOR SHARE) until the commit, so a claim by another worker (an UPDATE
+# of the lease) waits for it, as it waits for `holding`'s lock. On its own it is one round
+# trip and one commit.
+_RECORD_STEP = Prepared(
+    insert(steps).from_select(
+        [c.name for c in steps.c],
+        select(*(bindparam(c.name, type_=c.type) for c in steps.c)).where(
+            exists(
+                select(literal(1))
+                .select_from(executions)
+                .where(
+                    executions.c.tenant_id == bindparam("tenant_id"),
+                    executions.c.id == bindparam("execution_id"),
+                    executions.c.status == "running",
+                    executions.c.lease == bindparam("lease"),
+                )
+                .with_for_update(read=True)
+            )
+        ),
+    )
+)
+
+
+async def record_step(conn: Reader, lease: str, **step: Any) -> bool:
+    """Record a finished step if the execution still runs under `lease`; whether it did."""
+    defaults = {"error": None, "meta": None, "app_actions": 0}
+    return await execute(conn, _RECORD_STEP, lease=lease, **{**defaults, **step}) == 1
 
 
 async def park(
