@@ -37,6 +37,7 @@ COMMANDS: tuple[tuple[str, ...], ...] = (
     ("retention", "clear"),
     ("retention", "purge"),
     ("vacuum",),
+    ("compact",),
     ("migrate",),
     ("version",),
 )

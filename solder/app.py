@@ -10,8 +10,10 @@ from typing import Any
 import httpx
 
 from solder import executions
+from solder.compaction import Compaction
 from solder.connectors import Connector, registry
 from solder.credentials import Box, lookup
+from solder.dictionaries import Dictionaries
 from solder.dispatch import Dispatcher, EmbeddedDispatcher
 from solder.engine import Engine
 from solder.executions import Idempotency
@@ -58,6 +60,7 @@ class Solder:
             ),
         )
         self.box = Box.from_settings(settings)
+        self.dictionaries = Dictionaries(self.db, enabled=settings.log_dictionaries)
         self.engine = Engine(
             self.db,
             settings,
@@ -66,6 +69,7 @@ class Solder:
             credentials_for=lambda tenant_id, user_id: lookup(
                 self.db, self.box, tenant_id, user_id
             ),
+            dictionaries=self.dictionaries,
         )
         self.dispatcher: Dispatcher | None = None
         if self.db.is_sqlite:
@@ -73,6 +77,7 @@ class Solder:
         elif worker:
             self.dispatcher = QueueWorker(self.db, self.engine, settings, concurrency)
         self.retention = Retention(self.db, settings)
+        self.compaction = Compaction(self.db, settings)
         self.scheduler = Scheduler(self.db, settings, self._notify)
         self._serve_lock: ServeLock | None = None
 
@@ -99,15 +104,19 @@ class Solder:
             self._serve_lock.acquire()
         await asyncio.to_thread(self.db.migrate)
         if self.dispatcher is not None:
+            await self.dictionaries.start()
             await self.dispatcher.start()
             await self.scheduler.start()
             self.retention.start()
+            self.compaction.start()
 
     async def stop(self) -> None:
         if self.dispatcher is not None:
+            await self.compaction.stop()
             await self.retention.stop()
             await self.scheduler.stop()
             await self.dispatcher.stop(self.settings.shutdown_grace_seconds)
+            await self.dictionaries.stop()
         await self.http.aclose()
         if self._serve_lock is not None:
             self._serve_lock.release()

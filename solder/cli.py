@@ -20,7 +20,7 @@ from solder.connectors import PluginError
 from solder.credentials import SecretKeyError
 from solder.errors import NotFound
 from solder.ids import iso_ms
-from solder.retention_cli import retention_cli, vacuum
+from solder.retention_cli import compact, retention_cli, vacuum
 from solder.settings import Settings
 from solder.store import queries as q
 from solder.store.database import Database
@@ -334,6 +334,7 @@ def migrate() -> None:
 
 
 cli.command("vacuum")(vacuum)
+cli.command("compact")(compact)
 
 
 @cli.command("secret-key")

@@ -30,6 +30,7 @@ from solder.connectors import (
 )
 from solder.credentials import scrub
 from solder.definitions import Block, Definition, from_document
+from solder.dictionaries import Dictionaries
 from solder.errors import Unavailable
 from solder.expressions import ExpressionError, resolve
 from solder.ids import item_id, now_ms
@@ -88,12 +89,15 @@ class Engine:
         http: httpx.AsyncClient,
         connectors: Mapping[str, Connector],
         credentials_for: CredentialsFor | None = None,
+        dictionaries: Dictionaries | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.http = http
         self.connectors = connectors
         self.credentials_for = credentials_for
+        self.dictionaries = dictionaries
+        """Each tenant's log dictionary, kept in memory: None, the skeleton for all."""
         self.on_park: Callable[[int], None] = lambda _wake_at: None
         """Told when an execution starts waiting, with when it wants to run again."""
         self._definitions: dict[tuple[str, str, int], Definition] = {}
@@ -422,7 +426,10 @@ class Engine:
                 error_block=error_block,
                 error_message=error_message,
                 app_actions=sum(s["app_actions"] for s in steps),
-                log=codec.pack(orjson.dumps(logs.render(ended, steps))),
+                log=codec.pack(
+                    orjson.dumps(logs.render(ended, steps)),
+                    self.dictionaries.current(tenant_id) if self.dictionaries else None,
+                ),
             )
 
 

@@ -78,3 +78,10 @@ class Unavailable(SolderError):
 
     status = 503
     code = "unavailable"
+
+
+class LogUnreadable(SolderError):
+    """A stored execution log cannot be read back."""
+
+    status = 500
+    code = "log_unreadable"

@@ -10,11 +10,12 @@ import orjson
 
 from solder import keys, logs, users, workflows
 from solder.cursors import Cursor
-from solder.errors import InvalidRequest, NotFound
+from solder.dictionaries import Dictionaries
+from solder.errors import InvalidRequest, LogUnreadable, NotFound
 from solder.ids import execution_id, iso_ms, item_id, now_ms
 from solder.keys import Tenant
-from solder.store import codec, queue
 from solder.store import queries as q
+from solder.store import queue
 from solder.store.database import Database
 from solder.store.prepared import INTEGRITY_ERRORS
 
@@ -168,6 +169,7 @@ async def run_event(
 async def rerun(
     conn: q.Reader,
     tenant: Tenant,
+    dictionaries: Dictionaries,
     *,
     workflow_ref: str,
     execution_ref: str,
@@ -182,17 +184,37 @@ async def rerun(
     if user["id"] != original["user_id"]:
         raise NotFound(f"no execution {execution_ref!r} of this workflow for this user")
     await _active_installation(conn, tenant, workflow, user)
+    trigger_id, trigger_data = original["trigger_id"], original["trigger_data"]
+    if not trigger_data:
+        trigger_id, trigger_data = await _stored_trigger(conn, tenant, dictionaries, original)
     new_id = await enqueue(
         conn,
         tenant,
         workflow_id=workflow["id"],
         user_id=user["id"],
         version=original["workflow_version"],
-        trigger_id=original["trigger_id"],
-        trigger_data=original["trigger_data"],
+        trigger_id=trigger_id,
+        trigger_data=trigger_data,
         rerun_of=original["id"],
     )
     return {"message": "success", "executionId": new_id}
+
+
+async def _stored_trigger(
+    conn: q.Reader, tenant: Tenant, dictionaries: Dictionaries, execution: Mapping[Any, Any]
+) -> tuple[str, str]:
+    """The trigger's id and data of a finished execution whose row no longer holds them:
+    its log's first result (the trigger's step) does (solder/compaction.py)."""
+    document = orjson.loads(
+        await dictionaries.unpack(conn, tenant.id, execution["log"], execution["id"])
+    )
+    try:
+        trigger = document["results"][0]
+        return trigger["connectorId"], orjson.dumps(trigger["data"][0][0]["json"]).decode()
+    except (KeyError, IndexError, TypeError) as exc:
+        raise LogUnreadable(
+            f"the log of execution {execution['id']} does not hold its trigger data"
+        ) from exc
 
 
 async def _active_installation(
@@ -209,6 +231,7 @@ async def _active_installation(
 
 async def page_of_logs(
     conn: q.Reader,
+    dictionaries: Dictionaries,
     key: str,
     workflow_ref: str,
     user_ref: str | None,
@@ -248,16 +271,18 @@ async def page_of_logs(
     last = rows[-1] if rows and more else None
     return logs.page_document(
         [
-            codec.unpack(row["log"])
+            await dictionaries.unpack(conn, tenant_id, row["log"], row["id"])
             if row["log"] is not None  # a finished execution's log is stored whole
-            else await _live_log(conn, tenant_id, row)
+            else await _live_log(conn, dictionaries, tenant_id, row)
             for row in rows
         ],
         None if last is None else Cursor(descending, last["started_at"], last["id"]).encode(),
     )
 
 
-async def _live_log(conn: q.Reader, tenant_id: str, execution: Mapping[Any, Any]) -> bytes:
+async def _live_log(
+    conn: q.Reader, dictionaries: Dictionaries, tenant_id: str, execution: Mapping[Any, Any]
+) -> bytes:
     """The log of an execution that had not ended when its page was read: its steps so
     far, or its stored log if it has ended since."""
     rows = await q.live_log(conn, tenant_id, execution["id"])
@@ -265,7 +290,7 @@ async def _live_log(conn: q.Reader, tenant_id: str, execution: Mapping[Any, Any]
         return orjson.dumps(logs.render(execution, []))
     now = rows[0]
     if now["log"] is not None:
-        return codec.unpack(now["log"])
+        return await dictionaries.unpack(conn, tenant_id, now["log"], execution["id"])
     steps = [
         {name.removeprefix("step_"): value for name, value in row.items()}
         for row in rows

@@ -102,6 +102,28 @@ def execute(data_dir: Path, sql: str) -> None:
         lite.execute(sql)
 
 
+def stored_logs(data_dir: Path) -> dict[str, bytes]:
+    """Every stored log document, decompressed with its tenant's dictionary if it needs
+    one, by execution id."""
+    from solder.store import codec
+
+    dictionaries: dict[tuple[object, int | None], codec.Dictionary] = {}
+    for tenant_id, id_, content in rows(
+        data_dir, "SELECT tenant_id, id, content FROM log_dictionaries"
+    ):
+        assert isinstance(id_, int)
+        assert isinstance(content, bytes)
+        dictionaries[tenant_id, id_] = codec.Dictionary(str(tenant_id), id_, content)
+    found = {}
+    for tenant_id, execution_id, log in rows(
+        data_dir, "SELECT tenant_id, id, log FROM executions WHERE log IS NOT NULL"
+    ):
+        assert isinstance(log, bytes)
+        needed = codec.dictionary_id(log)
+        found[str(execution_id)] = codec.unpack(log, dictionaries.get((tenant_id, needed)))
+    return found
+
+
 def stored_bytes(data_dir: Path) -> dict[str, bytes]:
     """Everything the database holds, as bytes, by where it lies.
 
@@ -110,13 +132,7 @@ def stored_bytes(data_dir: Path) -> dict[str, bytes]:
     Both: the stored log documents decompressed, since compression would hide from a
     byte search what they hold.
     """
-    from solder.store.codec import unpack
-
-    logs = b"\n".join(
-        unpack(log)
-        for (log,) in rows(data_dir, "SELECT log FROM executions WHERE log IS NOT NULL")
-        if isinstance(log, bytes)
-    )
+    logs = b"\n".join(stored_logs(data_dir).values())
     if not on_postgres():
         files = {
             f.name: f.read_bytes() for f in data_dir.iterdir() if f.name.startswith("solder.db")

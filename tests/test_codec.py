@@ -8,7 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from solder.store.codec import pack, unpack
+from solder.errors import LogUnreadable
+from solder.store import codec
+from solder.store.codec import Dictionary, pack, unpack
 from tests import databases
 from tests.conftest import Api, Server
 
@@ -27,8 +29,61 @@ def test_logs_stored_before_compression_are_read_as_they_are() -> None:
 
 
 def test_a_log_in_an_unknown_format_is_an_error_that_says_so() -> None:
-    with pytest.raises(ValueError, match="unknown format"):
+    with pytest.raises(LogUnreadable, match="unknown format"):
         unpack(b"\x07whatever")
+
+
+def seed_logs(count: int) -> list[bytes]:
+    """The seed's log `count` times, each with its own execution id and timestamps."""
+    template = SEED.read_text().split('"data": [', 1)[1].rsplit("]", 1)[0]
+    return [
+        orjson.dumps(
+            json.loads(
+                template.replace("uGmauA50FBlibba3JkPfB", f"execution{n:012d}").replace(
+                    "17:57:42", f"17:{n // 60 % 60:02d}:{n % 60:02d}"
+                )
+            )
+        )
+        for n in range(count)
+    ]
+
+
+def test_a_trained_dictionary_stores_a_seed_log_in_a_tenth_and_gives_it_back_whole() -> None:
+    logs = seed_logs(200)
+    dictionary = Dictionary("tenant", 1, codec.train(logs[:150], 4096))
+    for log in logs[150:]:
+        stored = pack(log, dictionary)
+        assert stored.startswith(b"\x02\x01")
+        assert len(stored) < len(log) / 10
+        assert unpack(stored, dictionary) == log
+        assert codec.dictionary_id(stored) == 1
+
+
+@pytest.mark.parametrize(
+    ("dictionary_id", "prefix_bytes"),
+    [(1, 2), (127, 2), (128, 3), (300, 3), (16_383, 3), (16_384, 4), (2**31, 6)],
+)
+def test_a_stored_log_names_its_dictionary_in_a_varint(
+    dictionary_id: int, prefix_bytes: int
+) -> None:
+    logs = seed_logs(100)
+    dictionary = Dictionary("tenant", dictionary_id, codec.train(logs, 2048))
+    stored = pack(logs[0], dictionary)
+    assert codec.dictionary_id(stored) == dictionary_id
+    assert stored.startswith(codec.prefix(dictionary_id))
+    assert len(codec.prefix(dictionary_id)) == prefix_bytes
+    assert unpack(stored, dictionary) == logs[0]
+
+
+def test_a_log_read_without_its_dictionary_is_an_error_that_names_it() -> None:
+    logs = seed_logs(100)
+    seven = Dictionary("tenant", 7, codec.train(logs, 2048))
+    stored = pack(logs[0], seven)
+    with pytest.raises(LogUnreadable, match="compressed with dictionary 7 of its tenant"):
+        unpack(stored)
+    with pytest.raises(LogUnreadable, match="dictionary 7"):
+        unpack(stored, Dictionary("tenant", 8, seven.content))
+    assert codec.dictionary_id(pack(logs[0])) is None, "the skeleton's need none"
 
 
 def test_finished_logs_are_stored_compressed_and_served_as_json(server: Server, api: Api) -> None:

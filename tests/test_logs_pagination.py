@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from solder import executions
+from solder.dictionaries import Dictionaries
 from solder.store.database import Database
 from solder.store.prepared import DriverConnection, Reader
 from tests import databases
@@ -377,7 +378,14 @@ def test_a_run_that_ends_while_its_page_is_read_shows_a_whole_log(
                     reader = EndsAfterThePage(conn, end_the_run)
                     key = str(api.headers["authorization"]).split()[1]
                     page = await executions.page_of_logs(
-                        reader, key, workflow_id, None, page=1, limit=10, descending=True
+                        reader,
+                        Dictionaries(db),
+                        key,
+                        workflow_id,
+                        None,
+                        page=1,
+                        limit=10,
+                        descending=True,
                     )
                     assert reader.statements == 2  # the page, then the running run's steps
                     return dict(orjson.loads(page))

@@ -63,6 +63,7 @@ async def list_logs(workflowId: str, request: Request) -> Response:
     async with solder.db.read_inline() as conn:
         body = await executions.page_of_logs(
             conn,
+            solder.dictionaries,
             key,
             workflowId,
             request.query_params.get("userId"),
@@ -107,7 +108,12 @@ async def rerun(
         tenant,
         idempotency,
         lambda conn: executions.rerun(
-            conn, tenant, workflow_ref=workflowId, execution_ref=executionId, user_ref=userId
+            conn,
+            tenant,
+            solder.dictionaries,
+            workflow_ref=workflowId,
+            execution_ref=executionId,
+            user_ref=userId,
         ),
     )
 

@@ -1,24 +1,36 @@
 """How a finished execution's log document is stored: zstd-compressed, tagged by format.
 
 The log of a finished execution is written once and read as it is (`logs.page_document`
-splices stored documents together), so it is stored compressed: a seed-shaped log of
-1,649 bytes takes about 540. The first byte says how a value was written, so formats can
-change without rewriting old rows:
+splices stored documents together), so it is stored compressed. The first byte says how
+a value was written, so formats can change without rewriting old rows:
 
 - `{`: plain JSON (logs written before compression);
-- `\\x01`: a zstd frame compressed with dictionary 1, the skeleton of a Solder log (its
-  keys in their order), which spares each log spelling them out.
+- `\\x01`: a zstd frame compressed with the skeleton dictionary (below): the keys of a
+  Solder log in their order, which spares each log spelling them out. A seed-shaped log
+  of 1,649 bytes takes about 550.
+- `\\x02`: compressed with one of its tenant's trained dictionaries (solder/dictionaries.py):
+  the tag, the dictionary's id among its tenant's as an unsigned LEB128 varint (one byte
+  up to 127), then a zstd frame without zstd's 4-byte magic number (the tag is the magic).
+  A seed-shaped log takes about 110 bytes.
 
-A later dictionary (say, trained on one workflow's own logs) gets the next tag; the
-tags already written must stay readable.
+A dictionary id names a dictionary of the log's own tenant: reading a log needs its
+tenant's dictionary, never another's. Ids are never reused (only a tenant's newest
+dictionary can be written with, and only older ones are ever deleted), so an id always
+names the dictionary that compressed the frame.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import zstandard
 
-_PLAIN = ord("{")
-_SKELETON = 1
+from solder.errors import LogUnreadable
+
+PLAIN = ord("{")
+SKELETON = 1
+TRAINED = 2
+LEVEL = 3
 
 # A raw-content dictionary: the keys and shapes every log repeats, as the renderer writes
 # them. Changing it would make stored logs unreadable: a new one needs a new tag.
@@ -32,22 +44,113 @@ _SKELETON_DICTIONARY = zstandard.ZstdCompressionDict(
     dict_type=zstandard.DICT_TYPE_RAWCONTENT,
 )
 _compress = zstandard.ZstdCompressor(
-    level=3, dict_data=_SKELETON_DICTIONARY, write_checksum=False, write_dict_id=False
+    level=LEVEL, dict_data=_SKELETON_DICTIONARY, write_checksum=False, write_dict_id=False
 )
 _decompress = zstandard.ZstdDecompressor(dict_data=_SKELETON_DICTIONARY)
+_TRAINED_PARAMETERS = zstandard.ZstdCompressionParameters.from_level(
+    LEVEL,
+    format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+    write_checksum=False,
+    write_dict_id=False,  # the tag's varint says which dictionary
+)
 
 
-def pack(document: bytes) -> bytes:
-    """A log document as it is stored."""
-    return bytes([_SKELETON]) + _compress.compress(document)
+class Dictionary:
+    """One trained dictionary of one tenant, ready to compress and decompress with.
+
+    Not for two threads at once (zstd's contexts are not): each user of a dictionary in
+    another thread (the compaction) makes its own `Dictionary` from the same content.
+    """
+
+    __slots__ = ("_compressor", "_decompressor", "content", "id", "prefix", "tenant_id")
+
+    def __init__(self, tenant_id: str, id: int, content: bytes) -> None:
+        self.tenant_id = tenant_id
+        self.id = id
+        self.content = content
+        self.prefix = prefix(id)
+        self._compressor: zstandard.ZstdCompressor | None = None
+        self._decompressor: zstandard.ZstdDecompressor | None = None
+
+    def compress(self, document: bytes) -> bytes:
+        if self._compressor is None:
+            self._compressor = zstandard.ZstdCompressor(
+                dict_data=self._zstd_dictionary(), compression_params=_TRAINED_PARAMETERS
+            )
+        return self.prefix + self._compressor.compress(document)
+
+    def decompress(self, frame: bytes) -> bytes:
+        if self._decompressor is None:
+            self._decompressor = zstandard.ZstdDecompressor(
+                dict_data=self._zstd_dictionary(), format=zstandard.FORMAT_ZSTD1_MAGICLESS
+            )
+        return self._decompressor.decompress(frame)
+
+    def _zstd_dictionary(self) -> zstandard.ZstdCompressionDict:
+        return zstandard.ZstdCompressionDict(self.content, dict_type=zstandard.DICT_TYPE_FULLDICT)
 
 
-def unpack(stored: bytes) -> bytes:
-    """A stored log document as JSON bytes, whichever format wrote it."""
-    if stored[0] == _PLAIN:
+def prefix(dictionary_id: int) -> bytes:
+    """The first bytes of every log compressed with this dictionary: the tag, the varint."""
+    if dictionary_id < 1:
+        raise ValueError(f"dictionary ids start at 1, not {dictionary_id}")
+    encoded = bytearray([TRAINED])
+    while True:
+        low, dictionary_id = dictionary_id & 0x7F, dictionary_id >> 7
+        encoded.append(low | (0x80 if dictionary_id else 0))
+        if not dictionary_id:
+            return bytes(encoded)
+
+
+def dictionary_id(stored: bytes) -> int | None:
+    """Which of its tenant's trained dictionaries a stored log needs; None: none."""
+    if stored[0] != TRAINED:
+        return None
+    return _varint(stored)[0]
+
+
+def _varint(stored: bytes) -> tuple[int, int]:
+    """The dictionary id after the tag, and where the zstd frame starts."""
+    value, shift = 0, 0
+    for position in range(1, min(len(stored), 6)):
+        byte = stored[position]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position + 1
+        shift += 7
+    raise LogUnreadable("a stored log's dictionary id is cut short: the value is damaged")
+
+
+def pack(document: bytes, dictionary: Dictionary | None = None) -> bytes:
+    """A log document as it is stored: with the tenant's trained dictionary if it has one."""
+    if dictionary is not None:
+        return dictionary.compress(document)
+    return bytes([SKELETON]) + _compress.compress(document)
+
+
+def unpack(stored: bytes, dictionary: Dictionary | None = None) -> bytes:
+    """A stored log document as JSON bytes, whichever format wrote it.
+
+    A log compressed with a trained dictionary needs that dictionary (`dictionary_id`
+    says which); without it, `LogUnreadable` says what is missing.
+    """
+    tag = stored[0]
+    if tag == PLAIN:
         return stored
-    if stored[0] == _SKELETON:
+    if tag == SKELETON:
         return _decompress.decompress(stored[1:])
-    raise ValueError(
-        f"a stored log in an unknown format (tag {stored[0]}): a newer Solder wrote it"
-    )
+    if tag == TRAINED:
+        needed, start = _varint(stored)
+        if dictionary is None or dictionary.id != needed:
+            raise LogUnreadable(
+                f"this log was compressed with dictionary {needed} of its tenant, which "
+                "this database does not hold: it cannot be read"
+            )
+        return dictionary.decompress(stored[start:])
+    raise LogUnreadable(f"a stored log in an unknown format (tag {tag}): a newer Solder wrote it")
+
+
+def train(samples: Sequence[bytes], size: int) -> bytes:
+    """A zstd dictionary of at most `size` bytes trained on `samples` (log documents)."""
+    pieces: list[bytes | bytearray | memoryview] = list(samples)
+    return zstandard.train_dictionary(size, pieces, level=LEVEL).as_bytes()

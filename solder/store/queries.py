@@ -33,6 +33,7 @@ from solder.store.schema import (
     executions,
     idempotency_keys,
     installations,
+    log_dictionaries,
     steps,
     tenants,
     users,
@@ -743,8 +744,8 @@ def _cutoff(now: int, default_ms: int) -> Any:
     )
 
 
-# Oldest first. SQLite walks ix_executions_workflow_logs; PostgreSQL, with few workflows,
-# may walk ix_executions_started_at and filter (docs/decisions.md, Retention).
+# Oldest first, walking ix_executions_workflow_logs on both databases (docs/decisions.md,
+# Retention).
 _LOGS_INDEX_ORDER = (executions.c.started_at,)
 
 
@@ -838,3 +839,196 @@ async def incremental_vacuum(conn: Conn, pages: int) -> None:
     free a single page.
     """
     await conn.exec_driver_sql("PRAGMA incremental_vacuum(1)", [()] * pages)
+
+
+# --- log dictionaries (solder/dictionaries.py, solder/compaction.py) ----------------
+
+_DICTIONARY = Prepared(
+    select(log_dictionaries.c.tenant_id, log_dictionaries.c.id, log_dictionaries.c.content).where(
+        log_dictionaries.c.tenant_id == bindparam("tenant_id"),
+        log_dictionaries.c.id == bindparam("id"),
+    )
+)
+
+
+async def dictionary(conn: Reader, tenant_id: str, dictionary_id: int) -> Row | None:
+    """One of a tenant's dictionaries, with its content."""
+    return await fetch_one(conn, _DICTIONARY, tenant_id=tenant_id, id=dictionary_id)
+
+
+async def newest_dictionaries(conn: Conn) -> dict[str, int]:
+    """Every tenant's newest dictionary (the one new logs are written with), by tenant."""
+    result = await conn.execute(
+        select(log_dictionaries.c.tenant_id, func.max(log_dictionaries.c.id)).group_by(
+            log_dictionaries.c.tenant_id
+        )
+    )
+    return {tenant_id: int(newest) for tenant_id, newest in result.all()}
+
+
+async def tenant_dictionaries(conn: Conn, tenant_id: str) -> Sequence[RowMapping]:
+    """A tenant's dictionaries, oldest first, with their content."""
+    result = await conn.execute(
+        select(log_dictionaries)
+        .where(log_dictionaries.c.tenant_id == tenant_id)
+        .order_by(log_dictionaries.c.id)
+    )
+    return result.mappings().all()
+
+
+async def insert_dictionary(
+    conn: Conn, tenant_id: str, *, content: bytes, samples: int, created_at: int
+) -> int:
+    """Store a tenant's new newest dictionary; its id (the tenant's next)."""
+    newest = (
+        await conn.execute(
+            select(func.coalesce(func.max(log_dictionaries.c.id), 0)).where(
+                log_dictionaries.c.tenant_id == tenant_id
+            )
+        )
+    ).scalar_one()
+    new_id = int(newest) + 1
+    await conn.execute(
+        insert(log_dictionaries).values(
+            tenant_id=tenant_id,
+            id=new_id,
+            content=content,
+            samples=samples,
+            created_at=created_at,
+        )
+    )
+    return new_id
+
+
+async def update_dictionary(conn: Conn, tenant_id: str, dictionary_id: int, **values: Any) -> None:
+    await conn.execute(
+        update(log_dictionaries)
+        .where(log_dictionaries.c.tenant_id == tenant_id, log_dictionaries.c.id == dictionary_id)
+        .values(**values)
+    )
+
+
+async def delete_dictionary_unless_used(
+    conn: Conn, tenant_id: str, dictionary_id: int, prefix: bytes
+) -> bool:
+    """Delete a tenant's dictionary if no stored log of the tenant needs it (whose stored
+    value starts with `prefix`, its tag and id); whether it was deleted.
+
+    It reads every log of the tenant: the sweep calls it rarely (docs/decisions.md).
+    """
+    used = (
+        select(executions.c.id)
+        .where(
+            executions.c.tenant_id == tenant_id,
+            func.substr(executions.c.log, 1, len(prefix)) == prefix,
+        )
+        .exists()
+    )
+    result = await conn.execute(
+        delete(log_dictionaries).where(
+            log_dictionaries.c.tenant_id == tenant_id,
+            log_dictionaries.c.id == dictionary_id,
+            ~used,
+        )
+    )
+    return result.rowcount == 1
+
+
+async def tenant_ids(conn: Conn) -> list[str]:
+    result = await conn.execute(select(tenants.c.id).order_by(tenants.c.id))
+    return [row[0] for row in result.all()]
+
+
+async def count_executions(conn: Conn, tenant_id: str, at_most: int) -> int:
+    """How many executions a tenant has, counting up to `at_most` (its primary key only)."""
+    some = select(executions.c.id).where(executions.c.tenant_id == tenant_id).limit(at_most)
+    result = await conn.execute(select(func.count()).select_from(some.subquery()))
+    return int(result.scalar_one())
+
+
+async def sample_logs(conn: Conn, tenant_id: str, from_id: str, limit: int) -> list[bytes]:
+    """Up to `limit` stored logs of a tenant, from the execution id `from_id` on, in id
+    order, then from the first id on. Ids are random: a random `from_id` gives a random
+    sample of the tenant's logs, read through its primary key."""
+    found: list[bytes] = []
+    for condition in (executions.c.id >= from_id, executions.c.id < from_id):
+        result = await conn.execute(
+            select(executions.c.log)
+            .where(executions.c.tenant_id == tenant_id, condition, executions.c.log.is_not(None))
+            .order_by(executions.c.id)
+            .limit(limit - len(found))
+        )
+        found += [row[0] for row in result.all()]
+        if len(found) >= limit:
+            break
+    return found
+
+
+async def tenant_workflow_ids(conn: Conn, tenant_id: str) -> list[str]:
+    result = await conn.execute(
+        select(workflows.c.id).where(workflows.c.tenant_id == tenant_id).order_by(workflows.c.id)
+    )
+    return [row[0] for row in result.all()]
+
+
+async def logs_to_compact(
+    conn: Conn,
+    tenant_id: str,
+    workflow_id: str,
+    after: tuple[int, str],
+    current_prefix: bytes,
+    limit: int,
+) -> Sequence[RowMapping]:
+    """A workflow's next stored logs after (`started_at`, `id`) `after`, oldest first,
+    that are not yet compressed with the tenant's current dictionary (`current_prefix`).
+
+    A range scan of `ix_executions_workflow_logs`, as a page of logs is.
+    """
+    result = await conn.execute(
+        select(executions.c.id, executions.c.started_at, executions.c.log)
+        .where(
+            executions.c.tenant_id == tenant_id,
+            executions.c.workflow_id == workflow_id,
+            tuple_(executions.c.started_at, executions.c.id) > tuple_(*after),
+            executions.c.log.is_not(None),
+            func.substr(executions.c.log, 1, len(current_prefix)) != current_prefix,
+        )
+        .order_by(executions.c.started_at, executions.c.id)
+        .limit(limit)
+    )
+    return result.mappings().all()
+
+
+_REWRITE_LOG = (
+    update(executions)
+    .where(
+        executions.c.tenant_id == bindparam("b_tenant_id"),
+        executions.c.id == bindparam("b_id"),
+        executions.c.log.is_not(None),
+    )
+    # The trigger is in the log's first result: a finished execution's row need not
+    # keep it too (`executions.rerun` reads it from the log).
+    .values(log=bindparam("b_log"), trigger_id="", trigger_data="")
+)
+
+
+# SQLite: each rewritten row also moves to the end of the table (a new rowid), as if
+# inserted now. Shrunk in place, the rows would leave their pages mostly empty, and new
+# rows never go there (they are appended): moved, the old pages empty out entirely and
+# retention's incremental vacuum gives them back.
+_REWRITE_LOG_SQLITE = (
+    "UPDATE executions SET log = :b_log, trigger_id = '', trigger_data = '', "
+    "rowid = (SELECT max(rowid) + 1 FROM executions) "
+    "WHERE tenant_id = :b_tenant_id AND id = :b_id AND log IS NOT NULL"
+)
+
+
+async def rewrite_logs(conn: Conn, tenant_id: str, logs: Sequence[tuple[str, bytes]]) -> None:
+    """Store finished executions' logs again, as (execution id, stored log)."""
+    rows = [{"b_tenant_id": tenant_id, "b_id": id_, "b_log": log} for id_, log in logs]
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        await conn.exec_driver_sql(_REWRITE_LOG_SQLITE, rows)
+    else:
+        await conn.execute(_REWRITE_LOG, rows)

@@ -2,7 +2,8 @@
 
 Every table's primary key and the indexes API reads use lead with `tenant_id`, so that
 every query is scoped by tenant and the tables can later be distributed by tenant (Citus).
-The few cross-tenant indexes serve Solder's own sweeps: the dispatch queue and retention.
+The few cross-tenant indexes serve Solder's own sweeps: the dispatch queue and the
+forgetting of idempotency keys.
 Timestamps are integer milliseconds since the epoch (UTC).
 """
 
@@ -165,8 +166,6 @@ executions = Table(
     PrimaryKeyConstraint("tenant_id", "id"),
     Index("ix_executions_user_logs", "tenant_id", "workflow_id", "user_id", "started_at", "id"),
     Index("ix_executions_workflow_logs", "tenant_id", "workflow_id", "started_at", "id"),
-    # Retention purges by age across tenants.
-    Index("ix_executions_started_at", "started_at"),
     # The dispatch queue: only unfinished executions are in this index.
     Index(
         "ix_executions_pending",
@@ -175,6 +174,28 @@ executions = Table(
         sqlite_where=text("status IN ('queued', 'running', 'crashed')"),
         postgresql_where=text("status IN ('queued', 'running', 'crashed')"),
     ),
+)
+
+# A tenant's zstd dictionaries for its stored logs (solder/dictionaries.py). New logs are
+# written with its newest; an older one stays while a stored log still needs it. Ids count
+# from 1 within the tenant and are never reused: a log's first bytes name one
+# (solder/store/codec.py).
+log_dictionaries = Table(
+    "log_dictionaries",
+    metadata,
+    Column("tenant_id", String(24), nullable=False),
+    Column("id", Integer, nullable=False, autoincrement=False),
+    Column("content", LargeBinary, nullable=False),
+    # How many logs it was trained on.
+    Column("samples", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    # When every log of the tenant stored before it was recompressed with it; null until.
+    Column("compacted_at", BigInteger),
+    # When the sweep last decided to keep it: as the newest (no better one could be
+    # trained), or as an older one a stored log still needed.
+    Column("checked_at", BigInteger),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
 )
 
 # The finished blocks of executions still running (see `executions`).

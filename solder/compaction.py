@@ -1,0 +1,355 @@
+"""Compaction: each tenant's log dictionary trained when it is due, its stored logs
+brought onto it, and the dictionaries no stored log needs any more deleted.
+
+Every `SOLDER_COMPACTION_SWEEP_SECONDS` the sweep, for each tenant:
+
+1. **Trains** its first dictionary once it has `MIN_LOGS` logs, and later a new one when
+   its newest is a week old (then weekly), on a random sample of its stored logs
+   (`SAMPLE_LOGS`: execution ids are random, so a range of the tenant's primary key is a
+   random sample). A new dictionary is kept only if it stores the sample's held-out
+   eighth at least a tenth smaller than the tenant's current one (or the built-in
+   skeleton) does: the tenant's logs are rewritten only when that pays.
+2. **Recompresses**, once every writer has switched to a new dictionary (`SETTLE_MS`),
+   every stored log of the tenant that is not on it: workflow by workflow through the
+   workflow logs index, in batches of `BATCH`, each its own short transaction and
+   followed by a pause as long as it took (as retention's sweep), so reads keep their
+   latency. Each rewritten row also drops the trigger its log already holds.
+3. **Deletes** the tenant's older dictionaries that no stored log needs, checked in the
+   deleting transaction; one still needed is looked at again a day later.
+
+`solder compact` runs the same sweep at once, at full speed (docs/cli.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import statistics
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+
+from solder import dictionaries
+from solder.errors import LogUnreadable, Unavailable
+from solder.ids import execution_id, now_ms
+from solder.settings import Settings
+from solder.store import codec
+from solder.store import queries as q
+from solder.store.codec import Dictionary
+from solder.store.database import Database
+from solder.store.prepared import INTEGRITY_ERRORS
+
+log = logging.getLogger("solder.compaction")
+
+DICTIONARY_BYTES = 16_384
+MIN_LOGS = 1_000
+SAMPLE_LOGS = 4_000
+HELD_OUT = 8  # one sample log in HELD_OUT judges the dictionary instead of training it
+BETTER = 0.9  # a new dictionary must store the held-out logs in 90 % of the size or less
+RETRAIN_MS = 7 * 86_400_000
+RECHECK_MS = 86_400_000
+# Writers learn of a new dictionary within dictionaries.REFRESH_SECONDS; recompressing
+# starts well after, so that no writer is still on the old one.
+SETTLE_MS = 60_000
+BATCH = 500
+# PostgreSQL: one process sweeps at a time (pg_try_advisory_lock); "solder" + 1.
+_SWEEP_LOCK = 0x736F6C646572 + 1
+
+OnBatch = Callable[[int], None]
+
+
+@dataclass
+class Swept:
+    """What one sweep did."""
+
+    busy: bool = False
+    """PostgreSQL: another process was sweeping; this one did nothing."""
+    trained: int = 0
+    recompressed: int = 0
+    deleted: int = 0
+    unreadable: int = 0
+
+
+class Compaction:
+    """Trains, recompresses and deletes log dictionaries (see the module's docstring)."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        min_logs: int = MIN_LOGS,
+        sample_logs: int = SAMPLE_LOGS,
+        settle_ms: int = SETTLE_MS,
+        switch_seconds: float = dictionaries.REFRESH_SECONDS + 1,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.min_logs = min_logs
+        self.sample_logs = sample_logs
+        self.settle_ms = settle_ms
+        self.switch_seconds = switch_seconds
+        """By hand: how long running servers take to switch to a new dictionary."""
+        self._task: asyncio.Task[None] | None = None
+        # Tenants whose first dictionary did not pay, and when: not tried again for a week.
+        self._declined: dict[str, int] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sweep_forever(), name="solder-compaction")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def sweep(
+        self,
+        *,
+        by_hand: bool = False,
+        retrain: bool = False,
+        tenant_ids: Sequence[str] | None = None,
+        on_batch: OnBatch | None = None,
+    ) -> Swept:
+        """One sweep over every tenant (or `tenant_ids`).
+
+        The background sweep waits after each batch as long as it took, and leaves a new
+        dictionary to settle until its next sweep. `by_hand` (`solder compact`) goes at
+        full speed: after training it waits only for running servers to switch, and it
+        tries at once to delete the dictionaries no log needs. `retrain` trains a new
+        dictionary for each tenant with enough logs and keeps it whatever it saves: the
+        old ones are then deleted, and what they learned from erased logs with them.
+        """
+        swept = Swept()
+        if not self.settings.log_dictionaries:
+            return swept
+        async with self._exclusive() as alone:
+            if not alone:
+                swept.busy = True
+                return swept
+            if tenant_ids is None:
+                async with self.db.read() as conn:
+                    tenant_ids = await q.tenant_ids(conn)
+            for tenant_id in tenant_ids:
+                await self._tenant(
+                    tenant_id, swept, by_hand=by_hand, retrain=retrain, on_batch=on_batch
+                )
+        return swept
+
+    async def _tenant(
+        self,
+        tenant_id: str,
+        swept: Swept,
+        *,
+        by_hand: bool,
+        retrain: bool,
+        on_batch: OnBatch | None,
+    ) -> None:
+        rows = await self._dictionaries(tenant_id)
+        now = now_ms()
+        due = retrain or self._training_due(tenant_id, rows[-1] if rows else None, now)
+        if due and await self._train(tenant_id, rows, keep=retrain):
+            swept.trained += 1
+            rows = await self._dictionaries(tenant_id)
+            if by_hand:  # running servers switch to it within seconds
+                await asyncio.sleep(self.switch_seconds)
+        if not rows:
+            return
+        newest = rows[-1]
+        if newest["compacted_at"] is None:
+            if not by_hand and newest["created_at"] > now_ms() - self.settle_ms:
+                return  # writers may still be on the older one: the next sweep
+            await self._compact(tenant_id, rows, swept, paced=not by_hand, on_batch=on_batch)
+            async with self.db.write() as conn:
+                await q.update_dictionary(conn, tenant_id, newest["id"], compacted_at=now_ms())
+        for older in rows[:-1]:
+            checked = older["checked_at"]
+            if by_hand or checked is None or checked <= now_ms() - RECHECK_MS:
+                swept.deleted += await self._delete_unless_used(tenant_id, older["id"])
+
+    def _training_due(self, tenant_id: str, newest: Mapping[str, Any] | None, now: int) -> bool:
+        if newest is None:
+            return self._declined.get(tenant_id, 0) <= now - RETRAIN_MS
+        last: int = newest["checked_at"] or newest["created_at"]
+        return last <= now - RETRAIN_MS
+
+    async def _dictionaries(self, tenant_id: str) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            return [dict(row) for row in await q.tenant_dictionaries(conn, tenant_id)]
+
+    async def _train(self, tenant_id: str, rows: list[dict[str, Any]], *, keep: bool) -> bool:
+        """Train a candidate on a sample of the tenant's logs; store it if it pays (or if
+        `keep`). Whether it was stored."""
+        async with self.db.read() as conn:
+            if await q.count_executions(conn, tenant_id, self.min_logs) < self.min_logs:
+                return False
+            stored = await q.sample_logs(conn, tenant_id, execution_id(), self.sample_logs)
+        known = _usable(tenant_id, rows)
+        documents = [doc for doc in (_readable(log, known) for log in stored) if doc is not None]
+        if len(documents) < self.min_logs:
+            return False
+        current = known[rows[-1]["id"]] if rows else None
+        try:
+            content, before, after = await asyncio.to_thread(train, documents, current)
+        except zstandard.ZstdError as exc:
+            log.warning("no log dictionary could be trained for tenant %s: %s", tenant_id, exc)
+            self._declined[tenant_id] = now_ms()
+            return False
+        if not keep and after > before * BETTER:
+            log.info(
+                "tenant %s: a new log dictionary would store logs in %.0f bytes instead of "
+                "%.0f; kept the current one",
+                tenant_id,
+                after,
+                before,
+            )
+            if rows:
+                async with self.db.write() as conn:
+                    await q.update_dictionary(conn, tenant_id, rows[-1]["id"], checked_at=now_ms())
+            else:
+                self._declined[tenant_id] = now_ms()
+            return False
+        try:
+            async with self.db.write() as conn:
+                new_id = await q.insert_dictionary(
+                    conn, tenant_id, content=content, samples=len(documents), created_at=now_ms()
+                )
+        except INTEGRITY_ERRORS:
+            return False  # another process trained one at the same moment; it stays
+        log.info(
+            "tenant %s: log dictionary %d trained on %d logs: %.0f bytes a log, was %.0f",
+            tenant_id,
+            new_id,
+            len(documents),
+            after,
+            before,
+        )
+        return True
+
+    async def _compact(
+        self,
+        tenant_id: str,
+        rows: list[dict[str, Any]],
+        swept: Swept,
+        *,
+        paced: bool,
+        on_batch: OnBatch | None,
+    ) -> None:
+        """Recompress every stored log of the tenant that is not on its newest dictionary."""
+        known = _usable(tenant_id, rows)
+        current = known[rows[-1]["id"]]
+        async with self.db.read() as conn:
+            workflow_ids = await q.tenant_workflow_ids(conn, tenant_id)
+        for workflow_id in workflow_ids:
+            after: tuple[int, str] = (-1, "")
+            while True:
+                started = time.monotonic()
+                async with self.db.read() as conn:
+                    batch = await q.logs_to_compact(
+                        conn, tenant_id, workflow_id, after, current.prefix, BATCH
+                    )
+                if not batch:
+                    break
+                after = (batch[-1]["started_at"], batch[-1]["id"])
+                rewritten, unreadable = await asyncio.to_thread(_recompress, batch, known, current)
+                async with self.db.write() as conn:
+                    await q.rewrite_logs(conn, tenant_id, rewritten)
+                swept.recompressed += len(rewritten)
+                swept.unreadable += unreadable
+                if on_batch is not None:
+                    on_batch(len(batch))
+                await asyncio.sleep(time.monotonic() - started if paced else 0)
+                if len(batch) < BATCH:
+                    break
+
+    async def _delete_unless_used(self, tenant_id: str, dictionary_id: int) -> int:
+        async with self.db.write() as conn:
+            if await q.delete_dictionary_unless_used(
+                conn, tenant_id, dictionary_id, codec.prefix(dictionary_id)
+            ):
+                log.info("tenant %s: log dictionary %d deleted", tenant_id, dictionary_id)
+                return 1
+            await q.update_dictionary(conn, tenant_id, dictionary_id, checked_at=now_ms())
+        return 0
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[bool]:
+        """Whether this process may sweep now: on PostgreSQL, one process at a time."""
+        if self.db.is_sqlite:
+            yield True
+            return
+        async with self.db.engine.connect() as conn:
+            result = await conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_SWEEP_LOCK})")
+            alone = bool(result.scalar_one())
+            await conn.commit()
+            try:
+                yield alone
+            finally:
+                if alone:
+                    await conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_SWEEP_LOCK})")
+                    await conn.commit()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                swept = await self.sweep()
+                if swept.recompressed or swept.deleted:
+                    log.info(
+                        "recompressed %d logs, deleted %d log dictionaries",
+                        swept.recompressed,
+                        swept.deleted,
+                    )
+            except Unavailable:
+                log.warning("compaction sweep skipped: the database is unavailable")
+            except Exception:
+                log.exception("compaction sweep failed")
+            await asyncio.sleep(self.settings.compaction_sweep_seconds)
+
+
+def _usable(tenant_id: str, rows: Sequence[Mapping[str, Any]]) -> dict[int, Dictionary]:
+    """The tenant's dictionaries, for this sweep's own thread (zstd contexts are not
+    shared with the event loop's)."""
+    return {row["id"]: Dictionary(tenant_id, row["id"], bytes(row["content"])) for row in rows}
+
+
+def _readable(stored: bytes, known: Mapping[int, Dictionary]) -> bytes | None:
+    needed = codec.dictionary_id(stored)
+    try:
+        return codec.unpack(stored, None if needed is None else known.get(needed))
+    except (LogUnreadable, zstandard.ZstdError):
+        return None
+
+
+def train(documents: Sequence[bytes], current: Dictionary | None) -> tuple[bytes, float, float]:
+    """A dictionary trained on most of `documents` (log documents of one tenant); the
+    mean size of the others stored with `current` (None: the skeleton), then with it."""
+    held_out = documents[::HELD_OUT]
+    training = [doc for n, doc in enumerate(documents) if n % HELD_OUT]
+    content = codec.train(training, DICTIONARY_BYTES)
+    candidate = Dictionary("", 1, content)
+    before = statistics.mean(len(codec.pack(doc, current)) for doc in held_out)
+    after = statistics.mean(len(codec.pack(doc, candidate)) for doc in held_out)
+    return content, before, after
+
+
+def _recompress(
+    batch: Sequence[Mapping[Any, Any]], known: Mapping[int, Dictionary], current: Dictionary
+) -> tuple[list[tuple[str, bytes]], int]:
+    """Each log of `batch` compressed with `current`, checked to read back the same; and
+    how many could not be read."""
+    rewritten, unreadable = [], 0
+    for row in batch:
+        document = _readable(row["log"], known)
+        if document is None:
+            unreadable += 1
+            log.error("the stored log of execution %s cannot be read: left as it is", row["id"])
+            continue
+        stored = current.compress(document)
+        if current.decompress(stored[len(current.prefix) :]) != document:
+            raise AssertionError(f"recompressing execution {row['id']}'s log changed it")
+        rewritten.append((row["id"], stored))
+    return rewritten, unreadable

@@ -1,0 +1,367 @@
+"""Logs compressed with dictionaries trained on each tenant's own logs: served byte for byte
+as before, one tenant's never used for another's, never deleted while a log needs one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zstandard
+from sqlalchemy import delete
+
+from solder.compaction import Compaction, Swept
+from solder.settings import Settings
+from solder.store import codec
+from solder.store.database import Database
+from solder.store.schema import tenants
+from tests import databases
+from tests.conftest import TIMEOUT, Api, Server, api_client
+from tests.processes import environment, solder
+from tests.runs import all_logs, wait_until_all_ended
+
+MIN_LOGS = 24  # the server's threshold is 1,000: the tests train on fewer
+
+
+def echo(name: str = "Echo") -> dict[str, Any]:
+    return {
+        "name": name,
+        "trigger": {"type": "webhook"},
+        "blocks": [
+            {"name": "echo", "connector": "transform", "config": {"expression": "{{ trigger }}"}}
+        ],
+    }
+
+
+def payload(tenant: str, n: int) -> dict[str, Any]:
+    """A signup, as tenants send them: the same shape every time, some values their own."""
+    return {
+        "email": f"person{n}@{tenant}.example",
+        "plan": "pro" if n % 3 else "free",
+        "source": f"{tenant}-signup-form-marker",
+        "n": n,
+    }
+
+
+def run_many(api: Api, tenant: str, count: int, start: int = 0) -> tuple[str, list[str]]:
+    """A new workflow of `tenant` and `count` ended runs of it: its id and theirs."""
+    user_id, workflow_id = api.install(echo(), username=f"{tenant}-user")
+    ids = [api.run(user_id, workflow_id, payload(tenant, n)) for n in range(start, start + count)]
+    wait_until_all_ended(api, workflow_id, count)
+    return workflow_id, ids
+
+
+def compact(settings: Settings, **sweep: Any) -> Swept:
+    """One compaction sweep on a server's database, as its own sweep would run it."""
+    settle_ms = sweep.pop("settle_ms", 0)
+
+    async def run() -> Swept:
+        db = Database(settings.database_url)
+        try:
+            compaction = Compaction(
+                db, settings, min_logs=MIN_LOGS, settle_ms=settle_ms, switch_seconds=0
+            )
+            return await compaction.sweep(**sweep)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+def blob(value: object) -> bytes:
+    assert isinstance(value, bytes), value
+    return value
+
+
+def pairs(data_dir: Path, sql: str) -> dict[str, str]:
+    return {str(key): str(value) for key, value in databases.rows(data_dir, sql)}
+
+
+def stored(data_dir: Path) -> dict[str, bytes]:
+    """Each execution's stored log value, as it lies in the database."""
+    return {
+        str(execution_id): blob(log)
+        for execution_id, log in databases.rows(
+            data_dir, "SELECT id, log FROM executions WHERE log IS NOT NULL"
+        )
+    }
+
+
+def dictionaries(data_dir: Path) -> dict[tuple[str, int], bytes]:
+    """Every dictionary's content, by tenant id and dictionary id."""
+    found = {}
+    for tenant_id, id_, content in databases.rows(
+        data_dir, "SELECT tenant_id, id, content FROM log_dictionaries ORDER BY tenant_id, id"
+    ):
+        assert isinstance(id_, int)
+        found[str(tenant_id), id_] = blob(content)
+    return found
+
+
+def pages(api: Api, workflow_id: str) -> list[bytes]:
+    """Every page of a workflow's logs, as the bytes the API answers."""
+    found = []
+    for page in range(1, 100):
+        response = api.get(f"/workflows/{workflow_id}/logs", params={"limit": 30, "page": page})
+        assert response.status_code == 200, response.text
+        found.append(response.content)
+        if not orjson.loads(response.content)["data"]:
+            return found
+    raise AssertionError("too many pages")
+
+
+def until_stored_with(
+    api: Api, data_dir: Path, user_id: str, workflow_id: str, prefix: bytes
+) -> str:
+    """Run until the server stores a new log starting with `prefix`: it picks up a new
+    dictionary within seconds. That run's execution id."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        execution_id = api.run(user_id, workflow_id, payload("acme", 10_000))
+        api.wait_for(workflow_id, execution_id)
+        if stored(data_dir)[execution_id].startswith(prefix):
+            return execution_id
+        time.sleep(0.5)
+    raise AssertionError(f"no new log was stored with {prefix!r} within {TIMEOUT} s")
+
+
+def user_of(api: Api, workflow_id: str) -> str:
+    user_id: str = api.logs(workflow_id)[0]["userId"]
+    return user_id
+
+
+def test_recompressing_with_a_trained_dictionary_changes_no_byte_the_api_serves(
+    server: Server, api: Api
+) -> None:
+    data_dir = server.settings.data_dir
+    workflow_id, ids = run_many(api, "acme", MIN_LOGS + 8)
+    before = pages(api, workflow_id)
+    old = stored(data_dir)
+    assert all(value[0] == codec.SKELETON for value in old.values())
+
+    swept = compact(server.settings, by_hand=True)
+
+    assert (swept.trained, swept.recompressed, swept.unreadable) == (1, len(ids), 0)
+    new = stored(data_dir)
+    assert all(value.startswith(codec.prefix(1)) for value in new.values())
+    assert sum(map(len, new.values())) < sum(map(len, old.values())) / 2
+    assert pages(api, workflow_id) == before, "every page, byte for byte"
+
+    # The engine writes new logs with the dictionary once the server has picked it up.
+    user_id = user_of(api, workflow_id)
+    fresh = until_stored_with(api, data_dir, user_id, workflow_id, codec.prefix(1))
+    served = next(log for log in api.logs(workflow_id) if log["executionId"] == fresh)
+    assert orjson.loads(databases.stored_logs(data_dir)[fresh]) == served
+    assert served["results"][1]["data"][0][0]["json"] == payload("acme", 10_000)
+
+
+def plain_json(data_dir: Path, execution_id: str) -> bytes:
+    """Store an execution's log as plain JSON, as Solder wrote logs before compression."""
+    document = databases.stored_logs(data_dir)[execution_id]
+    literal = (
+        f"decode('{document.hex()}', 'hex')" if databases.on_postgres() else f"X'{document.hex()}'"
+    )
+    databases.execute(
+        data_dir, f"UPDATE executions SET log = {literal} WHERE id = '{execution_id}'"
+    )
+    return document
+
+
+def test_logs_stored_before_and_after_a_dictionary_read_together_on_one_page(
+    server: Server, api: Api
+) -> None:
+    data_dir = server.settings.data_dir
+    workflow_id, ids = run_many(api, "acme", MIN_LOGS)
+    plain_json(data_dir, ids[-1])
+    expected = {log["executionId"]: log for log in all_logs(api, workflow_id)}
+
+    # Trained, but not yet applied to the stored logs (the sweep leaves it to settle).
+    swept = compact(server.settings, settle_ms=3_600_000)
+    assert (swept.trained, swept.recompressed) == (1, 0)
+    fresh = until_stored_with(
+        api, data_dir, user_of(api, workflow_id), workflow_id, codec.prefix(1)
+    )
+
+    page = api.logs(workflow_id, limit=30)
+    assert page[0]["executionId"] == fresh
+    values = stored(data_dir)
+    assert {values[log["executionId"]][:1] for log in page} == {
+        b"{",  # as written before compression
+        bytes([codec.SKELETON]),
+        bytes([codec.TRAINED]),
+    }
+    for log in page:
+        if log["executionId"] in expected:
+            assert log == expected[log["executionId"]]
+
+
+def test_a_tenants_dictionary_is_trained_on_its_logs_only_and_used_for_its_logs_only(
+    server: Server,
+) -> None:
+    data_dir = server.settings.data_dir
+    workflows = {}
+    with (
+        api_client(server, "acme") as acme,
+        api_client(server, "globex") as globex,
+        api_client(server, "initech") as initech,
+    ):
+        workflows["acme"] = run_many(acme, "acme", MIN_LOGS)[0]
+        workflows["globex"] = run_many(globex, "globex", MIN_LOGS + 4)[0]
+        workflows["initech"] = run_many(initech, "initech", 3)[0]  # too few to train on
+        before = {
+            "acme": pages(acme, workflows["acme"]),
+            "globex": pages(globex, workflows["globex"]),
+        }
+
+        swept = compact(server.settings, by_hand=True)
+
+        assert swept.trained == 2
+        tenant_ids = pairs(data_dir, "SELECT name, id FROM tenants")
+        found = dictionaries(data_dir)
+        assert set(found) == {(tenant_ids["acme"], 1), (tenant_ids["globex"], 1)}
+        acme_dictionary = found[tenant_ids["acme"], 1]
+        globex_dictionary = found[tenant_ids["globex"], 1]
+        assert b"acme-signup-form-marker" in acme_dictionary, "learned from its own logs"
+        assert b"globex" not in acme_dictionary, "and from no one else's"
+        assert b"acme" not in globex_dictionary
+        assert pages(acme, workflows["acme"]) == before["acme"]
+        assert pages(globex, workflows["globex"]) == before["globex"]
+        assert all(
+            log["results"][1]["data"][0][0]["json"]["source"] == "initech-signup-form-marker"
+            for log in initech.logs(workflows["initech"])
+        )
+
+    # Both are dictionary 1 of their tenant: a log names its dictionary within its own
+    # tenant, and another tenant's dictionary 1 does not read it.
+    execution_tenants = pairs(data_dir, "SELECT id, tenant_id FROM executions")
+    for execution_id, value in stored(data_dir).items():
+        if execution_tenants[execution_id] == tenant_ids["initech"]:
+            assert value[0] == codec.SKELETON
+            continue
+        assert value.startswith(codec.prefix(1))
+        if execution_tenants[execution_id] == tenant_ids["globex"]:
+            wrong = codec.Dictionary(tenant_ids["acme"], 1, acme_dictionary)
+            right = codec.Dictionary(tenant_ids["globex"], 1, globex_dictionary)
+            try:
+                misread: bytes | None = codec.unpack(value, wrong)
+            except zstandard.ZstdError:
+                misread = None
+            assert misread != codec.unpack(value, right)
+
+
+def test_a_log_whose_dictionary_is_missing_is_an_error_that_says_so(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    server = make_server(data_dir=data_dir)
+    with api_client(server) as api:
+        workflow_id, _ = run_many(api, "acme", MIN_LOGS)
+    compact(server.settings, by_hand=True)
+    server.stop()
+    databases.execute(data_dir, "DELETE FROM log_dictionaries")  # the fault: lost by hand
+
+    restarted = make_server(data_dir=data_dir)  # knows no dictionary yet
+    with api_client(restarted) as api:
+        response = api.get(f"/workflows/{workflow_id}/logs")
+    assert response.status_code == 500
+    error = response.json()
+    assert error["error"] == "log_unreadable"
+    assert "was compressed with dictionary 1 of its tenant" in error["message"]
+    assert "no longer in the database" in error["message"]
+
+
+def test_deleting_a_tenant_deletes_its_dictionaries(server: Server, api: Api) -> None:
+    run_many(api, "acme", MIN_LOGS)
+    compact(server.settings, by_hand=True)
+    assert len(dictionaries(server.settings.data_dir)) == 1
+
+    async def delete_tenant() -> None:
+        db = Database(server.settings.database_url)
+        try:
+            async with db.write() as conn:
+                await conn.execute(delete(tenants).where(tenants.c.name == "acme"))
+        finally:
+            await db.dispose()
+
+    asyncio.run(delete_tenant())
+    assert dictionaries(server.settings.data_dir) == {}
+
+
+def test_a_rerun_of_a_recompressed_execution_gets_its_trigger_from_the_log(
+    server: Server, api: Api
+) -> None:
+    data_dir = server.settings.data_dir
+    workflow_id, ids = run_many(api, "acme", MIN_LOGS)
+    original = next(log for log in api.logs(workflow_id, limit=30) if log["executionId"] == ids[5])
+    compact(server.settings, by_hand=True)
+    [(trigger_id, trigger_data)] = databases.rows(
+        data_dir, f"SELECT trigger_id, trigger_data FROM executions WHERE id = '{ids[5]}'"
+    )
+    assert (trigger_id, trigger_data) == ("", ""), "stored once: in the log"
+
+    response = api.post(f"/workflows/{workflow_id}/rerun/{ids[5]}")
+    assert response.status_code == 200, response.text
+    rerun = api.wait_for(workflow_id, response.json()["executionId"])
+    assert rerun["rerunOf"] == ids[5]
+    assert rerun["results"][0]["connectorId"] == original["results"][0]["connectorId"]
+    assert rerun["results"][0]["data"][0][0]["json"] == payload("acme", 5)
+    assert rerun["results"][1]["data"][0][0]["json"] == payload("acme", 5)
+
+
+def test_an_older_dictionary_goes_once_no_stored_log_needs_it_and_not_before(
+    server: Server, api: Api
+) -> None:
+    data_dir = server.settings.data_dir
+    workflow_id, _ = run_many(api, "acme", MIN_LOGS)
+    before = pages(api, workflow_id)
+    compact(server.settings, by_hand=True)
+    # A second dictionary, left to settle: every log still needs the first.
+    assert compact(server.settings, retrain=True, settle_ms=3_600_000).trained == 1
+    assert [id_ for _, id_ in dictionaries(data_dir)] == [1, 2]
+    # The fault: the second marked as applied to every log, when none was rewritten.
+    databases.execute(data_dir, "UPDATE log_dictionaries SET compacted_at = 1 WHERE id = 2")
+
+    swept = compact(server.settings)
+
+    assert swept.deleted == 0, "the stored logs still need dictionary 1"
+    assert [id_ for _, id_ in dictionaries(data_dir)] == [1, 2]
+    assert pages(api, workflow_id) == before
+
+    databases.execute(data_dir, "UPDATE log_dictionaries SET compacted_at = NULL WHERE id = 2")
+    swept = compact(server.settings, by_hand=True)
+    assert (swept.recompressed, swept.deleted) == (MIN_LOGS, 1)
+    assert [id_ for _, id_ in dictionaries(data_dir)] == [2]
+    assert all(value.startswith(codec.prefix(2)) for value in stored(data_dir).values())
+    assert pages(api, workflow_id) == before
+
+
+def test_without_dictionaries_logs_stay_on_the_skeleton(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(log_dictionaries=False)
+    with api_client(server) as api:
+        run_many(api, "acme", MIN_LOGS)
+    assert compact(server.settings, by_hand=True).trained == 0
+    assert dictionaries(server.settings.data_dir) == {}
+    assert all(v[0] == codec.SKELETON for v in stored(server.settings.data_dir).values())
+
+
+def test_the_cli_trains_and_recompresses_now(server: Server, api: Api, tmp_path: Path) -> None:
+    data_dir = server.settings.data_dir
+    workflow_id, _ = run_many(api, "acme", 1_000)  # the server's threshold
+    before = pages(api, workflow_id)
+    env = environment(data_dir)
+
+    result = solder("compact", "--tenant", "acme", env=env)
+
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "Trained 1 log dictionaries, recompressed 1,000 logs" in said
+    assert all(value.startswith(codec.prefix(1)) for value in stored(data_dir).values())
+    assert pages(api, workflow_id) == before
+    refused = solder("compact", "--tenant", "nobody", env=env)
+    assert refused.returncode == 1
+    assert "no tenant named 'nobody'" in refused.stderr
