@@ -85,7 +85,7 @@ class Compaction:
         min_logs: int = MIN_LOGS,
         sample_logs: int = SAMPLE_LOGS,
         settle_ms: int = SETTLE_MS,
-        switch_seconds: float = dictionaries.REFRESH_SECONDS + 1,
+        switch_seconds: float = dictionaries.STALE_SECONDS + 1,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -93,7 +93,7 @@ class Compaction:
         self.sample_logs = sample_logs
         self.settle_ms = settle_ms
         self.switch_seconds = switch_seconds
-        """By hand: how long running servers take to switch to a new dictionary."""
+        """By hand: how long until no process writes with an older dictionary."""
         self._task: asyncio.Task[None] | None = None
         # Tenants whose first dictionary did not pay, and when: not tried again for a week.
         self._declined: dict[str, int] = {}
@@ -155,14 +155,15 @@ class Compaction:
         if due and await self._train(tenant_id, rows, keep=retrain):
             swept.trained += 1
             rows = await self._dictionaries(tenant_id)
-            if by_hand:  # running servers switch to it within seconds
-                await asyncio.sleep(self.switch_seconds)
         if not rows:
             return
         newest = rows[-1]
         if newest["compacted_at"] is None:
             if not by_hand and newest["created_at"] > now_ms() - self.settle_ms:
                 return  # writers may still be on the older one: the next sweep
+            # By hand: until no process writes with an older one (dictionaries.STALE_SECONDS).
+            switched = newest["created_at"] + self.switch_seconds * 1000 - now_ms()
+            await asyncio.sleep(max(switched, 0) / 1000)
             await self._compact(tenant_id, rows, swept, paced=not by_hand, on_batch=on_batch)
             async with self.db.write() as conn:
                 await q.update_dictionary(conn, tenant_id, newest["id"], compacted_at=now_ms())
@@ -189,7 +190,7 @@ class Compaction:
                 return False
             stored = await q.sample_logs(conn, tenant_id, execution_id(), self.sample_logs)
         known = _usable(tenant_id, rows)
-        documents = [doc for doc in (_readable(log, known) for log in stored) if doc is not None]
+        documents = await asyncio.to_thread(_documents, stored, known)
         if len(documents) < self.min_logs:
             return False
         current = known[rows[-1]["id"]] if rows else None
@@ -199,6 +200,7 @@ class Compaction:
             log.warning("no log dictionary could be trained for tenant %s: %s", tenant_id, exc)
             self._declined[tenant_id] = now_ms()
             return False
+        trained_on = len(documents) - len(documents[::HELD_OUT])
         if not keep and after > before * BETTER:
             log.info(
                 "tenant %s: a new log dictionary would store logs in %.0f bytes instead of "
@@ -216,7 +218,7 @@ class Compaction:
         try:
             async with self.db.write() as conn:
                 new_id = await q.insert_dictionary(
-                    conn, tenant_id, content=content, samples=len(documents), created_at=now_ms()
+                    conn, tenant_id, content=content, samples=trained_on, created_at=now_ms()
                 )
         except INTEGRITY_ERRORS:
             return False  # another process trained one at the same moment; it stays
@@ -224,7 +226,7 @@ class Compaction:
             "tenant %s: log dictionary %d trained on %d logs: %.0f bytes a log, was %.0f",
             tenant_id,
             new_id,
-            len(documents),
+            trained_on,
             after,
             before,
         )
@@ -267,14 +269,22 @@ class Compaction:
                     break
 
     async def _delete_unless_used(self, tenant_id: str, dictionary_id: int) -> int:
+        """Delete an older dictionary of the tenant if no stored log needs it.
+
+        No process writes with it any more (the newest is older than
+        `dictionaries.STALE_SECONDS`, and its compaction is over), so the logs that need
+        it are all stored already: reading them (a read transaction: on SQLite, writers
+        do not wait for the scan) says whether it can go.
+        """
+        async with self.db.read() as conn:
+            used = await q.dictionary_used(conn, tenant_id, codec.prefix(dictionary_id))
         async with self.db.write() as conn:
-            if await q.delete_dictionary_unless_used(
-                conn, tenant_id, dictionary_id, codec.prefix(dictionary_id)
-            ):
-                log.info("tenant %s: log dictionary %d deleted", tenant_id, dictionary_id)
-                return 1
-            await q.update_dictionary(conn, tenant_id, dictionary_id, checked_at=now_ms())
-        return 0
+            if used:
+                await q.update_dictionary(conn, tenant_id, dictionary_id, checked_at=now_ms())
+                return 0
+            await q.delete_dictionary(conn, tenant_id, dictionary_id)
+        log.info("tenant %s: log dictionary %d deleted", tenant_id, dictionary_id)
+        return 1
 
     @contextlib.asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[bool]:
@@ -314,6 +324,11 @@ def _usable(tenant_id: str, rows: Sequence[Mapping[str, Any]]) -> dict[int, Dict
     """The tenant's dictionaries, for this sweep's own thread (zstd contexts are not
     shared with the event loop's)."""
     return {row["id"]: Dictionary(tenant_id, row["id"], bytes(row["content"])) for row in rows}
+
+
+def _documents(stored: Sequence[bytes], known: Mapping[int, Dictionary]) -> list[bytes]:
+    """The stored logs that can be read, as JSON documents."""
+    return [doc for doc in (_readable(log, known) for log in stored) if doc is not None]
 
 
 def _readable(stored: bytes, known: Mapping[int, Dictionary]) -> bytes | None:

@@ -9,7 +9,10 @@ keeps of them:
 - Writers (the engine's end of an execution) ask for a tenant's current dictionary, its
   newest, from memory (`current`): never a database round trip. A background task
   reloads the list every `REFRESH_SECONDS`, so a new dictionary is written with within
-  seconds everywhere.
+  seconds everywhere. A process that has not reloaded it for `STALE_SECONDS` (the
+  database is unreachable) writes with the skeleton instead, which needs no dictionary:
+  so `STALE_SECONDS` after a new dictionary is stored, no process writes with an older
+  one, which the compaction sweep relies on before it deletes one.
 - Readers (`unpack`) keep a decompressor per dictionary; one they have not met yet is
   loaded through the reader's own connection, once per process.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 
 from solder.errors import LogUnreadable, Unavailable
@@ -30,6 +34,7 @@ from solder.store.database import Database
 log = logging.getLogger("solder.dictionaries")
 
 REFRESH_SECONDS = 5.0
+STALE_SECONDS = 15.0
 # Dictionaries kept ready to decompress with (about 70 KB each with a 16 KiB
 # dictionary): beyond, the least recently used is loaded again when next needed.
 KEEP = 128
@@ -44,12 +49,15 @@ class Dictionaries:
         """False: new logs are written with the built-in skeleton only (stored ones stay
         readable)."""
         self._current: dict[str, Dictionary] = {}
+        self._fresh_until = 0.0  # time.monotonic(): `_current` may be used until then
         self._loaded: OrderedDict[tuple[str, int], Dictionary] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
 
     def current(self, tenant_id: str) -> Dictionary | None:
         """The dictionary a tenant's new logs are written with; None: the skeleton's."""
-        return self._current.get(tenant_id) if self.enabled else None
+        if not self.enabled or time.monotonic() > self._fresh_until:
+            return None
+        return self._current.get(tenant_id)
 
     def pack(self, tenant_id: str, document: bytes) -> bytes:
         """A tenant's log document as it is stored."""
@@ -94,6 +102,7 @@ class Dictionaries:
         """Learn each tenant's newest dictionary; load the ones not known yet."""
         if not self.enabled:
             return
+        asked = time.monotonic()
         async with self.db.read() as conn:
             newest = await q.newest_dictionaries(conn)
             current: dict[str, Dictionary] = {}
@@ -106,6 +115,7 @@ class Dictionaries:
                     known = Dictionary(tenant_id, dictionary_id, bytes(row["content"]))
                 current[tenant_id] = known
         self._current = current
+        self._fresh_until = asked + STALE_SECONDS
 
     async def start(self) -> None:
         """Load the current dictionaries, then keep them current in the background."""

@@ -908,30 +908,27 @@ async def update_dictionary(conn: Conn, tenant_id: str, dictionary_id: int, **va
     )
 
 
-async def delete_dictionary_unless_used(
-    conn: Conn, tenant_id: str, dictionary_id: int, prefix: bytes
-) -> bool:
-    """Delete a tenant's dictionary if no stored log of the tenant needs it (whose stored
-    value starts with `prefix`, its tag and id); whether it was deleted.
-
-    It reads every log of the tenant: the sweep calls it rarely (docs/decisions.md).
+async def dictionary_used(conn: Conn, tenant_id: str, prefix: bytes) -> bool:
+    """Whether a stored log of the tenant needs a dictionary: starts with `prefix`, its
+    tag and id. It reads every log of the tenant: the sweep asks rarely (docs/decisions.md).
     """
-    used = (
+    result = await conn.execute(
         select(executions.c.id)
         .where(
             executions.c.tenant_id == tenant_id,
             func.substr(executions.c.log, 1, len(prefix)) == prefix,
         )
-        .exists()
+        .limit(1)
     )
-    result = await conn.execute(
+    return result.first() is not None
+
+
+async def delete_dictionary(conn: Conn, tenant_id: str, dictionary_id: int) -> None:
+    await conn.execute(
         delete(log_dictionaries).where(
-            log_dictionaries.c.tenant_id == tenant_id,
-            log_dictionaries.c.id == dictionary_id,
-            ~used,
+            log_dictionaries.c.tenant_id == tenant_id, log_dictionaries.c.id == dictionary_id
         )
     )
-    return result.rowcount == 1
 
 
 async def tenant_ids(conn: Conn) -> list[str]:
