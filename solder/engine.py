@@ -42,6 +42,9 @@ from solder.store.database import Database
 log = logging.getLogger("solder.engine")
 
 _MAX_BACKOFF_MS = 300_000
+# How many steps of pure blocks, and for how long, may wait to be written (`_record`).
+_MAX_PENDING = 1000
+_MAX_PENDING_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,9 @@ class _Run:
     current: Any = None
     """The value the latest block produced: what branch and delay pass on."""
     iteration: list[int] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    """Steps of pure blocks not written yet: they go with the next step written."""
+    pending_since: float = 0.0
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -140,11 +146,19 @@ class Engine:
             execution["wait_started_at"],
             current=trigger,
         )
-        stop = await self._run_blocks(run, definition.blocks)
+        try:
+            stop = await self._run_blocks(run, definition.blocks)
+        except Unavailable:
+            raise
+        except Exception as exc:  # the steps so far stay in the log, pending ones too
+            log.exception("execution %s stopped by an internal error", execution_id)
+            stop = Stop(message=f"internal error: {exc!r}")
         if stop is None:
-            await self._finish(tenant_id, execution_id, lease, "succeeded", None, None)
+            await self._finish(tenant_id, execution_id, lease, "succeeded", None, None, run.pending)
         elif not stop.halt:
-            await self._finish(tenant_id, execution_id, lease, "failed", stop.block, stop.message)
+            await self._finish(
+                tenant_id, execution_id, lease, "failed", stop.block, stop.message, run.pending
+            )
 
     async def run_or_fail(self, tenant_id: str, execution_id: str, lease: str) -> None:
         """`run`, what a worker calls: an unexpected error ends the execution as failed,
@@ -180,8 +194,33 @@ class Engine:
     async def _step(self, run: _Run, block: Block) -> Stop | None:
         """Run one connector block (or replay its recorded step)."""
         seq = run.next_seq()
-        step = run.recorded.get(seq) or await self._call(run, seq, block)
+        step = run.recorded.get(seq)
+        if step is None:
+            if not self._pure(block) and not await self._flush(run):
+                return Stop(halt=True)  # the execution was ended or erased meanwhile
+            step = await self._call(run, seq, block)
         return self._after(run, block, step)
+
+    def _pure(self, block: Block) -> bool:
+        """Whether the block's step may wait to be written with the next (see `_record`)."""
+        if block.connector in ("branch", "loop"):
+            return True  # only expressions; a loop's body blocks decide for themselves
+        connector = self.connectors.get(block.connector)
+        return connector is not None and connector.pure
+
+    async def _flush(self, run: _Run) -> bool:
+        """Write the pending steps; False if the execution no longer runs under the lease.
+
+        Before a block that calls out or waits, so that a live log shows what led to it.
+        """
+        if not run.pending:
+            return True
+        async with self.db.write_inline() as conn:
+            for step in run.pending:
+                if not await queue.record_step(conn, run.lease, **step):
+                    return False
+        run.pending.clear()
+        return True
 
     def _after(self, run: _Run, block: Block, step: Mapping[Any, Any] | None) -> Stop | None:
         """Make a block's step visible to the blocks after it; stop where it must."""
@@ -273,7 +312,8 @@ class Engine:
                 )
             now = now_ms()
             if run.wake_at is None and seconds > 0:
-                await self._park(run, now + int(seconds * 1000), now)
+                if await self._flush(run):
+                    await self._park(run, now + int(seconds * 1000), now)
                 return Stop(halt=True)
             started = run.wait_started_at or now
             step = await self._record(
@@ -379,13 +419,26 @@ class Engine:
             "meta": scrub(_text(meta), secrets) if meta else None,
             "app_actions": app_actions,
         }
+        # A pure block's step waits to be written with the next step written, or with the
+        # execution's end: a crash before then runs it again, which nobody could see. So a
+        # chain of pure blocks costs one write, not one each; the wait is bounded, so a
+        # long chain still shows in the live log.
+        clock = asyncio.get_running_loop().time()
+        if self._pure(block):
+            if not run.pending:
+                run.pending_since = clock
+            if len(run.pending) < _MAX_PENDING and clock - run.pending_since < _MAX_PENDING_SECONDS:
+                run.pending.append(step)
+                return step
         # A delay's step also clears the execution's wait: two statements, one transaction.
         waited = block.connector == "delay"
-        async with self.db.write_inline(single=not waited) as conn:
-            if not await queue.record_step(conn, run.lease, **step):
-                return None
+        async with self.db.write_inline(single=not (waited or run.pending)) as conn:
+            for written in (*run.pending, step):
+                if not await queue.record_step(conn, run.lease, **written):
+                    return None
             if waited:
                 await queue.clear_wait(conn, run.tenant_id, run.execution_id)
+        run.pending.clear()
         return step
 
     async def _definition(
@@ -409,13 +462,21 @@ class Engine:
         status: str,
         error_block: str | None,
         error_message: str | None,
+        pending: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        """Write the execution's end and its whole log document, in one transaction."""
+        """Write the execution's end and its whole log document, in one transaction.
+
+        The `pending` steps (of pure blocks, not written yet) go straight into the log.
+        """
         async with self.db.write_inline() as conn:
             execution = await queue.holding(conn, tenant_id, execution_id, lease)
             if execution is None:
                 return
-            steps = await q.execution_steps(conn, tenant_id, execution_id)
+            steps: Sequence[Mapping[str, Any]] = await q.execution_steps(
+                conn, tenant_id, execution_id
+            )
+            if pending:
+                steps = sorted([*steps, *pending], key=lambda step: int(step["seq"]))
             ended = {**execution, "status": status, "stopped_at": now_ms()}
             await queue.finish(
                 conn,

@@ -106,7 +106,7 @@ class QueueWorker:
     async def run_job(self, tenant_id: str, execution_id: str) -> None:
         """The task: claim the execution under a new lease and run it."""
         lease = lease_id()
-        async with self.db.write() as conn:
+        async with self.db.write_inline(single=True) as conn:
             if not await queue.take(conn, tenant_id, execution_id, lease, now_ms()):
                 return  # already finished (or erased): nothing to do
         await self.engine.run_or_fail(tenant_id, execution_id, lease)

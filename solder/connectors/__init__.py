@@ -84,6 +84,10 @@ class Connector:
     Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
     flow: ClassVar[bool] = False
     """True for branch, loop and delay: the engine itself does what they do."""
+    pure: ClassVar[bool] = False
+    """True if running the block affects nothing outside the execution (no call out, no
+    wait): its step may then be written with the next one, as running it again after a
+    crash changes nothing anyone saw (docs/decisions.md)."""
 
     async def run(self, config: Any, ctx: RunContext) -> BlockResult:
         raise NotImplementedError

@@ -14,6 +14,7 @@ class TransformConfig(ConnectorConfig):
 class TransformConnector(Connector):
     name = "transform"
     Config = TransformConfig
+    pure = True
 
     async def run(self, config: TransformConfig, ctx: RunContext) -> BlockResult:
         # The engine has already evaluated `{{ }}`: the expression's value is the result.

@@ -109,18 +109,27 @@ async def claim_next(conn: Reader, lease: str, claimed_at: int) -> Row | None:
     return await fetch_one(conn, _CLAIM, lease=lease, claimed_at=claimed_at)
 
 
-async def take(conn: Conn, tenant_id: str, execution_id: str, lease: str, claimed_at: int) -> bool:
+_TAKE = Prepared(
+    update(executions)
+    .where(
+        executions.c.tenant_id == bindparam("tenant_id"),
+        executions.c.id == bindparam("id"),
+        or_(*(executions.c.status == status for status in UNFINISHED)),
+    )
+    .values(status="running", claimed_at=bindparam("claimed_at"), lease=bindparam("lease"))
+)
+
+
+async def take(
+    conn: Reader, tenant_id: str, execution_id: str, lease: str, claimed_at: int
+) -> bool:
     """procrastinate dispatch: claim the execution of the job this worker just fetched.
 
     A `running` one is taken over too: its job is being run again, so whoever ran it
     before is gone (procrastinate runs one job per lock at a time), and its lease ends.
     """
-    result = await conn.execute(
-        update(executions)
-        .where(*_one(tenant_id, execution_id), executions.c.status.in_(UNFINISHED))
-        .values(status="running", claimed_at=claimed_at, lease=lease)
-    )
-    return result.rowcount == 1
+    params = {"tenant_id": tenant_id, "id": execution_id}
+    return await execute(conn, _TAKE, **params, lease=lease, claimed_at=claimed_at) == 1
 
 
 _HOLDING = Prepared(
