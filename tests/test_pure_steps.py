@@ -48,7 +48,7 @@ def test_a_long_chain_of_pure_blocks_logs_every_step_once_in_order(api: Api) -> 
     log = api.wait_for(workflow_id, execution_id, timeout=60)
 
     assert log["status"] == "succeeded"
-    trigger, loop, *body, total = log["results"]
+    _trigger, loop, *body, total = log["results"]
     assert len(body) == ITEMS, "every iteration's step, written mid-run or at the end"
     # The loop's step started first although it was recorded after its body.
     assert loop["data"] == [[{"json": i * 2, "id": loop["data"][0][i]["id"]} for i in range(ITEMS)]]
