@@ -5,8 +5,14 @@ user 0 has 100,000, interleaved in time as real traffic would be. The schema com
 Solder's own migrations and the tenant from `keys.ensure_tenant`; the rows are then
 inserted in bulk (SQLite: executemany in one transaction; PostgreSQL: COPY). Each
 execution's `log` is the document the engine would have stored for the contract's seed
-execution (`logs.render`), with its own id, user and timestamps, stored as the engine
-stores it (`codec.pack`).
+execution (`logs.render`), with its own id, user, timestamps and item ids (the engine
+draws a random id for every item), stored as the engine stores it (`codec.pack`).
+
+The store is as a server's is once its compaction sweep has run (solder/compaction.py):
+the tenant's log dictionary trained on a sample of its logs (`compaction.train`, stored
+with `queries.insert_dictionary`), every log written with it (`dictionary=False`: as
+before any dictionary, with the skeleton). The row keeps its trigger as the engine's
+end of an execution writes it.
 """
 
 from __future__ import annotations
@@ -25,15 +31,18 @@ from typing import Any
 import orjson
 import psycopg
 
-from solder import keys, logs
+from solder import compaction, keys, logs
+from solder.ids import now_ms
 from solder.store import codec
+from solder.store import queries as q
 from solder.store.database import Database
 
-VERSION = 2  # of the data set: change it whenever the rows change, so caches are rebuilt
+VERSION = 3  # of the data set: change it whenever the rows change, so caches are rebuilt
 TENANT = "bench-logs"
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT.parent / "shared" / "contract" / "seed-logs-response.json"
 DEFINITION = (ROOT / "examples" / "klaviyo-profile-lookup.json").read_text()
+TRIGGER_ID = orjson.loads(DEFINITION)["trigger"]["id"]
 NANOID = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-"
 BATCH = 5_000
 # The seed execution's second, its steps' offsets (ms) within it: 233 + 614 < 1000, so
@@ -97,7 +106,8 @@ def user_id(index: int) -> str:
 
 
 def log_template() -> str:
-    """The stored log of the seed execution, with `{eid}`, `{uid}` and `{second}` to fill."""
+    """The stored log of the seed execution, with `{eid}`, `{uid}`, `{second}` and its
+    items' ids `{item0}` and `{item1}` to fill."""
     seed = orjson.loads(SEED.read_bytes())["data"][0]
     start = FIRST_SECOND * 1000 + START_MS
     execution = {
@@ -124,10 +134,44 @@ def log_template() -> str:
     ]
     text = orjson.dumps(logs.render(execution, steps)).decode()
     text = text.replace("{", "{{").replace("}", "}}")
+    for n, item in enumerate(
+        data[0][0]["id"] for data in (result["data"] for result in seed["results"])
+    ):
+        text = text.replace(item, f"{{item{n}}}")
     return text.replace("@eid@", "{eid}").replace("@uid@", "{uid}").replace(SEED_SECOND, "{second}")
 
 
-def execution_rows(dataset: Dataset, tenant_id: str) -> Iterator[Row]:
+def new_log(template: str, rng: random.Random, execution: str, user: str, second: int) -> bytes:
+    """One execution's log document: the template with its ids and time."""
+    items = (str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(2))
+    return template.format(
+        eid=execution,
+        uid=user,
+        second=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
+        **{f"item{n}": item for n, item in enumerate(items)},
+    ).encode()
+
+
+def sample_logs(dataset: Dataset) -> list[bytes]:
+    """What the compaction sweep trains the tenant's dictionary on: `SAMPLE_LOGS` of its
+    logs (other ids and times than the stored ones', drawn alike)."""
+    rng = random.Random(-VERSION)
+    template = log_template()
+    return [
+        new_log(
+            template,
+            rng,
+            "".join(rng.choices(NANOID, k=21)),
+            user_id(rng.randrange(dataset.users)),
+            FIRST_SECOND + rng.randrange(dataset.executions),
+        )
+        for _ in range(compaction.SAMPLE_LOGS)
+    ]
+
+
+def execution_rows(
+    dataset: Dataset, tenant_id: str, dictionary: codec.Dictionary | None
+) -> Iterator[Row]:
     """Every execution, one a second in time order; the big pair's every 10th row or so."""
     rng = random.Random(VERSION)
     template = log_template()
@@ -147,19 +191,19 @@ def execution_rows(dataset: Dataset, tenant_id: str) -> Iterator[Row]:
             done += 1
         second = FIRST_SECOND + count + 1
         execution = "".join(rng.choices(NANOID, k=21))
-        log = template.format(
-            eid=execution, uid=user, second=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        )
+        log = new_log(template, rng, execution, user, second)
         started = second * 1000 + START_MS
-        trigger = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         yield (
-            *(tenant_id, execution, workflow, user, 1, "succeeded", trigger, "{}"),
-            *(started, started + STOP_MS, codec.pack(log.encode())),
+            *(tenant_id, execution, workflow, user, 1, "succeeded", TRIGGER_ID, "{}"),
+            *(started, started + STOP_MS, codec.pack(log, dictionary)),
         )
 
 
 def tables(
-    dataset: Dataset, tenant_id: str, edit: Edit | None = None
+    dataset: Dataset,
+    tenant_id: str,
+    dictionary: codec.Dictionary | None,
+    edit: Edit | None = None,
 ) -> Iterator[tuple[str, tuple[str, ...], Iterable[Row]]]:
     """Each table's name, columns and rows, in an order the foreign keys accept; `edit`
     changes each execution's row (retention_load.py ages most of them)."""
@@ -192,7 +236,7 @@ def tables(
             for u in range(dataset.users if w < dataset.workflows else 1)
         ],
     )
-    rows = execution_rows(dataset, tenant_id)
+    rows = execution_rows(dataset, tenant_id, dictionary)
     yield "executions", EXECUTION_COLUMNS, rows if edit is None else map(edit, rows)
 
 
@@ -222,20 +266,44 @@ async def create_api_key(url: str) -> str:
         await db.dispose()
 
 
-def prepare(url: str) -> str:
-    """Migrate an empty database; the id of its bench tenant."""
+def prepare(url: str, dataset: Dataset, dictionary: bool) -> tuple[str, codec.Dictionary | None]:
+    """Migrate an empty database; the id of its bench tenant, and with `dictionary` the
+    tenant's log dictionary, trained and stored as the compaction sweep does."""
     Database(url).migrate()
-    return asyncio.run(bench_tenant(url)).id
+    tenant_id = asyncio.run(bench_tenant(url)).id
+    if not dictionary:
+        return tenant_id, None
+    content, _, _ = compaction.train(sample_logs(dataset), None)
+    asyncio.run(store_dictionary(url, tenant_id, content))
+    return tenant_id, codec.Dictionary(tenant_id, 1, content)
+
+
+async def store_dictionary(url: str, tenant_id: str, content: bytes) -> None:
+    db = Database(url)
+    try:
+        async with db.write() as conn:
+            now = now_ms()
+            dictionary_id = await q.insert_dictionary(
+                conn, tenant_id, content=content, samples=compaction.SAMPLE_LOGS, created_at=now
+            )
+            await q.update_dictionary(conn, tenant_id, dictionary_id, compacted_at=now)
+    finally:
+        await db.dispose()
 
 
 def generate_sqlite(
-    path: Path, dataset: Dataset, advance: Callable[[int], None], edit: Edit | None = None
+    path: Path,
+    dataset: Dataset,
+    advance: Callable[[int], None],
+    edit: Edit | None = None,
+    *,
+    dictionary: bool = True,
 ) -> None:
     """Write the data set into a new SQLite file at `path` (built aside, then renamed)."""
     building = path.with_name(path.name + ".building")
     for stale in (building, Path(f"{building}-wal"), Path(f"{building}-shm")):
         stale.unlink(missing_ok=True)
-    tenant_id = prepare(f"sqlite:///{building}")
+    tenant_id, trained = prepare(f"sqlite:///{building}", dataset, dictionary)
     conn = sqlite3.connect(building, isolation_level=None)
     try:
         # Generation only: a crash here loses nothing but the file being built.
@@ -243,7 +311,7 @@ def generate_sqlite(
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("PRAGMA cache_size=-1000000")
         conn.execute("BEGIN")
-        for table, columns, rows in tables(dataset, tenant_id, edit):
+        for table, columns, rows in tables(dataset, tenant_id, trained, edit):
             marks = ", ".join("?" * len(columns))
             insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
             for batch in batches(rows):
@@ -258,12 +326,17 @@ def generate_sqlite(
 
 
 def generate_postgres(
-    url: str, dataset: Dataset, advance: Callable[[int], None], edit: Edit | None = None
+    url: str,
+    dataset: Dataset,
+    advance: Callable[[int], None],
+    edit: Edit | None = None,
+    *,
+    dictionary: bool = True,
 ) -> None:
     """Write the data set into the empty PostgreSQL database at `url`, with COPY."""
-    tenant_id = prepare(url)
+    tenant_id, trained = prepare(url, dataset, dictionary)
     with psycopg.connect(url) as conn, conn.cursor() as cursor:
-        for table, columns, rows in tables(dataset, tenant_id, edit):
+        for table, columns, rows in tables(dataset, tenant_id, trained, edit):
             with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                 for batch in batches(rows):
                     for row in batch:

@@ -4,8 +4,8 @@
 
 Scenarios, each on SQLite and, when a server answers at --postgres-url, on PostgreSQL:
 1. logs read (logs_read.py, load from wrk: `apt-get install wrk`); 2. runs and 6. memory
-(runs.py); 3. engine overhead (engine_overhead.py); 5. retention under load
-(retention_load.py, wrk too); 7. the insert ceiling (insert_ceiling.py). Their figures
+(runs.py); 3. engine overhead (engine_overhead.py); 4. storage (storage.py); 5. retention
+under load (retention_load.py, wrk too); 7. the insert ceiling (insert_ceiling.py). Their figures
 make one table; then the scale-out benchmark (scale_out.py, PostgreSQL only) prints its
 own. Figures, machine and commands are recorded in bench/RESULTS.md.
 """
@@ -26,12 +26,21 @@ import logs_read
 import psycopg
 import retention_load
 import runs
+import storage
 from common import elapsed, machine, require_wrk
 from logs_dataset import Dataset
 from rich.table import Table
 from scale_out import BenchError, console
 
-SCENARIOS = ("logs_read", "runs", "engine_overhead", "retention", "insert_ceiling", "scale_out")
+SCENARIOS = (
+    "logs_read",
+    "runs",
+    "engine_overhead",
+    "storage",
+    "retention",
+    "insert_ceiling",
+    "scale_out",
+)
 COLUMNS = ("scenario", "backend", "figure", "value", "target", "met", "bare stack")
 
 Row = tuple[str, str, str, str, str, str, str]
@@ -78,7 +87,8 @@ def main() -> int:
         "--scale",
         type=float,
         default=1.0,
-        help="logs read: 1 is 1,000,000 + 100,000 logs; retention: 999,000 of them expired",
+        help="logs read and storage: 1 is 1,000,000 + 100,000 logs; retention: 999,000 of "
+        "them expired",
     )
     parser.add_argument("--runs", type=int, default=3, help="measurements of each figure")
     parser.add_argument("--seconds", type=float, default=10.0, help="logs read: a measurement")
@@ -171,6 +181,19 @@ def main() -> int:
                 )
 
         attempt("engine overhead", overhead, failures)
+
+    if "storage" in chosen:
+
+        def stored() -> None:
+            for measured in storage.run(Dataset(options.scale), postgres_url):
+                rows.extend(("4. storage", measured.backend, *r) for r in storage.figures(measured))
+                notes.append(
+                    f"{measured.backend}: storage data set generated in {measured.generation}"
+                )
+                notes.extend(storage.tables(measured))
+            notes.extend(storage.scope_lines())
+
+        attempt("storage", stored, failures)
 
     if "retention" in chosen:
 
