@@ -321,8 +321,7 @@ class Compaction:
 
 
 def _usable(tenant_id: str, rows: Sequence[Mapping[str, Any]]) -> dict[int, Dictionary]:
-    """The tenant's dictionaries, for this sweep's own thread (zstd contexts are not
-    shared with the event loop's)."""
+    """The tenant's dictionaries, by id."""
     return {row["id"]: Dictionary(tenant_id, row["id"], bytes(row["content"])) for row in rows}
 
 

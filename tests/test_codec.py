@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import orjson
@@ -84,6 +85,30 @@ def test_a_log_read_without_its_dictionary_is_an_error_that_names_it() -> None:
     with pytest.raises(LogUnreadable, match="dictionary 7"):
         unpack(stored, Dictionary("tenant", 8, seven.content))
     assert codec.dictionary_id(pack(logs[0])) is None, "the skeleton's need none"
+
+
+def test_logs_are_packed_and_unpacked_in_several_threads_at_once() -> None:
+    # The compaction sweep recompresses in threads while the event loop's thread reads
+    # and writes logs: one zstd context used by two threads at once crashed the process.
+    logs = seed_logs(200)
+    dictionary = Dictionary("tenant", 1, codec.train(logs, 4096))
+    stored = [(log, pack(log), pack(log, dictionary)) for log in logs]
+    wrong: list[bytes] = []
+
+    def work() -> None:
+        for _ in range(20):
+            for log, skeleton, trained in stored:
+                if unpack(skeleton) != log or unpack(trained, dictionary) != log:
+                    wrong.append(log)
+                pack(log)
+                pack(log, dictionary)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
 
 
 def test_finished_logs_are_stored_compressed_and_served_as_json(server: Server, api: Api) -> None:

@@ -21,6 +21,7 @@ names the dictionary that compressed the frame.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import zstandard
@@ -43,10 +44,6 @@ _SKELETON_DICTIONARY = zstandard.ZstdCompressionDict(
     b'"lastError":null,"iteration":0,"error":{"message":""}}',
     dict_type=zstandard.DICT_TYPE_RAWCONTENT,
 )
-_compress = zstandard.ZstdCompressor(
-    level=LEVEL, dict_data=_SKELETON_DICTIONARY, write_checksum=False, write_dict_id=False
-)
-_decompress = zstandard.ZstdDecompressor(dict_data=_SKELETON_DICTIONARY)
 _TRAINED_PARAMETERS = zstandard.ZstdCompressionParameters.from_level(
     LEVEL,
     format=zstandard.FORMAT_ZSTD1_MAGICLESS,
@@ -55,39 +52,66 @@ _TRAINED_PARAMETERS = zstandard.ZstdCompressionParameters.from_level(
 )
 
 
+class _Skeleton(threading.local):
+    """The skeleton's zstd contexts, one pair per thread: a zstd context used by two
+    threads at once crashes the process, and the compaction sweep works in threads
+    beside the event loop's."""
+
+    def __init__(self) -> None:
+        self.compressor = zstandard.ZstdCompressor(
+            level=LEVEL, dict_data=_SKELETON_DICTIONARY, write_checksum=False, write_dict_id=False
+        )
+        self.decompressor = zstandard.ZstdDecompressor(dict_data=_SKELETON_DICTIONARY)
+
+
+_skeleton = _Skeleton()
+
+
+class _Contexts(threading.local):
+    """A trained dictionary's zstd objects in one thread, made when first needed."""
+
+    def __init__(self) -> None:
+        self.dictionary: zstandard.ZstdCompressionDict | None = None
+        self.compressor: zstandard.ZstdCompressor | None = None
+        self.decompressor: zstandard.ZstdDecompressor | None = None
+
+
 class Dictionary:
-    """One trained dictionary of one tenant, ready to compress and decompress with.
+    """One trained dictionary of one tenant, ready to compress and decompress with, in
+    any thread (each thread gets its own zstd contexts)."""
 
-    Not for two threads at once (zstd's contexts are not): each user of a dictionary in
-    another thread (the compaction) makes its own `Dictionary` from the same content.
-    """
-
-    __slots__ = ("_compressor", "_decompressor", "content", "id", "prefix", "tenant_id")
+    __slots__ = ("_contexts", "content", "id", "prefix", "tenant_id")
 
     def __init__(self, tenant_id: str, id: int, content: bytes) -> None:
         self.tenant_id = tenant_id
         self.id = id
         self.content = content
         self.prefix = prefix(id)
-        self._compressor: zstandard.ZstdCompressor | None = None
-        self._decompressor: zstandard.ZstdDecompressor | None = None
+        self._contexts = _Contexts()
 
     def compress(self, document: bytes) -> bytes:
-        if self._compressor is None:
-            self._compressor = zstandard.ZstdCompressor(
+        contexts = self._contexts
+        if contexts.compressor is None:
+            contexts.compressor = zstandard.ZstdCompressor(
                 dict_data=self._zstd_dictionary(), compression_params=_TRAINED_PARAMETERS
             )
-        return self.prefix + self._compressor.compress(document)
+        return self.prefix + contexts.compressor.compress(document)
 
     def decompress(self, frame: bytes) -> bytes:
-        if self._decompressor is None:
-            self._decompressor = zstandard.ZstdDecompressor(
+        contexts = self._contexts
+        if contexts.decompressor is None:
+            contexts.decompressor = zstandard.ZstdDecompressor(
                 dict_data=self._zstd_dictionary(), format=zstandard.FORMAT_ZSTD1_MAGICLESS
             )
-        return self._decompressor.decompress(frame)
+        return contexts.decompressor.decompress(frame)
 
     def _zstd_dictionary(self) -> zstandard.ZstdCompressionDict:
-        return zstandard.ZstdCompressionDict(self.content, dict_type=zstandard.DICT_TYPE_FULLDICT)
+        contexts = self._contexts
+        if contexts.dictionary is None:
+            contexts.dictionary = zstandard.ZstdCompressionDict(
+                self.content, dict_type=zstandard.DICT_TYPE_FULLDICT
+            )
+        return contexts.dictionary
 
 
 def prefix(dictionary_id: int) -> bytes:
@@ -125,7 +149,7 @@ def pack(document: bytes, dictionary: Dictionary | None = None) -> bytes:
     """A log document as it is stored: with the tenant's trained dictionary if it has one."""
     if dictionary is not None:
         return dictionary.compress(document)
-    return bytes([SKELETON]) + _compress.compress(document)
+    return bytes([SKELETON]) + _skeleton.compressor.compress(document)
 
 
 def unpack(stored: bytes, dictionary: Dictionary | None = None) -> bytes:
@@ -138,7 +162,7 @@ def unpack(stored: bytes, dictionary: Dictionary | None = None) -> bytes:
     if tag == PLAIN:
         return stored
     if tag == SKELETON:
-        return _decompress.decompress(stored[1:])
+        return _skeleton.decompressor.decompress(stored[1:])
     if tag == TRAINED:
         needed, start = _varint(stored)
         if dictionary is None or dictionary.id != needed:
