@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -310,6 +311,8 @@ def solder_stack(
                 db = sqlite3.connect(workdir / "solder.db", isolation_level=None)
             else:
                 db = psycopg.connect(url, autocommit=True)
+                if db.execute("SHOW autovacuum").fetchone() == ("off",):
+                    cleanup.enter_context(autoanalyze(url))
             cleanup.callback(db.close)
             headers = {"Authorization": f"bearer {key}", "x-api-version": "2025-09"}
             yield Stack(backend, url, base, headers, api, started, upstream_url, db)
@@ -317,6 +320,35 @@ def solder_stack(
             for process in processes:
                 console.print(f"--- {process.log.name} (last lines)\n{process.tail()}")
             raise
+
+
+# How often the stand-in for autovacuum's ANALYZE runs (see `autoanalyze`).
+AUTOANALYZE_SECONDS = 10.0
+
+
+@contextlib.contextmanager
+def autoanalyze(url: str) -> Iterator[None]:
+    """On a PostgreSQL server with autovacuum off (as the benchmark's is), what it would
+    do during a load: ANALYZE the tables that churn every few seconds. Without it the
+    planner keeps statistics from a quiet time (an empty queue), and procrastinate's job
+    fetch, planned from them, costs O(waiting jobs) per job on a backlog: the backlog of
+    a burst then drains at a few executions a second (docs/decisions.md, migration 0006).
+    With autovacuum on, its ANALYZE comes within `autovacuum_naptime` (60 s by default,
+    deploy.md suggests per-table settings for these tables)."""
+    stop = threading.Event()
+
+    def run() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while not stop.wait(AUTOANALYZE_SECONDS):
+                conn.execute("ANALYZE procrastinate_jobs, executions, steps")
+
+    thread = threading.Thread(target=run, name="autoanalyze", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _ready(log: Path) -> bool:
