@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -49,6 +50,7 @@ DICTIONARY_BYTES = 16_384
 MIN_LOGS = 1_000
 SAMPLE_LOGS = 4_000
 HELD_OUT = 8  # one sample log in HELD_OUT judges the dictionary instead of training it
+CANDIDATES = 4  # dictionaries trained each time, the best on the held-out logs kept
 BETTER = 0.9  # a new dictionary must store the held-out logs in 90 % of the size or less
 RETRAIN_MS = 7 * 86_400_000
 RECHECK_MS = 86_400_000
@@ -340,14 +342,27 @@ def _readable(stored: bytes, known: Mapping[int, Dictionary]) -> bytes | None:
 
 def train(documents: Sequence[bytes], current: Dictionary | None) -> tuple[bytes, float, float]:
     """A dictionary trained on most of `documents` (log documents of one tenant); the
-    mean size of the others stored with `current` (None: the skeleton), then with it."""
+    mean size of the others stored with `current` (None: the skeleton), then with it.
+
+    zstd's trainer gives dictionaries a few bytes a log apart from one order of the same
+    samples to another (107 to 113 bytes a seed-shaped log): `CANDIDATES` are trained,
+    on the samples in as many orders, and the one that stores the held-out logs smallest
+    is kept (bench/RESULTS.md, scenario 4).
+    """
     held_out = documents[::HELD_OUT]
     training = [doc for n, doc in enumerate(documents) if n % HELD_OUT]
-    content = codec.train(training, DICTIONARY_BYTES)
-    candidate = Dictionary("", 1, content)
+    best: tuple[float, bytes] | None = None
+    for order in range(CANDIDATES):
+        if order:
+            random.Random(order).shuffle(training)
+        content = codec.train(training, DICTIONARY_BYTES)
+        candidate = Dictionary("", 1, content)
+        size = statistics.mean(len(codec.pack(doc, candidate)) for doc in held_out)
+        if best is None or size < best[0]:
+            best = (size, content)
+    assert best is not None
     before = statistics.mean(len(codec.pack(doc, current)) for doc in held_out)
-    after = statistics.mean(len(codec.pack(doc, candidate)) for doc in held_out)
-    return content, before, after
+    return best[1], before, best[0]
 
 
 def _recompress(
