@@ -10,8 +10,10 @@ from pathlib import Path
 
 BACKEND = os.environ.get("SOLDER_TEST_DATABASE", "sqlite")
 POSTGRES = os.environ.get("SOLDER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
-# One template per xdist worker: workers prepare theirs at the same time.
-TEMPLATE = "solder_test_template_" + os.environ.get("PYTEST_XDIST_WORKER", "main")
+# One template per xdist worker (workers prepare theirs at the same time) and per test
+# run: two runs against one server (two checkouts) must not drop each other's.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))[:12]
+TEMPLATE = f"solder_test_template_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{_RUN}"
 _created: dict[Path, str] = {}
 
 
@@ -63,12 +65,13 @@ def database_url(data_dir: Path, *, empty: bool = False) -> str:
 
 
 def drop_all() -> None:
-    if not _created:
+    """Drop this run's databases and its template."""
+    if not on_postgres():
         return
     import psycopg
 
     with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        for name in _created.values():
+        for name in (*_created.values(), TEMPLATE):
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     _created.clear()
 
