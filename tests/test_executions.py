@@ -6,7 +6,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.conftest import Api, api_client
+from tests import databases
+from tests.conftest import Api, Server, api_client
 from tests.upstream import Reply, Request, Upstream
 
 
@@ -105,12 +106,17 @@ def test_client_errors_are_not_retried(api: Api, upstream: Upstream) -> None:
 
 
 def test_rerun_makes_a_new_execution_with_the_same_trigger_data(
-    api: Api, upstream: Upstream
+    api: Api, upstream: Upstream, server: Server
 ) -> None:
     upstream.route("/hook", lambda request: Reply(200, {"echo": request.body.decode()}))
     user_id, workflow_id = api.install(call_then_transform(upstream))
     original_id = api.run(user_id, workflow_id, {"email": "ada@example.com"})
     original = api.wait_for(workflow_id, original_id)
+    kept = databases.rows(
+        server.settings.data_dir,
+        f"SELECT trigger_id, trigger_data FROM executions WHERE id = '{original_id}'",
+    )
+    assert kept == [("", "")], "the log holds the trigger: the ended row keeps no copy"
 
     response = api.post(f"/workflows/{workflow_id}/rerun/{original_id}", params={"userId": user_id})
 

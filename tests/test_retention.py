@@ -329,9 +329,11 @@ def test_the_space_of_purged_logs_goes_back_to_the_file_system(
     server = make_server(data_dir=tmp_path, retention_sweep_seconds=3600)
     with api_client(server) as api:
         user_id, workflow_id = api.install(quick("Bulky"))
-        # Random payloads: stored twice (trigger data and log), compressed to no less.
+        # Random payloads of 120,000 hex digits: the log holds each (the row keeps no
+        # copy once the run ends), compressed to no less than 60,000 bytes: 14 pages, so
+        # 250 logs are over three times the pages a sweep keeps for reuse.
         ids = [
-            api.run(user_id, workflow_id, {"blob": secrets.token_hex(30_000)}) for _ in range(100)
+            api.run(user_id, workflow_id, {"blob": secrets.token_hex(60_000)}) for _ in range(250)
         ]
         wait_until_all_ended(api, workflow_id, len(ids))
     assert sqlite_pragma(tmp_path, "auto_vacuum") == 2, "incremental, from the first table on"
@@ -352,8 +354,8 @@ def test_the_space_of_purged_logs_goes_back_to_the_file_system(
             await db.dispose()
 
     purged, free_after_purge = asyncio.run(purge_then_reclaim())
-    assert purged == 100
-    assert free_after_purge > 1500, "the purged logs' pages are free, still in the file"
+    assert purged == 250
+    assert free_after_purge > 250 * 14, "the purged logs' pages are free, still in the file"
     assert sqlite_pragma(tmp_path, "freelist_count") <= RESERVE_PAGES
     assert sqlite_pragma(tmp_path, "page_count") <= pages_before - (
         free_after_purge - RESERVE_PAGES

@@ -271,6 +271,10 @@ _FINISH = Prepared(
     )
     .values(
         lease=None,
+        # The log holds the trigger (its first result): the row need not keep it twice.
+        # A rerun reads it from the log (executions.rerun).
+        trigger_id="",
+        trigger_data="",
         **{
             name: bindparam(name)
             for name in (
