@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -143,13 +143,9 @@ class Database:
         runs, so it is not for scans (counts, analytics).
         """
         if self._postgres_reads is not None:
-            try:
+            with _unavailable_if_unreachable():
                 async with self._postgres_reads.transaction() as conn:
                     yield conn
-            except psycopg_pool.PoolTimeout as exc:
-                raise Unavailable("every database connection is busy; retry shortly") from exc
-            except psycopg.OperationalError as exc:
-                raise Unavailable("the database is unavailable; retry shortly") from exc
             return
         if self._inline is None:  # an in-memory database: one connection, SQLAlchemy's
             async with self.read() as conn:
@@ -174,13 +170,9 @@ class Database:
         runs one statement only, which is then its own transaction (one round trip).
         """
         if self._postgres_writes is not None:
-            try:
+            with _unavailable_if_unreachable():
                 async with self._postgres_writes.transaction(single=single) as conn:
                     yield conn
-            except psycopg_pool.PoolTimeout as exc:
-                raise Unavailable("every database connection is busy; retry shortly") from exc
-            except psycopg.OperationalError as exc:
-                raise Unavailable("the database is unavailable; retry shortly") from exc
             return
         writer = self._inline_writes
         if writer is not None and self._write_lock is not None:
@@ -277,6 +269,17 @@ _TRANSIENT = (
     "server closed",
     "database is locked",  # another process held SQLite's write lock past busy_timeout
 )
+
+
+@contextlib.contextmanager
+def _unavailable_if_unreachable() -> Iterator[None]:
+    """psycopg's pool timing out, or its server gone: `Unavailable` (503)."""
+    try:
+        yield
+    except psycopg_pool.PoolTimeout as exc:
+        raise Unavailable("every database connection is busy; retry shortly") from exc
+    except psycopg.OperationalError as exc:
+        raise Unavailable("the database is unavailable; retry shortly") from exc
 
 
 def _is_unreachable(exc: DBAPIError) -> bool:

@@ -304,48 +304,42 @@ class PostgresTransaction(DriverConnection):
             return cursor.rowcount
 
 
-class PostgresReader:
-    """psycopg's own pool of read-only connections in autocommit, for the hot reads.
+class _Pool:
+    """psycopg's own pool of autocommit connections, opened at its first use."""
 
-    Through SQLAlchemy's async engine each statement costs a greenlet switch and its
-    machinery on top of the round trip, and checking a connection out costs a ping;
-    here a statement is one round trip. Each statement sees its own snapshot, so what
-    must be consistent is read by one statement. A statement whose connection the server
-    dropped runs again on a new one; a server that cannot be reached is `Unavailable`.
-    """
-
-    def __init__(self, conninfo: str, *, size: int, connect_timeout: int) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        size: int,
+        connect_timeout: int,
+        name: str,
+        configure: Any = None,
+    ) -> None:
         self._pool = AsyncConnectionPool(
             conninfo,
             min_size=1,
             max_size=size,
             open=False,
             timeout=connect_timeout,  # then Unavailable (503), as SQLAlchemy's pool does
-            # Each statement its own transaction: a page of logs is one statement, so one
-            # round trip instead of three (BEGIN, the statement, COMMIT).
             kwargs={
                 "connect_timeout": connect_timeout,
                 "autocommit": True,
-                "application_name": APPLICATION_NAME,  # as pg_stat_activity shows them
+                "application_name": name,  # as pg_stat_activity shows them
             },
-            configure=_read_only,
-            name="solder-reads",
+            configure=configure,
+            name=name,
         )
         self._opening = asyncio.Lock()
         self._open = False
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PostgresConnection]:
+    async def _opened(self) -> AsyncConnectionPool:
         if not self._open:
             async with self._opening:
                 if not self._open:
                     await self._pool.open(wait=False)
                     self._open = True
-        conn = PostgresConnection(self._pool, await self._pool.getconn())
-        try:
-            yield conn
-        finally:
-            await self._pool.putconn(conn.conn)
+        return self._pool
 
     async def close(self) -> None:
         if self._open:
@@ -353,7 +347,38 @@ class PostgresReader:
             self._open = False
 
 
-class PostgresWriter:
+class PostgresReader(_Pool):
+    """psycopg's own pool of read-only connections in autocommit, for the hot reads.
+
+    Through SQLAlchemy's async engine each statement costs a greenlet switch and its
+    machinery on top of the round trip, and checking a connection out costs a ping;
+    here a statement is one round trip. Each statement sees its own snapshot, so what
+    must be consistent is read by one statement (a page of logs is one statement, so one
+    round trip instead of three: BEGIN, the statement, COMMIT). A statement whose
+    connection the server dropped runs again on a new one; a server that cannot be
+    reached is `Unavailable`.
+    """
+
+    def __init__(self, conninfo: str, *, size: int, connect_timeout: int) -> None:
+        super().__init__(
+            conninfo,
+            size=size,
+            connect_timeout=connect_timeout,
+            name=APPLICATION_NAME,
+            configure=_read_only,
+        )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresConnection]:
+        pool = await self._opened()
+        conn = PostgresConnection(pool, await pool.getconn())
+        try:
+            yield conn
+        finally:
+            await pool.putconn(conn.conn)
+
+
+class PostgresWriter(_Pool):
     """psycopg's own pool of connections for the hot writes (accepting a run, a step, an
     execution's end), each a transaction of a few prepared statements.
 
@@ -364,41 +389,18 @@ class PostgresWriter:
     """
 
     def __init__(self, conninfo: str, *, size: int, connect_timeout: int) -> None:
-        self._pool = AsyncConnectionPool(
-            conninfo,
-            min_size=1,
-            max_size=size,
-            open=False,
-            timeout=connect_timeout,
-            kwargs={
-                "connect_timeout": connect_timeout,
-                "autocommit": True,  # transactions are explicit (`conn.transaction()`)
-                "application_name": WRITER_NAME,
-            },
-            name="solder-writes",
-        )
-        self._opening = asyncio.Lock()
-        self._open = False
+        super().__init__(conninfo, size=size, connect_timeout=connect_timeout, name=WRITER_NAME)
 
     @asynccontextmanager
     async def transaction(self, *, single: bool = False) -> AsyncIterator[PostgresTransaction]:
         """A transaction; with `single`, for one statement, which commits by itself."""
-        if not self._open:
-            async with self._opening:
-                if not self._open:
-                    await self._pool.open(wait=False)
-                    self._open = True
-        async with self._pool.connection() as conn:
+        pool = await self._opened()
+        async with pool.connection() as conn:
             if single:  # the statement is its own transaction: no BEGIN and COMMIT trips
                 yield PostgresTransaction(conn)
                 return
             async with conn.transaction():
                 yield PostgresTransaction(conn)
-
-    async def close(self) -> None:
-        if self._open:
-            await self._pool.close()
-            self._open = False
 
 
 WRITER_NAME = "solder-writes"
