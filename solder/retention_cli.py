@@ -175,6 +175,14 @@ def _progress() -> Progress:
     )
 
 
+async def _give_free_pages_back(retention: Retention, progress: Progress) -> None:
+    """On SQLite, give every free page of the file back to the file system."""
+    free = await retention.free_pages()
+    if free:
+        task = progress.add_task("giving free pages back", total=free)
+        await retention.reclaim(keep=0, on_step=lambda n: progress.advance(task, n))
+
+
 def _size(path: Path | None) -> int:
     if path is None:
         return 0
@@ -202,10 +210,7 @@ def purge() -> None:
             task = progress.add_task("purging expired logs", total=await sweep.expired())
             purged = await sweep.purge(lambda n: progress.advance(task, n))
             progress.update(task, total=progress.tasks[task].completed)
-            free = await sweep.free_pages()
-            if free:
-                task = progress.add_task("giving free pages back", total=free)
-                await sweep.reclaim(keep=0, on_step=lambda n: progress.advance(task, n))
+            await _give_free_pages_back(sweep, progress)
         if db.sqlite_file is not None:
             full_vacuum.checkpoint_sqlite(db.sqlite_file)
         return purged, before - _size(db.sqlite_file)
@@ -305,11 +310,7 @@ def compact(
             )
             progress.update(task, total=progress.tasks[task].completed)
             # Smaller rows leave pages to merge: SQLite frees them, and they go back.
-            reclaim = Retention(db, settings)
-            free = await reclaim.free_pages()
-            if free:
-                task = progress.add_task("giving free pages back", total=free)
-                await reclaim.reclaim(keep=0, on_step=lambda n: progress.advance(task, n))
+            await _give_free_pages_back(Retention(db, settings), progress)
         if db.sqlite_file is not None:
             full_vacuum.checkpoint_sqlite(db.sqlite_file)
         return swept, before - _size(db.sqlite_file)
