@@ -208,17 +208,25 @@ class Engine:
         connector = self.connectors.get(block.connector)
         return connector is not None and connector.pure
 
-    async def _flush(self, run: _Run) -> bool:
-        """Write the pending steps; False if the execution no longer runs under the lease.
+    async def _flush(
+        self, run: _Run, step: dict[str, Any] | None = None, *, waited: bool = False
+    ) -> bool:
+        """Write the pending steps, and `step` after them, in one transaction; False if
+        the execution no longer runs under the lease. `waited`: `step` is a delay's,
+        which also clears the execution's wait.
 
-        Before a block that calls out or waits, so that a live log shows what led to it.
+        Called before a block that calls out or waits, so that a live log shows what led
+        to it, and for every step that is not kept pending.
         """
-        if not run.pending:
+        steps = [*run.pending, *([step] if step is not None else [])]
+        if not steps:
             return True
-        async with self.db.write_inline() as conn:
-            for step in run.pending:
-                if not await queue.record_step(conn, run.lease, **step):
+        async with self.db.write_inline(single=len(steps) == 1 and not waited) as conn:
+            for written in steps:
+                if not await queue.record_step(conn, run.lease, **written):
                     return False
+            if waited:
+                await queue.clear_wait(conn, run.tenant_id, run.execution_id)
         run.pending.clear()
         return True
 
@@ -430,16 +438,7 @@ class Engine:
             if len(run.pending) < _MAX_PENDING and clock - run.pending_since < _MAX_PENDING_SECONDS:
                 run.pending.append(step)
                 return step
-        # A delay's step also clears the execution's wait: two statements, one transaction.
-        waited = block.connector == "delay"
-        async with self.db.write_inline(single=not (waited or run.pending)) as conn:
-            for written in (*run.pending, step):
-                if not await queue.record_step(conn, run.lease, **written):
-                    return None
-            if waited:
-                await queue.clear_wait(conn, run.tenant_id, run.execution_id)
-        run.pending.clear()
-        return step
+        return step if await self._flush(run, step, waited=block.connector == "delay") else None
 
     async def _definition(
         self, conn: q.Reader, tenant_id: str, workflow_id: str, version: int

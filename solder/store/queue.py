@@ -174,9 +174,9 @@ _RECORD_STEP = Prepared(
 
 
 async def record_step(conn: Reader, lease: str, **step: Any) -> bool:
-    """Record a finished step if the execution still runs under `lease`; whether it did."""
-    defaults = {"error": None, "meta": None, "app_actions": 0}
-    return await execute(conn, _RECORD_STEP, lease=lease, **{**defaults, **step}) == 1
+    """Record a finished step (every column of `steps`) if the execution still runs
+    under `lease`; whether it did."""
+    return await execute(conn, _RECORD_STEP, lease=lease, **step) == 1
 
 
 async def park(
