@@ -102,18 +102,40 @@ class InlineConnection(DriverConnection):
         return self._conn.execute(sql, params).rowcount
 
 
-class PostgresConnection(DriverConnection):
-    """Read-only statements in autocommit on a connection of `PostgresReader`'s pool."""
+class PostgresTransaction(DriverConnection):
+    """Statements on a connection of psycopg's own pool: a write transaction of
+    `PostgresWriter`'s, or (as `PostgresConnection`) a read of `PostgresReader`'s.
+
+    Unlike a read, a statement that fails in a write is not run again: the transaction it
+    was part of is gone with the connection, and the caller's `Unavailable` says so.
+    """
 
     dialect = _POSTGRES
 
-    def __init__(self, pool: AsyncConnectionPool, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._pool = pool
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.conn = conn
 
     async def rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
+        async with self.conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(sql, params)
+            return await cursor.fetchall() if cursor.description else []
+
+    async def count(self, sql: str, params: dict[str, Any]) -> int:
+        async with self.conn.cursor() as cursor:
+            await cursor.execute(sql, params)
+            return cursor.rowcount
+
+
+class PostgresConnection(PostgresTransaction):
+    """Read-only statements in autocommit on a connection of `PostgresReader`'s pool."""
+
+    def __init__(self, pool: AsyncConnectionPool, conn: psycopg.AsyncConnection[Any]) -> None:
+        super().__init__(conn)
+        self._pool = pool
+
+    async def rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
         try:
-            return await self._rows(sql, params)
+            return await super().rows(sql, params)
         except psycopg.OperationalError:
             # Most likely the server dropped this connection (it restarted, or failed
             # over), and the pool's others with it: the pool checks those it keeps. The
@@ -122,12 +144,7 @@ class PostgresConnection(DriverConnection):
             await self._pool.putconn(self.conn)  # the pool discards a broken connection
             await self._pool.check()
             self.conn = await self._pool.getconn()
-        return await self._rows(sql, params)
-
-    async def _rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
-        async with self.conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(sql, params)
-            return await cursor.fetchall()
+        return await super().rows(sql, params)
 
 
 Reader = AsyncConnection | DriverConnection
@@ -279,29 +296,6 @@ class InlineWriter:
 
 
 APPLICATION_NAME = "solder-reads"
-
-
-class PostgresTransaction(DriverConnection):
-    """A write transaction on a connection of `PostgresWriter`'s pool.
-
-    Unlike a read, a statement that fails here is not run again: the transaction it was
-    part of is gone with the connection, and the caller's `Unavailable` says so.
-    """
-
-    dialect = _POSTGRES
-
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self.conn = conn
-
-    async def rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
-        async with self.conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(sql, params)
-            return await cursor.fetchall() if cursor.description else []
-
-    async def count(self, sql: str, params: dict[str, Any]) -> int:
-        async with self.conn.cursor() as cursor:
-            await cursor.execute(sql, params)
-            return cursor.rowcount
 
 
 class _Pool:
