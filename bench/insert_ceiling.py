@@ -53,7 +53,8 @@ from solder.store.database import Database
 EXECUTIONS = 20_000  # per run
 BATCH = 1_000
 TARGET_FRACTION = 0.5
-TENANT, WORKFLOW, USER = "a" * 24, "b" * 24, "c" * 24
+TENANT, USER = "a" * 24, "c" * 24
+WORKFLOW_NUMBER, USER_NUMBER = 1, 1
 BLOCKS = (("prepare", str(uuid.uuid4())), ("call", str(uuid.uuid4())))
 UPSTREAM = "http://127.0.0.1:40000/echo"
 
@@ -61,7 +62,7 @@ Row = tuple[str, str, str, str, str, str]  # scenario, figure, value, target, me
 Execution = tuple[tuple[Any, ...], list[tuple[Any, ...]], tuple[Any, ...], tuple[Any, ...]]
 
 INSERT_EXECUTION = (
-    "INSERT INTO executions (tenant_id, id, workflow_id, user_id, workflow_version, status,"
+    "INSERT INTO executions (tenant_id, id, workflow_number, user_number, workflow_version, status,"
     " trigger_id, trigger_data, started_at, claimed_at, lease)"
     " VALUES (?, ?, ?, ?, 1, 'running', ?, ?, ?, ?, ?)"
 )
@@ -130,7 +131,10 @@ def execution(n: int, started: int) -> Execution:
     }
     log = codec.pack(orjson.dumps(logs.render(ended, steps)))
     return (
-        (TENANT, eid, WORKFLOW, USER, str(uuid.uuid4()), trigger, started, started + 1, "lease"),
+        (
+            *(TENANT, eid, WORKFLOW_NUMBER, USER_NUMBER, str(uuid.uuid4()), trigger),
+            *(started, started + 1, "lease"),
+        ),
         [(TENANT, eid, *(s[key] for key in STEP_KEYS)) for s in steps],
         (stopped, 1, log, TENANT, eid),
         (TENANT, eid),

@@ -37,7 +37,7 @@ from solder.store import codec
 from solder.store import queries as q
 from solder.store.database import Database
 
-VERSION = 7  # of the data set: change it whenever the rows change, so caches are rebuilt
+VERSION = 8  # of the data set: change it whenever the rows change, so caches are rebuilt
 TENANT = "bench-logs"
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT.parent / "shared" / "contract" / "seed-logs-response.json"
@@ -54,8 +54,8 @@ FIRST_SECOND = 1_731_693_462  # the seed's second, as epoch seconds
 EXECUTION_COLUMNS = (
     "tenant_id",
     "id",
-    "workflow_id",
-    "user_id",
+    "workflow_number",
+    "user_number",
     "workflow_version",
     "status",
     "trigger_id",
@@ -102,6 +102,15 @@ def workflow_id(index: int) -> str:
 
 def user_id(index: int) -> str:
     return f"a0000000{index:016x}"
+
+
+def workflow_number(index: int) -> int:
+    """The number `executions` knows workflow `index` by (solder/store/numbers.py)."""
+    return index + 1
+
+
+def user_number(index: int) -> int:
+    return index + 1
 
 
 def log_template() -> str:
@@ -176,24 +185,23 @@ def execution_rows(
     template = log_template()
     ordinary = dataset.workflows * dataset.users * dataset.per_pair
     big_every = max(1, ordinary // dataset.big)
-    big_workflow = workflow_id(dataset.workflows)
-    pairs = [
-        (workflow_id(w), user_id(u)) for w in range(dataset.workflows) for u in range(dataset.users)
-    ]
+    big_workflow = dataset.workflows
+    pairs = [(w, u) for w in range(dataset.workflows) for u in range(dataset.users)]
     big_left, done = dataset.big, 0
     for count in range(ordinary + dataset.big):
         if big_left and (count % (big_every + 1) == big_every or done == ordinary):
-            workflow, user = big_workflow, user_id(0)
+            workflow, user = big_workflow, 0
             big_left -= 1
         else:
             workflow, user = pairs[done % len(pairs)]
             done += 1
         second = FIRST_SECOND + count + 1
         execution = "".join(rng.choices(NANOID, k=21))
-        log = new_log(template, rng, execution, user, second)
+        log = new_log(template, rng, execution, user_id(user), second)
         started = second * 1000 + START_MS
         yield (
-            *(tenant_id, execution, workflow, user, 1, "succeeded", "", ""),
+            *(tenant_id, execution, workflow_number(workflow), user_number(user)),
+            *(1, "succeeded", "", ""),
             *(started, started + STOP_MS, codec.pack(log, dictionary)),
         )
 
@@ -225,6 +233,16 @@ def tables(
         "users",
         ("tenant_id", "id", "username", "full_name", "created_at"),
         [(tenant_id, user_id(u), f"user{u}", f"User {u}", created) for u in range(dataset.users)],
+    )
+    yield (
+        "workflow_numbers",
+        ("number", "tenant_id", "workflow_id"),
+        [(workflow_number(w), tenant_id, workflow_id(w)) for w in workflows],
+    )
+    yield (
+        "user_numbers",
+        ("number", "tenant_id", "user_id"),
+        [(user_number(u), tenant_id, user_id(u)) for u in range(dataset.users)],
     )
     yield (
         "installations",
@@ -345,4 +363,9 @@ def generate_postgres(
     # Autovacuum would do it in production (it is off on this server): the visibility
     # map and the planner's statistics.
     with psycopg.connect(url, autocommit=True) as conn:
+        for table in ("workflow_numbers", "user_numbers"):  # written with their numbers
+            conn.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'number'), max(number))"
+                f" FROM {table}"
+            )
         conn.execute("VACUUM ANALYZE")

@@ -51,9 +51,9 @@ from logs_dataset import (
     Row,
     create_api_key,
     generate_postgres,
+    workflow_number,
 )
 from logs_dataset import VERSION as DATASET_VERSION
-from logs_dataset import workflow_id as workflow_ref
 from logs_read import WARM_UP_SECONDS, meets, progress, requests, serving, solder_env
 from logs_read import sqlite_dataset as cached_sqlite
 from rich.progress import Progress
@@ -75,7 +75,7 @@ MAX_P99_MS = 50.0
 TEMPLATE = "solder_bench_retention_template"
 DATABASE = "solder_bench_retention"
 WORKFLOW, STARTED, STOPPED = (
-    EXECUTION_COLUMNS.index(column) for column in ("workflow_id", "started_at", "stopped_at")
+    EXECUTION_COLUMNS.index(column) for column in ("workflow_number", "started_at", "stopped_at")
 )
 
 Db = sqlite3.Connection | psycopg.Connection[tuple[Any, ...]]
@@ -110,7 +110,7 @@ def expired(dataset: Dataset) -> int:
 
 
 def aged(dataset: Dataset) -> Edit:
-    kept = {workflow_ref(0), workflow_ref(dataset.workflows)}
+    kept = {workflow_number(0), workflow_number(dataset.workflows)}
 
     def edit(row: Row) -> Row:
         if row[WORKFLOW] in kept:

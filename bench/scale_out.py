@@ -692,7 +692,8 @@ class Bench:
     def stored_log_bytes(self, flow: Installed) -> float:
         return float(
             self.one(
-                "SELECT avg(pg_column_size(log)) FROM executions WHERE workflow_id = %s",
+                "SELECT avg(pg_column_size(log)) FROM executions WHERE workflow_number ="
+                " (SELECT number FROM workflow_numbers WHERE workflow_id = %s)",
                 [flow.workflow_id],
             )
         )

@@ -2,25 +2,15 @@
 
 The store is the logs-read data set (logs_dataset.py), as a server's is once its
 compaction sweep has run: every log written with the tenant's trained dictionary, the
-rows as the engine's end of an execution writes them. Beside it, on SQLite, what each
-part gives, measured on stores written the same way:
-
-- **no dictionary**: the logs compressed with the built-in skeleton only, as before
-  dictionaries (and as a tenant's logs are before it has one);
-- **trigger stored once**: the trigger's id and data left out of the row (its log holds
-  them), as the end of an execution writes it with the change to `queue.finish`
-  described in RESULTS.md; the compaction sweep already does it to the rows it rewrites;
-- **estimate, integer keys**: the same rows, trigger once, with integer surrogate keys
-  for the tenant, the workflow and the user, and the execution's integer rowid as the
-  logs indexes' tie-breaker (its public id keeps a unique index): what would take the
-  indexes, the primary key included, down.
+rows as the engine's end of an execution writes them (the trigger left to the log, the
+workflow and the user as their numbers). Beside it, the same store with no dictionary:
+the logs compressed with the built-in skeleton only, as before dictionaries (and as a
+tenant's logs are before it has one).
 
 SQLite: `page_count * page_size` over the executions (the whole file), and each table
 and index (`dbstat`). PostgreSQL: `pg_total_relation_size('executions')` (heap, TOAST,
 indexes) over the executions, and each part, after the data set (COPY, then VACUUM
-ANALYZE), after VACUUM FULL (every page rewritten, indexes rebuilt), and with the
-trigger stored once (an UPDATE, then VACUUM FULL); beside it, the store with no
-dictionary.
+ANALYZE) and after VACUUM FULL (every page rewritten, indexes rebuilt).
 
 Then the choice of a dictionary's scope (`scope`): seed-shaped logs of tenants with 1, 20
 and 1,000 workflows, each workflow with its own block ids, stored with one dictionary
@@ -41,12 +31,9 @@ from pathlib import Path
 import psycopg
 from common import elapsed, postgres_database
 from logs_dataset import (
-    EXECUTION_COLUMNS,
     FIRST_SECOND,
     NANOID,
     Dataset,
-    Edit,
-    Row,
     generate_postgres,
     generate_sqlite,
     log_template,
@@ -63,14 +50,14 @@ from solder.store import codec
 TARGET = 400  # bytes per execution, the issue's
 N8N = "n8n about 3,600 B"  # the issue's reference
 DATABASE = "solder_bench_storage"
-TRIGGER = slice(EXECUTION_COLUMNS.index("trigger_id"), EXECUTION_COLUMNS.index("trigger_data") + 1)
 # The parts of the executions table, by their names in dbstat and in PostgreSQL.
 PARTS = {
     "executions": "executions table",
     "ix_executions_user_logs": "ix_executions_user_logs",
     "ix_executions_workflow_logs": "ix_executions_workflow_logs",
-    "sqlite_autoindex_executions_1": "primary key (tenant, id)",
-    "pk_executions": "primary key (tenant, id)",
+    "sqlite_autoindex_executions_1": "unique (tenant, id)",
+    "uq_executions_tenant_id_id": "unique (tenant, id)",
+    "pk_executions": "primary key (seq)",
     "ix_executions_pending": "ix_executions_pending",
     "executions TOAST": "executions TOAST",
 }
@@ -94,107 +81,39 @@ class Measured:
     stores: list[Store] = field(default_factory=list)
 
 
-def trigger_once(row: Row) -> Row:
-    """The row without the trigger its log holds."""
-    return (*row[: TRIGGER.start], "", "", *row[TRIGGER.stop :])
-
-
-def cached_store(dataset: Dataset, name: str, edit: Edit | None, *, dictionary: bool) -> Path:
+def cached_store(dataset: Dataset, name: str, *, dictionary: bool) -> Path:
     path = DATA_DIR / f"storage-{name}-logs-v{DATASET_VERSION}-scale{dataset.scale:g}.db"
     if not path.exists():
         DATA_DIR.mkdir(exist_ok=True)
         with progress() as bar:
             task = bar.add_task(f"SQLite: generating ({name})", total=dataset.executions)
-            generate_sqlite(
-                path, dataset, lambda n: bar.advance(task, n), edit, dictionary=dictionary
-            )
+            generate_sqlite(path, dataset, lambda n: bar.advance(task, n), dictionary=dictionary)
     return path
 
 
-def sqlite_store(label: str, path: Path, table: str = "executions") -> Store:
+def sqlite_store(label: str, path: Path) -> Store:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        [(count,)] = conn.execute(f"SELECT count(*) FROM {table}")
+        [(count,)] = conn.execute("SELECT count(*) FROM executions")
         [(pages,)] = conn.execute("PRAGMA page_count")
         [(page_size,)] = conn.execute("PRAGMA page_size")
-        [(log,)] = conn.execute(f"SELECT avg(length(log)) FROM {table}")
+        [(log,)] = conn.execute("SELECT avg(length(log)) FROM executions")
         sizes = dict(conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"))
     store = Store(label, pages * page_size / count, log=log)
     for name, size in sorted(sizes.items(), key=lambda item: -item[1]):
-        if name in PARTS or name.startswith((table, "ix_executions")):
+        if name in PARTS or name.startswith("ix_executions"):
             store.parts[PARTS.get(name, name)] = size / count
     store.parts["everything else"] = store.total - sum(store.parts.values())
     return store
 
 
-def integer_keys(source: Path, target: Path) -> Path:
-    """`source`'s executions, trigger once, with integer surrogate keys (see the module's
-    docstring), inserted in time order into the indexed table as a server would insert
-    them; the other tables are left out of the file."""
-    target.unlink(missing_ok=True)
-    with sqlite3.connect(target, isolation_level=None) as conn:
-        conn.execute(f"ATTACH DATABASE 'file:{source}?mode=ro' AS source")
-        conn.executescript(
-            """
-            CREATE TABLE tenant_keys (key INTEGER PRIMARY KEY, id TEXT UNIQUE);
-            CREATE TABLE workflow_keys (key INTEGER PRIMARY KEY, id TEXT UNIQUE);
-            CREATE TABLE user_keys (key INTEGER PRIMARY KEY, id TEXT UNIQUE);
-            INSERT INTO tenant_keys (id) SELECT DISTINCT tenant_id FROM source.executions;
-            INSERT INTO workflow_keys (id) SELECT id FROM source.workflows ORDER BY id;
-            INSERT INTO user_keys (id) SELECT id FROM source.users ORDER BY id;
-            CREATE TABLE executions_by_key (
-                key INTEGER PRIMARY KEY,
-                tenant INTEGER NOT NULL,
-                id TEXT NOT NULL,
-                workflow INTEGER NOT NULL,
-                user INTEGER NOT NULL,
-                workflow_version INTEGER NOT NULL,
-                status TEXT NOT NULL,
-                trigger_id TEXT NOT NULL,
-                trigger_data TEXT NOT NULL,
-                started_at INTEGER NOT NULL,
-                stopped_at INTEGER,
-                log BLOB
-            );
-            CREATE UNIQUE INDEX executions_by_key_public_id ON executions_by_key (tenant, id);
-            CREATE INDEX executions_by_key_user_logs
-                ON executions_by_key (tenant, workflow, user, started_at);
-            CREATE INDEX executions_by_key_workflow_logs
-                ON executions_by_key (tenant, workflow, started_at);
-            BEGIN;
-            INSERT INTO executions_by_key (tenant, id, workflow, user, workflow_version,
-                status, trigger_id, trigger_data, started_at, stopped_at, log)
-            SELECT t.key, e.id, w.key, u.key, e.workflow_version, e.status, '', '',
-                e.started_at, e.stopped_at, e.log
-            FROM source.executions e
-            JOIN tenant_keys t ON t.id = e.tenant_id
-            JOIN workflow_keys w ON w.id = e.workflow_id
-            JOIN user_keys u ON u.id = e.user_id
-            ORDER BY e.started_at;
-            COMMIT;
-            """
-        )
-        conn.execute("DETACH DATABASE source")
-    return target
-
-
 def sqlite(dataset: Dataset) -> Measured:
     started = time.monotonic()
     path, generation = cached_logs_store(dataset)
-    skeleton = cached_store(dataset, "skeleton", None, dictionary=False)
-    once = cached_store(dataset, "trigger-once", trigger_once, dictionary=True)
-    estimate = integer_keys(path, path.with_name(f"storage-integer-keys-{dataset.name}.db"))
+    skeleton = cached_store(dataset, "skeleton", dictionary=False)
     measured = Measured("SQLite", dataset, f"{generation} ({elapsed(started)} in all)")
-    now = sqlite_store("as stored now (trained dictionary)", path)
-    by_key = sqlite_store("estimate: integer keys, trigger once", estimate, "executions_by_key")
-    estimate.unlink()
-    # The other tables (users, workflows, installations...) as they are now.
-    by_key.parts["everything else"] = now.parts["everything else"]
-    by_key.total = sum(by_key.parts.values())
     measured.stores = [
-        now,
+        sqlite_store("as stored now (trained dictionary)", path),
         sqlite_store("no dictionary (skeleton)", skeleton),
-        sqlite_store("trigger stored once", once),
-        by_key,
     ]
     return measured
 
@@ -236,10 +155,6 @@ def postgres(admin_url: str, dataset: Dataset) -> Measured:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM FULL executions")
         measured.stores.append(postgres_store("as stored now, after VACUUM FULL", url))
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("UPDATE executions SET trigger_id = '', trigger_data = ''")
-            conn.execute("VACUUM FULL executions")
-        measured.stores.append(postgres_store("trigger stored once, after VACUUM FULL", url))
     measured.stores.insert(1, skeleton)
     return measured
 

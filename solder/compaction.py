@@ -249,7 +249,7 @@ class Compaction:
         async with self.db.read() as conn:
             workflow_ids = await q.tenant_workflow_ids(conn, tenant_id)
         for workflow_id in workflow_ids:
-            after: tuple[int, str] = (-1, "")
+            after: tuple[int, int] = (-1, -1)
             while True:
                 started = time.monotonic()
                 async with self.db.read() as conn:
@@ -258,7 +258,7 @@ class Compaction:
                     )
                 if not batch:
                     break
-                after = (batch[-1]["started_at"], batch[-1]["id"])
+                after = (batch[-1]["started_at"], batch[-1]["seq"])
                 rewritten, unreadable = await asyncio.to_thread(_recompress, batch, known, current)
                 async with self.db.write() as conn:
                     await q.rewrite_logs(conn, tenant_id, rewritten)

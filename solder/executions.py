@@ -257,7 +257,7 @@ async def page_of_logs(
         descending=descending,
         limit=limit + 1,  # one more says whether there is a next page
         offset=0 if cursor is not None else (page - 1) * limit,
-        after=None if cursor is None else (cursor.started_at, cursor.execution_id),
+        after=None if cursor is None else (cursor.started_at, cursor.seq),
     )
     if not rows:
         raise keys.unknown()
@@ -276,7 +276,7 @@ async def page_of_logs(
             else await _live_log(conn, dictionaries, tenant_id, row)
             for row in rows
         ],
-        None if last is None else Cursor(descending, last["started_at"], last["id"]).encode(),
+        None if last is None else Cursor(descending, last["started_at"], last["seq"]).encode(),
     )
 
 

@@ -180,7 +180,9 @@ def test_user_without_runs_gets_an_empty_list(api: Api) -> None:
         {"sortOrder": "up"},
         {"cursor": "not-a-cursor"},
         {"cursor": ""},
-        {"cursor": "ZDoxMjM"},  # base64url of "d:123", no execution id
+        {"cursor": "ZDoxMjM"},  # base64url of "d:123", no place
+        # A cursor of Solder before migration 0007: "d:<startedAt>:<execution id>".
+        {"cursor": "ZDoxNzMxNjkzNDYyMjMzOlYxU3RHWFI4X1o1amRIaTZCLW15VA"},
     ],
 )
 def test_bad_parameters_are_400_in_shape(api: Api, params: dict[str, str]) -> None:

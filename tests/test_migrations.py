@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
-from solder.store.database import Database
+from solder.store.database import Database, _configure_sqlite
 from solder.store.schema import metadata, owned_by_solder
 from tests import databases
 
@@ -63,3 +63,83 @@ def test_migrations_install_procrastinates_queue(tmp_path: Path) -> None:
     assert asyncio.run(check())
     _, tables = differences(db)
     assert {"procrastinate_jobs", "procrastinate_workers"} <= tables
+
+
+def test_integer_keys_keep_every_execution_its_steps_and_its_order(tmp_path: Path) -> None:
+    """0007 rebuilds `executions` with numbers for its workflow and user: an execution
+    recorded before keeps its id, its ids, its log and the steps of a running one, and
+    the logs pages keep their order (ties in a millisecond included)."""
+    from solder.store import migrate
+
+    db = empty_database(tmp_path)
+    engine = create_engine(db.sync_url)
+    if db.is_sqlite:
+        _configure_sqlite(engine, "normal")
+    try:
+        migrate.upgrade(engine, "0006")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'a', 1)"))
+            for workflow in ("w1", "w2"):
+                conn.execute(
+                    text(
+                        "INSERT INTO workflows (tenant_id, id, name, latest_version,"
+                        " trigger_type, created_at, updated_at)"
+                        " VALUES ('t1', :id, :id, 1, 'webhook', 1, 1)"
+                    ),
+                    {"id": workflow},
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO users (tenant_id, id, username, created_at)"
+                    " VALUES ('t1', 'u1', 'one', 1)"
+                )
+            )
+            # e3 and e4 started in the same millisecond; u0 was deleted before 0007.
+            for id_, workflow, user, started, status, log in (
+                ("e1", "w1", "u1", 10, "succeeded", b"log1"),
+                ("e2", "w2", "u1", 20, "failed", b"log2"),
+                ("e4", "w1", "u1", 30, "succeeded", b"log4"),
+                ("e3", "w1", "u1", 30, "succeeded", b"log3"),
+                ("e5", "w1", "u0", 40, "succeeded", b"log5"),
+                ("e6", "w1", "u1", 50, "running", None),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO executions (tenant_id, id, workflow_id, user_id,"
+                        " workflow_version, status, trigger_id, trigger_data, started_at, log)"
+                        " VALUES ('t1', :id, :w, :u, 1, :status, '', '', :started, :log)"
+                    ),
+                    {"id": id_, "w": workflow, "u": user, "status": status, "started": started}
+                    | {"log": log},
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO steps (tenant_id, execution_id, seq, connector_id, block_name,"
+                    " started_at, stopped_at, data, inputs)"
+                    " VALUES ('t1', 'e6', 1, 'c', 'b', 50, 51, '[]', '{}')"
+                )
+            )
+
+        migrate.upgrade(engine)
+
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT e.id, w.workflow_id, u.user_id, e.status, e.log FROM executions e"
+                    " JOIN workflow_numbers w ON w.number = e.workflow_number"
+                    " JOIN user_numbers u ON u.number = e.user_number"
+                    " WHERE w.workflow_id = 'w1' ORDER BY e.started_at DESC, e.seq DESC"
+                )
+            ).all()
+            steps = conn.execute(text("SELECT execution_id, seq FROM steps")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in rows] == [
+        ("e6", "w1", "u1", "running", None),
+        ("e5", "w1", "u0", "succeeded", b"log5"),
+        ("e4", "w1", "u1", "succeeded", b"log4"),  # its id sorts after e3's: as before
+        ("e3", "w1", "u1", "succeeded", b"log3"),
+        ("e1", "w1", "u1", "succeeded", b"log1"),
+    ]
+    assert [tuple(step) for step in steps] == [("e6", 1)]
+    assert differences(db)[0] == []

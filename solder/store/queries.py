@@ -25,6 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from solder.store import numbers
+from solder.store.numbers import user_number, workflow_number
 from solder.store.prepared import Prepared, Row, execute, fetch, fetch_one
 from solder.store.prepared import Reader as Reader  # re-exported: q.Reader
 from solder.store.schema import (
@@ -36,6 +38,7 @@ from solder.store.schema import (
     log_dictionaries,
     steps,
     tenants,
+    user_numbers,
     users,
     workflow_versions,
     workflows,
@@ -111,6 +114,7 @@ async def user_by_username(conn: Reader, tenant_id: str, username: str) -> Row |
 
 async def insert_user(conn: Conn, **values: Any) -> None:
     await conn.execute(insert(users).values(**values))
+    await numbers.draw_user(conn, values["tenant_id"], values["id"])
 
 
 async def list_users(
@@ -180,6 +184,7 @@ async def list_workflows(conn: Conn, tenant_id: str) -> Sequence[RowMapping]:
 
 async def insert_workflow(conn: Conn, **values: Any) -> None:
     await conn.execute(insert(workflows).values(**values))
+    await numbers.draw_workflow(conn, values["tenant_id"], values["id"])
 
 
 async def update_workflow(conn: Conn, tenant_id: str, workflow_id: str, **values: Any) -> None:
@@ -197,7 +202,7 @@ async def delete_workflow(conn: Conn, tenant_id: str, workflow_id: str) -> None:
         )
     await conn.execute(
         delete(executions).where(
-            executions.c.tenant_id == tenant_id, executions.c.workflow_id == workflow_id
+            executions.c.workflow_number == workflow_number(tenant_id, workflow_id)
         )
     )
     await conn.execute(
@@ -392,9 +397,9 @@ async def insert_step(conn: Reader, **values: Any) -> None:
 
 
 _EXECUTION = Prepared(
-    select(executions).where(
-        executions.c.tenant_id == bindparam("tenant_id"), executions.c.id == bindparam("id")
-    )
+    select(*numbers.COLUMNS)
+    .select_from(numbers.WITH_IDS)
+    .where(executions.c.tenant_id == bindparam("tenant_id"), executions.c.id == bindparam("id"))
 )
 
 
@@ -444,8 +449,19 @@ async def live_log(conn: Reader, tenant_id: str, execution_id: str) -> list[Row]
 
 
 _LOG_COLUMNS = (
+    executions.c.seq,
     executions.c.id,
-    executions.c.user_id,
+    # Only an unfinished execution's log is rendered from its row (a finished one's is
+    # stored whole): only its user is looked up.
+    case(
+        (
+            executions.c.log.is_(None),
+            select(user_numbers.c.user_id)
+            .where(user_numbers.c.number == executions.c.user_number)
+            .scalar_subquery(),
+        ),
+        else_=null(),
+    ).label("user_id"),
     executions.c.workflow_version,
     executions.c.status,
     executions.c.started_at,
@@ -464,7 +480,7 @@ async def page_of_logs(
     descending: bool,
     limit: int,
     offset: int = 0,
-    after: tuple[int, str] | None = None,
+    after: tuple[int, int] | None = None,
 ) -> list[Row]:
     """A page of logs, and who asks for it, in one statement (one round trip).
 
@@ -473,17 +489,17 @@ async def page_of_logs(
     and the user whose id or else username is `user_ref` (`asker_user_id`, null if none).
     Each also holds one execution of the page (`id` null when the page is empty, on its
     only row), newest (or oldest) first, past `offset` rows or `after` the (started_at,
-    id) where the previous page ended. No row at all: no active key has that hash.
+    seq) where the previous page ended. No row at all: no active key has that hash.
     """
     statement = _page_statement(descending, user_ref is not None, after is not None)
-    after_at, after_id = after if after is not None else (None, None)
+    after_at, after_seq = after if after is not None else (None, None)
     return await fetch(
         conn,
         statement,
         key_hash=key_hash,
         workflow=workflow_ref,
         **({} if user_ref is None else {"user": user_ref}),
-        **({} if after is None else {"after_at": after_at, "after_id": after_id}),
+        **({} if after is None else {"after_at": after_at, "after_seq": after_seq}),
         limit=limit,
         offset=offset,
     )
@@ -518,23 +534,27 @@ def _page_statement(descending: bool, by_user: bool, after: bool) -> Prepared:
         .where(api_keys.c.key_hash == bindparam("key_hash"), api_keys.c.revoked_at.is_(None))
         .cte("asker")
     )
+    asker_tenant = select(asker.c.asker_tenant_id).scalar_subquery()
     conditions = [
-        executions.c.tenant_id == select(asker.c.asker_tenant_id).scalar_subquery(),
-        executions.c.workflow_id == select(asker.c.asker_workflow_id).scalar_subquery(),
+        executions.c.workflow_number
+        == workflow_number(asker_tenant, select(asker.c.asker_workflow_id).scalar_subquery())
     ]
     if by_user:
-        conditions.append(executions.c.user_id == select(asker.c.asker_user_id).scalar_subquery())
-    position = tuple_(executions.c.started_at, executions.c.id)
+        conditions.append(
+            executions.c.user_number
+            == user_number(asker_tenant, select(asker.c.asker_user_id).scalar_subquery())
+        )
+    position = tuple_(executions.c.started_at, executions.c.seq)
     if after:
-        bound = tuple_(bindparam("after_at"), bindparam("after_id"))
+        bound = tuple_(bindparam("after_at"), bindparam("after_seq"))
         conditions.append(position < bound if descending else position > bound)
     order = (
-        (executions.c.started_at.desc(), executions.c.id.desc())
+        (executions.c.started_at.desc(), executions.c.seq.desc())
         if descending
-        else (executions.c.started_at.asc(), executions.c.id.asc())
+        else (executions.c.started_at.asc(), executions.c.seq.asc())
     )
     keys = (
-        select(executions.c.tenant_id, executions.c.id)
+        select(executions.c.seq)
         .where(*conditions)
         .order_by(*order)
         .limit(bindparam("limit"))
@@ -543,33 +563,31 @@ def _page_statement(descending: bool, by_user: bool, after: bool) -> Prepared:
     )
     page = (
         select(*_LOG_COLUMNS)
-        .join_from(
-            executions,
-            keys,
-            and_(executions.c.tenant_id == keys.c.tenant_id, executions.c.id == keys.c.id),
-        )
+        .join_from(executions, keys, executions.c.seq == keys.c.seq)
         .subquery("logs")
     )
     order = (
-        (page.c.started_at.desc(), page.c.id.desc())
+        (page.c.started_at.desc(), page.c.seq.desc())
         if descending
-        else (page.c.started_at.asc(), page.c.id.asc())
+        else (page.c.started_at.asc(), page.c.seq.asc())
     )
     return Prepared(
         select(asker, *page.c).select_from(asker.outerjoin(page, true())).order_by(*order)
     )
 
 
+def _of_workflow(tenant_id: str, workflow_id: str, user_id: str | None) -> list[Any]:
+    """A workflow's executions, of one user or of all: a range of a logs index."""
+    conditions = [executions.c.workflow_number == workflow_number(tenant_id, workflow_id)]
+    if user_id is not None:
+        conditions.append(executions.c.user_number == user_number(tenant_id, user_id))
+    return conditions
+
+
 async def failed_executions(
     conn: Conn, tenant_id: str, workflow_id: str, user_id: str | None, *, limit: int, offset: int
 ) -> Sequence[RowMapping]:
-    conditions = [
-        executions.c.tenant_id == tenant_id,
-        executions.c.workflow_id == workflow_id,
-        executions.c.status == "failed",
-    ]
-    if user_id is not None:
-        conditions.append(executions.c.user_id == user_id)
+    conditions = [*_of_workflow(tenant_id, workflow_id, user_id), executions.c.status == "failed"]
     result = await conn.execute(
         select(
             executions.c.id,
@@ -578,7 +596,7 @@ async def failed_executions(
             executions.c.stopped_at,
         )
         .where(*conditions)
-        .order_by(executions.c.started_at.desc(), executions.c.id.desc())
+        .order_by(executions.c.started_at.desc(), executions.c.seq.desc())
         .limit(limit)
         .offset(offset)
     )
@@ -588,9 +606,7 @@ async def failed_executions(
 async def execution_totals(
     conn: Conn, tenant_id: str, workflow_id: str, user_id: str | None
 ) -> RowMapping:
-    conditions = [executions.c.tenant_id == tenant_id, executions.c.workflow_id == workflow_id]
-    if user_id is not None:
-        conditions.append(executions.c.user_id == user_id)
+    conditions = _of_workflow(tenant_id, workflow_id, user_id)
     failed = func.coalesce(func.sum(case((executions.c.status == "failed", 1), else_=0)), 0)
     result = await conn.execute(
         select(
@@ -612,16 +628,15 @@ async def purge_idempotency_keys(conn: Conn, created_before: int) -> int:
 async def erase_user_logs(conn: Conn, tenant_id: str, user_id: str) -> None:
     await conn.execute(
         delete(executions).where(
-            executions.c.tenant_id == tenant_id, executions.c.user_id == user_id
+            numbers.of_tenant_workflows(tenant_id),
+            executions.c.user_number == user_number(tenant_id, user_id),
         )
     )
 
 
 async def any_execution(conn: Conn, tenant_id: str, workflow_id: str) -> bool:
     result = await conn.execute(
-        select(executions.c.id)
-        .where(executions.c.tenant_id == tenant_id, executions.c.workflow_id == workflow_id)
-        .limit(1)
+        select(executions.c.seq).where(*_of_workflow(tenant_id, workflow_id, None)).limit(1)
     )
     return result.first() is not None
 
@@ -750,9 +765,10 @@ _LOGS_INDEX_ORDER = (executions.c.started_at,)
 
 
 def _of_workflow_expired(cutoff: Any) -> list[Any]:
+    """The ended executions of the workflow of the query (`workflows`) past `cutoff`."""
     return [
-        executions.c.tenant_id == workflows.c.tenant_id,
-        executions.c.workflow_id == workflows.c.id,
+        executions.c.workflow_number
+        == workflow_number(workflows.c.tenant_id, workflows.c.id).correlate(workflows),
         executions.c.started_at < cutoff,
         executions.c.status.in_(_ENDED),
     ]
@@ -768,7 +784,7 @@ async def expired_workflows(conn: Conn, now: int, default_ms: int) -> Sequence[R
     # A scalar subquery, not EXISTS: PostgreSQL turns EXISTS into a semi-join that scans
     # every execution; this stays one index probe per workflow on both databases.
     oldest_expired = (
-        select(executions.c.id)
+        select(executions.c.seq)
         .where(*_of_workflow_expired(cutoff))
         .order_by(*_LOGS_INDEX_ORDER)
         .limit(1)
@@ -804,10 +820,9 @@ async def purge_workflow_executions(
     purge holds are skipped rather than waited for.
     """
     expired = (
-        select(executions.c.id)
+        select(executions.c.seq)
         .where(
-            executions.c.tenant_id == tenant_id,
-            executions.c.workflow_id == workflow_id,
+            *_of_workflow(tenant_id, workflow_id, None),
             executions.c.started_at < started_before,
             executions.c.status.in_(_ENDED),
         )
@@ -815,9 +830,7 @@ async def purge_workflow_executions(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    result = await conn.execute(
-        delete(executions).where(executions.c.tenant_id == tenant_id, executions.c.id.in_(expired))
-    )
+    result = await conn.execute(delete(executions).where(executions.c.seq.in_(expired)))
     return result.rowcount
 
 
@@ -972,25 +985,24 @@ async def logs_to_compact(
     conn: Conn,
     tenant_id: str,
     workflow_id: str,
-    after: tuple[int, str],
+    after: tuple[int, int],
     current_prefix: bytes,
     limit: int,
 ) -> Sequence[RowMapping]:
-    """A workflow's next stored logs after (`started_at`, `id`) `after`, oldest first,
+    """A workflow's next stored logs after (`started_at`, `seq`) `after`, oldest first,
     that are not yet compressed with the tenant's current dictionary (`current_prefix`).
 
     A range scan of `ix_executions_workflow_logs`, as a page of logs is.
     """
     result = await conn.execute(
-        select(executions.c.id, executions.c.started_at, executions.c.log)
+        select(executions.c.id, executions.c.seq, executions.c.started_at, executions.c.log)
         .where(
-            executions.c.tenant_id == tenant_id,
-            executions.c.workflow_id == workflow_id,
-            tuple_(executions.c.started_at, executions.c.id) > tuple_(*after),
+            *_of_workflow(tenant_id, workflow_id, None),
+            tuple_(executions.c.started_at, executions.c.seq) > tuple_(*after),
             executions.c.log.is_not(None),
             func.substr(executions.c.log, 1, len(current_prefix)) != current_prefix,
         )
-        .order_by(executions.c.started_at, executions.c.id)
+        .order_by(executions.c.started_at, executions.c.seq)
         .limit(limit)
     )
     return result.mappings().all()

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from solder.store import jobs
+from solder.store import jobs, numbers
 from solder.store.prepared import Prepared, Reader, Row, execute, fetch_one
 from solder.store.schema import executions, steps
 
@@ -44,8 +44,6 @@ def _one(tenant_id: str, execution_id: str) -> tuple[Any, ...]:
 _QUEUED = (
     "tenant_id",
     "id",
-    "workflow_id",
-    "user_id",
     "workflow_version",
     "status",
     "trigger_id",
@@ -54,11 +52,22 @@ _QUEUED = (
     "rerun_of",
     "job_id",
 )
-_INSERT_EXECUTION = Prepared(insert(executions).values({name: bindparam(name) for name in _QUEUED}))
+_INSERT_EXECUTION = Prepared(
+    insert(executions).values(
+        {
+            **{name: bindparam(name) for name in _QUEUED},
+            "workflow_number": numbers.workflow_number(
+                bindparam("tenant_id"), bindparam("workflow_id")
+            ),
+            "user_number": numbers.user_number(bindparam("tenant_id"), bindparam("user_id")),
+        }
+    )
+)
 
 
 async def insert_execution(conn: Reader, **values: Any) -> None:
-    """Record a queued execution, and on PostgreSQL its job, in the caller's transaction."""
+    """Record a queued execution (`tenant_id`, `id`, `workflow_id`, `user_id`, ...), and
+    on PostgreSQL its job, in the caller's transaction."""
     job_id = await jobs.defer(conn, values["tenant_id"], values["id"])
     await execute(conn, _INSERT_EXECUTION, **{"rerun_of": None, **values, "job_id": job_id})
 
@@ -133,14 +142,15 @@ async def take(
 
 
 _HOLDING = Prepared(
-    select(executions)
+    select(*numbers.COLUMNS)
+    .select_from(numbers.WITH_IDS)
     .where(
         executions.c.tenant_id == bindparam("tenant_id"),
         executions.c.id == bindparam("id"),
         executions.c.status == "running",
         executions.c.lease == bindparam("lease"),
     )
-    .with_for_update()
+    .with_for_update(of=executions)
 )
 
 

@@ -1,9 +1,11 @@
 """The schema: every table, as SQLAlchemy Core.
 
 Every table's primary key and the indexes API reads use lead with `tenant_id`, so that
-every query is scoped by tenant and the tables can later be distributed by tenant (Citus).
-The few cross-tenant indexes serve Solder's own sweeps: the dispatch queue and the
-forgetting of idempotency keys.
+every query is scoped by tenant, with one exception: `executions`, the one table that
+grows without bound, is keyed by integers (its `seq`, and the numbers of its workflow
+and user, each of which belongs to one tenant), so that its rows and index entries stay
+small (docs/decisions.md, "Integer keys for executions"). The few cross-tenant indexes
+serve Solder's own sweeps: the dispatch queue and the forgetting of idempotency keys.
 Timestamps are integer milliseconds since the epoch (UTC).
 """
 
@@ -14,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     ForeignKeyConstraint,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -131,16 +134,45 @@ installations = Table(
     ),
 )
 
+# Small integers that stand for a tenant's workflow and user ids in `executions` and its
+# indexes, where the 24-character ids would be repeated in every row and index entry
+# (bench/RESULTS.md, scenario 4). A number is drawn when its workflow or user is created,
+# and is neither deleted (but with its tenant) nor reused: a number always means the same
+# workflow or user, even to an execution recorded while its user was being deleted.
+workflow_numbers = Table(
+    "workflow_numbers",
+    metadata,
+    Column("number", Integer, Identity(), primary_key=True),
+    Column("tenant_id", String(24), nullable=False),
+    Column("workflow_id", String(24), nullable=False),
+    UniqueConstraint("tenant_id", "workflow_id"),
+    ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
+)
+
+user_numbers = Table(
+    "user_numbers",
+    metadata,
+    Column("number", Integer, Identity(), primary_key=True),
+    Column("tenant_id", String(24), nullable=False),
+    Column("user_id", String(24), nullable=False),
+    UniqueConstraint("tenant_id", "user_id"),
+    ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
+)
+
 # One row per execution. While it runs, its steps live in `steps`; when it ends, its
 # whole log is written here once as a pre-serialized JSON document (`log`) and the
 # steps are deleted, so reads of finished logs never rebuild JSON.
 executions = Table(
     "executions",
     metadata,
+    # The row's place in the table, in the order executions were recorded: the logs
+    # indexes' tie-breaker (and the cursor's), a few bytes where the public id takes 22.
+    # On SQLite it is the rowid itself (INTEGER PRIMARY KEY), so it costs nothing.
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True),
     Column("tenant_id", String(24), nullable=False),
     Column("id", String(21), nullable=False),
-    Column("workflow_id", String(24), nullable=False),
-    Column("user_id", String(24), nullable=False),
+    Column("workflow_number", Integer, nullable=False),
+    Column("user_number", Integer, nullable=False),
     Column("workflow_version", Integer, nullable=False),
     Column("status", String(16), nullable=False),
     Column("trigger_id", String(36), nullable=False),
@@ -163,9 +195,11 @@ executions = Table(
     Column("wake_at", BigInteger),
     Column("wait_started_at", BigInteger),
     Column("log", LargeBinary),
-    PrimaryKeyConstraint("tenant_id", "id"),
-    Index("ix_executions_user_logs", "tenant_id", "workflow_id", "user_id", "started_at", "id"),
-    Index("ix_executions_workflow_logs", "tenant_id", "workflow_id", "started_at", "id"),
+    UniqueConstraint("tenant_id", "id"),
+    # The logs pages: a workflow's executions of one user, and of all its users. A
+    # workflow number belongs to one tenant, so the tenant need not lead.
+    Index("ix_executions_user_logs", "workflow_number", "user_number", "started_at", "seq"),
+    Index("ix_executions_workflow_logs", "workflow_number", "started_at", "seq"),
     # The dispatch queue: only unfinished executions are in this index.
     Index(
         "ix_executions_pending",
