@@ -280,7 +280,11 @@ _FINISH = Prepared(
         executions.c.status == "running",
     )
     .values(
+        # Only an unfinished execution needs who runs it, since when, and its job; a
+        # finished row keeps none of them (bench/storage.py writes rows so).
         lease=None,
+        claimed_at=None,
+        job_id=None,
         # The log holds the trigger (its first result): the row need not keep it twice.
         # A rerun reads it from the log (executions.rerun).
         trigger_id="",

@@ -134,30 +134,26 @@ installations = Table(
     ),
 )
 
+
 # Small integers that stand for a tenant's workflow and user ids in `executions` and its
 # indexes, where the 24-character ids would be repeated in every row and index entry
 # (bench/RESULTS.md, scenario 4). A number is drawn when its workflow or user is created,
 # and is neither deleted (but with its tenant) nor reused: a number always means the same
 # workflow or user, even to an execution recorded while its user was being deleted.
-workflow_numbers = Table(
-    "workflow_numbers",
-    metadata,
-    Column("number", Integer, Identity(), primary_key=True),
-    Column("tenant_id", String(24), nullable=False),
-    Column("workflow_id", String(24), nullable=False),
-    UniqueConstraint("tenant_id", "workflow_id"),
-    ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
-)
+def _numbers(name: str, id_column: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("number", Integer, Identity(), primary_key=True),
+        Column("tenant_id", String(24), nullable=False),
+        Column(id_column, String(24), nullable=False),
+        UniqueConstraint("tenant_id", id_column),
+        ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
+    )
 
-user_numbers = Table(
-    "user_numbers",
-    metadata,
-    Column("number", Integer, Identity(), primary_key=True),
-    Column("tenant_id", String(24), nullable=False),
-    Column("user_id", String(24), nullable=False),
-    UniqueConstraint("tenant_id", "user_id"),
-    ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
-)
+
+workflow_numbers = _numbers("workflow_numbers", "workflow_id")
+user_numbers = _numbers("user_numbers", "user_id")
 
 # One row per execution. While it runs, its steps live in `steps`; when it ends, its
 # whole log is written here once as a pre-serialized JSON document (`log`) and the
