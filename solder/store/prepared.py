@@ -279,21 +279,28 @@ class InlineWriter:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         sqlite_pragmas(conn, synchronous=self._synchronous, busy_timeout_ms=0)
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        # When the WAL starts over, its file is cut back to this size.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._conn = conn
         return conn
 
-    def checkpoint(self) -> None:
-        """Copy the WAL's committed pages into the database file (in a thread: it syncs)."""
+    def checkpoint(self, mode: str = "PASSIVE") -> bool:
+        """Copy the WAL's committed pages into the database file (in a thread: it syncs);
+        whether every page was copied. `RESTART` also waits (up to a second) for readers
+        of the old pages, so that the next write starts the WAL over."""
         with sqlite3.connect(self._path, isolation_level=None) as conn:
             conn.execute("PRAGMA busy_timeout=1000")
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            busy, pages, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         conn.close()
+        return bool(busy == 0 and pages == copied)
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
+
+WAL_SIZE_LIMIT = 64 * 2**20
 
 APPLICATION_NAME = "solder-reads"
 

@@ -200,11 +200,7 @@ async def delete_workflow(conn: Conn, tenant_id: str, workflow_id: str) -> None:
         await conn.execute(
             delete(table).where(table.c.tenant_id == tenant_id, table.c.workflow_id == workflow_id)
         )
-    await conn.execute(
-        delete(executions).where(
-            executions.c.workflow_number == workflow_number(tenant_id, workflow_id)
-        )
-    )
+    await conn.execute(delete(executions).where(*_of_workflow(tenant_id, workflow_id, None)))
     await conn.execute(
         delete(workflows).where(workflows.c.tenant_id == tenant_id, workflows.c.id == workflow_id)
     )
