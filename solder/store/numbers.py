@@ -14,25 +14,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from solder.store.schema import executions, user_numbers, workflow_numbers
 
 
-def workflow_number(tenant_id: Any, workflow_id: Any) -> Any:
-    """The number of a tenant's workflow, as a scalar subquery (null if it has none)."""
+def _number(table: Any, id_column: Any, tenant_id: Any, id_: Any) -> Any:
+    """The number of a tenant's row of `table`, as a scalar subquery (null if none)."""
     return (
-        select(workflow_numbers.c.number)
-        .where(
-            workflow_numbers.c.tenant_id == tenant_id,
-            workflow_numbers.c.workflow_id == workflow_id,
-        )
+        select(table.c.number)
+        .where(table.c.tenant_id == tenant_id, id_column == id_)
         .scalar_subquery()
     )
+
+
+def workflow_number(tenant_id: Any, workflow_id: Any) -> Any:
+    return _number(workflow_numbers, workflow_numbers.c.workflow_id, tenant_id, workflow_id)
 
 
 def user_number(tenant_id: Any, user_id: Any) -> Any:
-    """The number of a tenant's user, as a scalar subquery (null if it has none)."""
-    return (
-        select(user_numbers.c.number)
-        .where(user_numbers.c.tenant_id == tenant_id, user_numbers.c.user_id == user_id)
-        .scalar_subquery()
-    )
+    return _number(user_numbers, user_numbers.c.user_id, tenant_id, user_id)
 
 
 def _draw(table: Any, id_column: Any) -> Any:
