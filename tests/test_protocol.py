@@ -129,9 +129,14 @@ def test_every_response_carries_the_version_header(server: Server, api: Api) -> 
         api.get(f"/2023-01/users/{user_id}"),
         api.get("/1999-01/users"),
         api.post("/users", content=b"{not json", headers={"content-type": "application/json"}),
+        # The logs are answered before FastAPI's routing (api/logs.py): the same protocol.
+        api.get(f"/workflows/{MISSING_ID}/logs"),
+        api.get(f"/workflows/{MISSING_ID}/logs", params={"limit": 0}),
+        api.get(f"/2024-03/workflows/{MISSING_ID}/logs"),
+        api.get(f"/workflows/{MISSING_ID}/logs", headers={"x-api-version": "1999-01"}),
     ]
     assert [r.status_code for r in responses] == [
-        200, 401, 200, 200, 200, 409, 404, 405, 400, 200, 400, 400
+        200, 401, 200, 200, 200, 409, 404, 405, 400, 200, 400, 400, 404, 400, 404, 400
     ]  # fmt: skip
     for response in responses:
         assert response.headers.get("x-api-version") == VERSION, response.request.url
@@ -188,7 +193,8 @@ def test_unknown_route_is_404_in_shape(api: Api, path: str) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [("DELETE", "/users"), ("PATCH", "/users/ada"), ("POST", "/workflows/activate"),
-     ("GET", "/run/workflow"), ("PUT", "/health")],
+     ("GET", "/run/workflow"), ("PUT", "/health"), ("POST", "/workflows/abc/logs"),
+     ("DELETE", "/workflows/abc/logs")],
 )  # fmt: skip
 def test_wrong_method_is_405_in_shape(api: Api, method: str, path: str) -> None:
     assert_error(api.request(method, path), 405)

@@ -50,5 +50,7 @@ def create_app(
         app.include_router(module.router)
     if dev:
         app.include_router(demo.router)
+    # The last added is the outermost: the protocol's checks come before the shortcut.
+    app.add_middleware(logs.LogsShortcut)
     app.add_middleware(ProtocolMiddleware, max_body_bytes=solder.settings.max_body_bytes)
     return app
