@@ -53,6 +53,8 @@ WARM_UP_SECONDS = 3.0
 TARGET_RATE = 1_000.0  # completed executions/s
 LATENCY_LOAD = 0.7
 MAX_P99_MS = 100.0
+# The open loop's p99 is also taken per window of this many seconds, to place a tail in time.
+TAIL_WINDOW_SECONDS = 10.0
 MAX_RSS_MB = 150.0
 SETTLE_SECONDS = 10.0
 GROWTH_TOLERANCE_MB = 5.0  # what counts as "no growth" over a run
@@ -108,6 +110,8 @@ class Latency:
     p99: float
     client_cores: float
     late: int  # requests sent more than 10 ms after their scheduled time
+    # The slowest windows of TAIL_WINDOW_SECONDS: (start in seconds into the load, p99 ms).
+    slowest: list[tuple[float, float]]
 
 
 @dataclass
@@ -193,11 +197,21 @@ class Bench:
             )
         )
         latencies = []
+        by_window: dict[int, list[float]] = {}
         for scheduled, _sent, _answered, _status, execution in result["records"]:
             if execution not in stopped:
                 raise BenchError(f"execution {execution} was accepted but is not recorded")
             latencies.append(stopped[execution] - scheduled)
+            at = int((scheduled - result["started"]) / 1000 // TAIL_WINDOW_SECONDS)
+            by_window.setdefault(at, []).append(latencies[-1])
         late = sum(1 for record in result["records"] if record[1] - record[0] > 10)
+        tails = sorted(
+            (
+                (at * TAIL_WINDOW_SECONDS, percentile(values, 0.99))
+                for at, values in by_window.items()
+            ),
+            key=lambda window: -window[1],
+        )
         return Latency(
             len(latencies) / window.seconds,
             len(latencies),
@@ -205,6 +219,7 @@ class Bench:
             percentile(latencies, 0.99),
             window.client_cores,
             late,
+            tails[:3],
         )
 
 
@@ -281,7 +296,12 @@ def figures(measured: Measured, ceiling: float | None) -> list[Row]:
             f"p50 {median(lat.p50 for lat in latencies):,.0f} ms; "
             f"{median(lat.executions for lat in latencies):,.0f} executions a run, "
             f"{median(lat.late for lat in latencies):,.0f} sent > 10 ms late; "
-            f"load generator {median(lat.client_cores for lat in latencies):.2f} cores",
+            f"load generator {median(lat.client_cores for lat in latencies):.2f} cores; "
+            f"slowest {TAIL_WINDOW_SECONDS:g} s windows (start: p99): "
+            + "; ".join(
+                ", ".join(f"{at:.0f} s: {tail:,.0f} ms" for at, tail in lat.slowest)
+                for lat in latencies
+            ),
             f"p99 ≤ {MAX_P99_MS:g} ms at 700/s",
             meets(p99 <= MAX_P99_MS, MAX_P99_MS / p99)
             + ("" if rate >= TARGET_RATE else " (at a lower rate)"),

@@ -5,8 +5,9 @@ so (with `MEMTRACE_ARG` set, only those with that word among their arguments, su
 `serve`) writes, every `MEMTRACE_SECONDS` (60 by default), one line of figures to
 `<dir>/<pid>.txt`: its RSS, the bytes malloc holds in use and free (glibc's mallinfo2,
 which counts SQLite's and zstd's allocations too), the blocks Python's allocator holds,
-the objects the garbage collector tracks, and the types whose count changed most since
-the first line. With `MEMTRACE_FRAMES` set it also traces Python's allocations with
+the objects the garbage collector tracks, its collections in that minute (count and
+longest pause, by generation), and the types whose count changed most since the first
+line. With `MEMTRACE_FRAMES` set it also traces Python's allocations with
 `tracemalloc` (that many frames; slow: not for figures) and dumps a snapshot each time,
 for `compare.py`.
 
@@ -59,6 +60,27 @@ def _rss() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+_gc_started = 0.0
+
+
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+    else:
+        _pauses[info["generation"]].append(time.perf_counter() - _gc_started)
+
+
+def _gc_figures() -> str:
+    figures = []
+    for generation, pauses in _pauses.items():
+        longest = max(pauses, default=0.0) * 1000
+        figures.append(f"gen{generation} {len(pauses)}x max {longest:.1f} ms")
+        pauses.clear()
+    return ", ".join(figures)
+
+
 def _types() -> collections.Counter[str]:
     return collections.Counter(type(o).__name__ for o in gc.get_objects())
 
@@ -76,7 +98,7 @@ def _watch(directory: str, frames: int) -> None:
         line = (
             f"{n:3d} rss {_rss():6.1f} MB  malloc used {used:6.1f} mmapped {mapped:6.1f} "
             f"free {free:6.1f} MB  python blocks {sys.getallocatedblocks():9d}  "
-            f"gc objects {sum(types.values()):8d}  grown {grown}"
+            f"gc objects {sum(types.values()):8d}  collections {_gc_figures()}  grown {grown}"
         )
         with open(path, "a") as out:
             print(line, file=out)
@@ -89,4 +111,5 @@ if _DIR and os.environ.get("MEMTRACE_ARG", "") in ("", *sys.argv):
     _frames = int(os.environ.get("MEMTRACE_FRAMES", "0"))
     if _frames:
         tracemalloc.start(_frames)
+    gc.callbacks.append(_on_gc)
     threading.Thread(target=_watch, args=(_DIR, _frames), name="memtrace", daemon=True).start()
