@@ -131,7 +131,7 @@ def _freeze_what_startup_built() -> None:
     """Leave the objects startup built (modules, the app, its routes and models: some
     170,000) out of every later garbage collection: they live as long as the process.
 
-    Each full collection walked them all, 115 to 130 ms with the event loop stopped, six
+    Each full collection walked them all, 104 to 155 ms with the event loop stopped, six
     to eight times a minute under a steady load of runs (bench/memtrace); the objects
     created from here on are still collected. Once a process: one that starts several
     apps (the tests) freezes what the first one built.

@@ -189,20 +189,22 @@ class Compaction:
     async def _train(self, tenant_id: str, rows: list[dict[str, Any]], *, keep: bool) -> bool:
         """Train a candidate on a sample of the tenant's logs; store it if it pays (or if
         `keep`). Whether it was stored."""
+        async with self.db.read() as conn:
+            if await q.count_executions(conn, tenant_id, self.min_logs) < self.min_logs:
+                return False
         try:
             return await self._train_on_sample(tenant_id, rows, keep=keep)
         finally:
             # The sample, its decompressed logs and zstd's training tables (some 10 MB)
-            # are freed now, but the C heap would keep their pages: the server's RSS
-            # stepped up by 12 MB at the first sweep and stayed there (bench/RESULTS.md).
+            # are freed now, but the C heap would keep their pages: without this the
+            # server's RSS stepped up 12.5 MB at the first sweep for good, 6.8 MB with
+            # it (bench/RESULTS.md, scenario 6).
             await asyncio.to_thread(give_back_freed_memory)
 
     async def _train_on_sample(
         self, tenant_id: str, rows: list[dict[str, Any]], *, keep: bool
     ) -> bool:
         async with self.db.read() as conn:
-            if await q.count_executions(conn, tenant_id, self.min_logs) < self.min_logs:
-                return False
             stored = await q.sample_logs(conn, tenant_id, execution_id(), self.sample_logs)
         known = _usable(tenant_id, rows)
         documents = await asyncio.to_thread(_documents, stored, known)
