@@ -65,8 +65,14 @@ def test_on_a_saturated_server_a_run_waits_while_the_queue_is_long(tmp_path: Pat
     asyncio.run(scenario())
 
 
-def test_with_time_to_spare_a_burst_is_queued_at_once(tmp_path: Path) -> None:
+def test_with_time_to_spare_a_burst_is_queued_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Workers waiting on a slow API leave the loop idle: runs are not held back then."""
+    # An idle loop's probe can still wake a millisecond late on a shared machine running
+    # other tests (it failed once so in CI, at the production mark of 1 ms): the mark
+    # is raised above that noise, and far below the saturated tests' 20 ms slices.
+    monkeypatch.setattr(dispatch, "_BUSY_LAG_SECONDS", 0.005)
 
     async def scenario() -> None:
         async with dispatcher_of(tmp_path, workers=1) as dispatcher:
