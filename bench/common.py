@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,9 +255,16 @@ def postgres_database(admin_url: str, name: str, template: str = "") -> Iterator
 
 @contextlib.contextmanager
 def solder_stack(
-    backend: str, postgres_url: str | None, workdir: Path, *, workers: int, upstream: bool = False
+    backend: str,
+    postgres_url: str | None,
+    workdir: Path,
+    *,
+    workers: int,
+    upstream: bool = False,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Solder as in production on `backend` (SQLite or PostgreSQL), in `workdir`."""
+    """Solder as in production on `backend` (SQLite or PostgreSQL), in `workdir`, with
+    `settings` (`SOLDER_*` variables) changed."""
     with contextlib.ExitStack() as cleanup:
         if backend == "SQLite":
             url = f"sqlite:///{workdir / 'solder.db'}"
@@ -273,6 +280,7 @@ def solder_stack(
             SOLDER_HTTP_ALLOW_PRIVATE_NETWORKS="true",  # the upstream is on loopback
             PYTHONUNBUFFERED="1",
         )
+        env.update(settings or {})
         key = solder_cli(env, "keys", "create", "--tenant", BENCH_TENANT).strip().splitlines()[-1]
         processes: list[Process] = []
 

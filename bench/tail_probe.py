@@ -13,26 +13,16 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from common import solder_stack
 from runs import Bench
-from scale_out import Process
 
 rate, seconds = float(sys.argv[1]), float(sys.argv[2])
 settings = dict(arg.split("=", 1) for arg in sys.argv[3:])
-start = Process.start
-
-
-def with_settings(name: str, args: list[str], env: dict[str, str], log: Path) -> Any:
-    return start(name, args, {**env, **settings} if name == "serve" else env, log)
-
-
-Process.start = with_settings  # type: ignore[method-assign]
 
 with (
     tempfile.TemporaryDirectory(prefix="solder-tail-") as tmp,
-    solder_stack("SQLite", None, Path(tmp), workers=0, upstream=True) as stack,
+    solder_stack("SQLite", None, Path(tmp), workers=0, upstream=True, settings=settings) as stack,
 ):
     latency = Bench(stack, Path(tmp)).open(rate, seconds)
     print(

@@ -192,20 +192,20 @@ class Compaction:
         async with self.db.read() as conn:
             if await q.count_executions(conn, tenant_id, self.min_logs) < self.min_logs:
                 return False
+            stored = await q.sample_logs(conn, tenant_id, execution_id(), self.sample_logs)
         try:
-            return await self._train_on_sample(tenant_id, rows, keep=keep)
+            return await self._train_on_sample(tenant_id, rows, stored, keep=keep)
         finally:
             # The sample, its decompressed logs and zstd's training tables (some 10 MB)
             # are freed now, but the C heap would keep their pages: without this the
             # server's RSS stepped up 12.5 MB at the first sweep for good, 6.8 MB with
             # it (bench/RESULTS.md, scenario 6).
+            stored.clear()
             await asyncio.to_thread(give_back_freed_memory)
 
     async def _train_on_sample(
-        self, tenant_id: str, rows: list[dict[str, Any]], *, keep: bool
+        self, tenant_id: str, rows: list[dict[str, Any]], stored: list[bytes], *, keep: bool
     ) -> bool:
-        async with self.db.read() as conn:
-            stored = await q.sample_logs(conn, tenant_id, execution_id(), self.sample_logs)
         known = _usable(tenant_id, rows)
         documents = await asyncio.to_thread(_documents, stored, known)
         if len(documents) < self.min_logs:
