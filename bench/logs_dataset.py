@@ -9,7 +9,7 @@ execution (`logs.render`), with its own id, user, timestamps and item ids (the e
 draws a random id for every item), stored as the engine stores it (`codec.pack`).
 
 The store is as a server's is once its compaction sweep has run (solder/compaction.py):
-the tenant's log dictionary trained on a sample of its logs (`compaction.train`, stored
+the tenant's log dictionary trained on a sample of its logs (`training.train`, stored
 with `queries.insert_dictionary`), every log written with it (`dictionary=False`: as
 before any dictionary, with the skeleton). The row's trigger is empty, as the engine's
 end of an execution leaves it (the log holds it).
@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from solder import compaction, keys, logs
+from solder import compaction, keys, logs, training
 from solder.ids import now_ms
 from solder.store import codec
 from solder.store import queries as q
@@ -290,7 +290,7 @@ def prepare(url: str, dataset: Dataset, dictionary: bool) -> tuple[str, codec.Di
     tenant_id = asyncio.run(bench_tenant(url)).id
     if not dictionary:
         return tenant_id, None
-    content, _, _ = compaction.train(sample_logs(dataset), None)
+    content, _, _ = training.train(sample_logs(dataset), None)
     asyncio.run(store_dictionary(url, tenant_id, content))
     return tenant_id, codec.Dictionary(tenant_id, 1, content)
 

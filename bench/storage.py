@@ -46,6 +46,7 @@ from logs_read import sqlite_dataset as cached_logs_store
 
 from solder import compaction
 from solder.store import codec
+from solder.training import train
 
 TARGET = 400  # bytes per execution, the issue's
 N8N = "n8n about 3,600 B"  # the reference
@@ -201,13 +202,13 @@ def scope(seed: int = 4) -> list[Scope]:
         training = {w: logs(w, per) for w in range(workflows)}
         held_out = {w: logs(w, max(10, 1_000 // workflows)) for w in range(workflows)}
         sample = [log for w in range(workflows) for log in training[w]]
-        tenant, _, _ = compaction.train(
+        tenant, _, _ = train(
             random.Random(seed).sample(sample, min(len(sample), compaction.SAMPLE_LOGS)), None
         )
         by_tenant = codec.Dictionary("tenant", 1, tenant)
         sizes_tenant, sizes_workflow = [], []
         for w in range(workflows):
-            own = codec.Dictionary("tenant", 1, compaction.train(training[w], None)[0])
+            own = codec.Dictionary("tenant", 1, train(training[w], None)[0])
             sizes_tenant += [len(codec.pack(log, by_tenant)) for log in held_out[w]]
             sizes_workflow += [len(codec.pack(log, own)) for log in held_out[w]]
         results.append(

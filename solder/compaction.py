@@ -27,17 +27,16 @@ import contextlib
 import ctypes
 import functools
 import logging
-import random
-import statistics
+import pickle
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import zstandard
-
-from solder import dictionaries
-from solder.errors import LogUnreadable, Unavailable
+from solder import dictionaries, training
+from solder.errors import Unavailable
 from solder.ids import execution_id, now_ms
 from solder.settings import Settings
 from solder.store import codec
@@ -48,11 +47,9 @@ from solder.store.prepared import INTEGRITY_ERRORS
 
 log = logging.getLogger("solder.compaction")
 
-DICTIONARY_BYTES = 16_384
 MIN_LOGS = 1_000
 SAMPLE_LOGS = 4_000
-HELD_OUT = 8  # one sample log in HELD_OUT judges the dictionary instead of training it
-CANDIDATES = 4  # dictionaries trained each time, the best on the held-out logs kept
+SAMPLE_CHUNK = 250
 BETTER = 0.9  # a new dictionary must store the held-out logs in 90 % of the size or less
 RETRAIN_MS = 7 * 86_400_000
 RECHECK_MS = 86_400_000
@@ -64,6 +61,7 @@ BATCH = 500
 _SWEEP_LOCK = 0x736F6C646572 + 1
 
 OnBatch = Callable[[int], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -99,6 +97,9 @@ class Compaction:
         self.switch_seconds = switch_seconds
         """By hand: how long until no process writes with an older dictionary."""
         self._task: asyncio.Task[None] | None = None
+        # Recompressing runs on this one thread: the zstd contexts it makes (each thread
+        # keeps its own: codec.py) are made once, not in each of asyncio's executor threads.
+        self._thread: ThreadPoolExecutor | None = None
         # Tenants whose first dictionary did not pay, and when: not tried again for a week.
         self._declined: dict[str, int] = {}
 
@@ -110,6 +111,13 @@ class Compaction:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._thread is not None:
+            self._thread.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="solder-compaction")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
     async def sweep(
         self,
@@ -192,32 +200,26 @@ class Compaction:
         async with self.db.read() as conn:
             if await q.count_executions(conn, tenant_id, self.min_logs) < self.min_logs:
                 return False
-            stored = await q.sample_logs(conn, tenant_id, execution_id(), self.sample_logs)
+        request = training.Request(
+            dictionaries={row["id"]: bytes(row["content"]) for row in rows},
+            current=rows[-1]["id"] if rows else None,
+        )
         try:
-            return await self._train_on_sample(tenant_id, rows, stored, keep=keep)
+            result = await train_apart(request, self._sample(tenant_id))
         finally:
-            # The sample, its decompressed logs and zstd's training tables (some 10 MB)
-            # are freed now, but the C heap would keep their pages: without this the
-            # server's RSS stepped up 12.5 MB at the first sweep for good, 6.8 MB with
-            # it (bench/RESULTS.md, scenario 6).
-            stored.clear()
-            await asyncio.to_thread(give_back_freed_memory)
-
-    async def _train_on_sample(
-        self, tenant_id: str, rows: list[dict[str, Any]], stored: list[bytes], *, keep: bool
-    ) -> bool:
-        known = _usable(tenant_id, rows)
-        documents = await asyncio.to_thread(_documents, stored, known)
-        if len(documents) < self.min_logs:
+            # The sample's pages passed through this process's heap: give back those
+            # freed whole (bench/RESULTS.md, scenario 6).
+            await self._in_thread(give_back_freed_memory)
+        if result.readable < self.min_logs:
             return False
-        current = known[rows[-1]["id"]] if rows else None
-        try:
-            content, before, after = await asyncio.to_thread(train, documents, current)
-        except zstandard.ZstdError as exc:
-            log.warning("no log dictionary could be trained for tenant %s: %s", tenant_id, exc)
+        if isinstance(result, training.Untrainable):
+            log.warning(
+                "no log dictionary could be trained for tenant %s: %s", tenant_id, result.reason
+            )
             self._declined[tenant_id] = now_ms()
             return False
-        trained_on = len(documents) - len(documents[::HELD_OUT])
+        content, before, after = result.content, result.before, result.after
+        trained_on = result.trained_on
         if not keep and after > before * BETTER:
             log.info(
                 "tenant %s: a new log dictionary would store logs in %.0f bytes instead of "
@@ -249,6 +251,24 @@ class Compaction:
         )
         return True
 
+    async def _sample(self, tenant_id: str) -> AsyncIterator[list[bytes]]:
+        """`sample_logs` of the tenant's stored logs from a random execution id on (then
+        from the first id, if it runs out), `SAMPLE_CHUNK` at a time: the sample goes to
+        the training process without this one ever holding all of it (the C heap would
+        keep the pages it took: bench/RESULTS.md, scenario 6)."""
+        start, left = execution_id(), self.sample_logs
+        for low, high in ((start, None), ("", start)):
+            while left > 0:
+                async with self.db.read() as conn:
+                    chunk = await q.sample_logs(
+                        conn, tenant_id, min(left, SAMPLE_CHUNK), low=low, high=high
+                    )
+                if not chunk:
+                    break
+                left -= len(chunk)
+                low = chunk[-1][0]
+                yield [stored for _, stored in chunk]
+
     async def _compact(
         self,
         tenant_id: str,
@@ -261,6 +281,23 @@ class Compaction:
         """Recompress every stored log of the tenant that is not on its newest dictionary."""
         known = _usable(tenant_id, rows)
         current = known[rows[-1]["id"]]
+        try:
+            await self._compact_with(tenant_id, known, current, swept, paced, on_batch)
+        finally:
+            # Their zstd contexts in the compaction thread, and the heap pages they took.
+            for dictionary in known.values():
+                dictionary.release()
+            await self._in_thread(give_back_freed_memory)
+
+    async def _compact_with(
+        self,
+        tenant_id: str,
+        known: Mapping[int, Dictionary],
+        current: Dictionary,
+        swept: Swept,
+        paced: bool,
+        on_batch: OnBatch | None,
+    ) -> None:
         async with self.db.read() as conn:
             workflow_ids = await q.tenant_workflow_ids(conn, tenant_id)
         for workflow_id in workflow_ids:
@@ -274,7 +311,7 @@ class Compaction:
                 if not batch:
                     break
                 after = (batch[-1]["started_at"], batch[-1]["seq"])
-                rewritten, unreadable = await asyncio.to_thread(_recompress, batch, known, current)
+                rewritten, unreadable = await self._in_thread(_recompress, batch, known, current)
                 async with self.db.write() as conn:
                     await q.rewrite_logs(conn, tenant_id, rewritten)
                 swept.recompressed += len(rewritten)
@@ -337,22 +374,66 @@ class Compaction:
             await asyncio.sleep(self.settings.compaction_sweep_seconds)
 
 
+class TrainingFailed(Exception):
+    """The training child ended without an answer."""
+
+
+async def train_apart(
+    request: training.Request, sample: AsyncIterable[Sequence[bytes]]
+) -> training.Trained | training.Untrainable:
+    """`training.handle` in a child process (solder/training.py says why), on the stored
+    logs `sample` yields, sent to it as they come."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-P",  # not the working directory's modules: this Solder's
+        "-m",
+        "solder.training",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    assert child.stderr is not None
+    answer = asyncio.ensure_future(child.stdout.read())
+    complaint = asyncio.ensure_future(child.stderr.read())
+    try:
+        try:
+            await _send(child.stdin, request)
+            async for logs in sample:
+                await _send(child.stdin, list(logs))
+            await _send(child.stdin, None)  # the end of the sample
+            child.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the child ended early: its status and message say why
+        out, err = await answer, await complaint
+        await child.wait()
+    except BaseException:  # cancelled (the server stops): the child goes too
+        answer.cancel()
+        complaint.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        await child.wait()
+        raise
+    if child.returncode != 0:
+        raise TrainingFailed(
+            f"the training process exited with status {child.returncode}: "
+            + (err.decode(errors="replace").strip()[-2000:] or "no message")
+        )
+    result = pickle.loads(out)  # noqa: S301 (the answer of our own child process)
+    if not isinstance(result, training.Trained | training.Untrainable):
+        raise TrainingFailed(f"the training process answered a {type(result).__name__}")
+    return result
+
+
+async def _send(pipe: asyncio.StreamWriter, message: object) -> None:
+    pipe.write(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+    await pipe.drain()
+
+
 def _usable(tenant_id: str, rows: Sequence[Mapping[str, Any]]) -> dict[int, Dictionary]:
     """The tenant's dictionaries, by id."""
     return {row["id"]: Dictionary(tenant_id, row["id"], bytes(row["content"])) for row in rows}
-
-
-def _documents(stored: Sequence[bytes], known: Mapping[int, Dictionary]) -> list[bytes]:
-    """The stored logs that can be read, as JSON documents."""
-    return [doc for doc in (_readable(log, known) for log in stored) if doc is not None]
-
-
-def _readable(stored: bytes, known: Mapping[int, Dictionary]) -> bytes | None:
-    needed = codec.dictionary_id(stored)
-    try:
-        return codec.unpack(stored, None if needed is None else known.get(needed))
-    except (LogUnreadable, zstandard.ZstdError):
-        return None
 
 
 @functools.cache
@@ -368,31 +449,6 @@ def give_back_freed_memory() -> None:
         trim(0)
 
 
-def train(documents: Sequence[bytes], current: Dictionary | None) -> tuple[bytes, float, float]:
-    """A dictionary trained on most of `documents` (log documents of one tenant); the
-    mean size of the others stored with `current` (None: the skeleton), then with it.
-
-    zstd's trainer gives dictionaries a few bytes a log apart from one order of the same
-    samples to another (107 to 113 bytes a seed-shaped log): `CANDIDATES` are trained,
-    on the samples in as many orders, and the one that stores the held-out logs smallest
-    is kept (bench/RESULTS.md, scenario 4).
-    """
-    held_out = documents[::HELD_OUT]
-    training = [doc for n, doc in enumerate(documents) if n % HELD_OUT]
-    best: tuple[float, bytes] | None = None
-    for order in range(CANDIDATES):
-        if order:
-            random.Random(order).shuffle(training)
-        content = codec.train(training, DICTIONARY_BYTES)
-        candidate = Dictionary("", 1, content)
-        size = statistics.mean(len(codec.pack(doc, candidate)) for doc in held_out)
-        if best is None or size < best[0]:
-            best = (size, content)
-    assert best is not None
-    before = statistics.mean(len(codec.pack(doc, current)) for doc in held_out)
-    return best[1], before, best[0]
-
-
 def _recompress(
     batch: Sequence[Mapping[Any, Any]], known: Mapping[int, Dictionary], current: Dictionary
 ) -> tuple[list[tuple[str, bytes]], int]:
@@ -400,7 +456,7 @@ def _recompress(
     how many could not be read."""
     rewritten, unreadable = [], 0
     for row in batch:
-        document = _readable(row["log"], known)
+        document = training.readable(row["log"], known)
         if document is None:
             unreadable += 1
             log.error("the stored log of execution %s cannot be read: left as it is", row["id"])

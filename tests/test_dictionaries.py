@@ -4,16 +4,20 @@ as before, one tenant's never used for another's, never deleted while a log need
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import zstandard
 from sqlalchemy import delete
 
-from solder.compaction import Compaction, Swept
+from solder import training
+from solder.compaction import Compaction, Swept, TrainingFailed, train_apart
 from solder.settings import Settings
 from solder.store import codec
 from solder.store.database import Database
@@ -370,3 +374,78 @@ def test_the_cli_trains_and_recompresses_now(server: Server, api: Api, tmp_path:
     refused = solder("compact", "--tenant", "nobody", env=env)
     assert refused.returncode == 1
     assert "no tenant named 'nobody'" in refused.stderr
+
+
+def test_a_training_process_that_fails_leaves_the_logs_as_they_were(
+    server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = server.settings.data_dir
+    workflow_id, _ = run_many(api, "acme", MIN_LOGS)
+    before, old = pages(api, workflow_id), stored(data_dir)
+    # The fault: the child cannot start Solder's training (a Python without it).
+    monkeypatch.setattr(sys, "executable", str(Path(sys.base_prefix) / "bin" / "python3"))
+
+    with pytest.raises(TrainingFailed, match=r"exited with status 1: .*No module named 'solder'"):
+        compact(server.settings, by_hand=True)
+
+    assert dictionaries(data_dir) == {}
+    assert stored(data_dir) == old
+    assert pages(api, workflow_id) == before
+    monkeypatch.undo()
+    assert compact(server.settings, by_hand=True).trained == 1, "the next sweep trains"
+
+
+def documents(count: int) -> list[bytes]:
+    return [
+        orjson.dumps({"executionId": f"e{n}", "data": payload("acme", n)}) for n in range(count)
+    ]
+
+
+async def in_chunks(logs: list[bytes], size: int = 100) -> AsyncIterator[list[bytes]]:
+    for start in range(0, len(logs), size):
+        yield logs[start : start + size]
+
+
+def test_the_training_process_trains_what_training_here_would() -> None:
+    stored_logs = [codec.pack(document) for document in documents(400)]
+    request = training.Request(dictionaries={}, current=None)
+
+    apart = asyncio.run(train_apart(request, in_chunks(stored_logs)))
+
+    assert apart == training.handle(request, stored_logs)
+    assert isinstance(apart, training.Trained)
+    assert (apart.readable, apart.trained_on) == (400, 350)
+    assert apart.after < apart.before / 2
+
+
+def test_logs_too_few_to_train_on_are_declined_not_a_failure() -> None:
+    logs = [codec.pack(d) for d in documents(3)]
+    result = asyncio.run(train_apart(training.Request({}, None), in_chunks(logs)))
+    assert isinstance(result, training.Untrainable)
+    assert result.readable == 3
+    assert result.reason
+
+
+def test_a_stopped_sweep_stops_its_training_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def recorded(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        child = await spawn(*args, **kwargs)
+        started.append(child)
+        spawned.set()
+        return child
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
+    logs = [codec.pack(d) for d in documents(4_000)]
+    spawned = asyncio.Event()
+
+    async def stop_it() -> None:
+        task = asyncio.create_task(train_apart(training.Request({}, None), in_chunks(logs)))
+        await spawned.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_it())
+    assert started[0].returncode == -signal.SIGKILL, "the child was killed and waited for"

@@ -952,22 +952,22 @@ async def count_executions(conn: Conn, tenant_id: str, at_most: int) -> int:
     return int(result.scalar_one())
 
 
-async def sample_logs(conn: Conn, tenant_id: str, from_id: str, limit: int) -> list[bytes]:
-    """Up to `limit` stored logs of a tenant, from the execution id `from_id` on, in id
-    order, then from the first id on. Ids are random: a random `from_id` gives a random
-    sample of the tenant's logs, read through its primary key."""
-    found: list[bytes] = []
-    for condition in (executions.c.id >= from_id, executions.c.id < from_id):
-        result = await conn.execute(
-            select(executions.c.log)
-            .where(executions.c.tenant_id == tenant_id, condition, executions.c.log.is_not(None))
-            .order_by(executions.c.id)
-            .limit(limit - len(found))
-        )
-        found += [row[0] for row in result.all()]
-        if len(found) >= limit:
-            break
-    return found
+async def sample_logs(
+    conn: Conn, tenant_id: str, limit: int, *, low: str = "", high: str | None = None
+) -> list[tuple[str, bytes]]:
+    """Up to `limit` stored logs of a tenant with `low` < id < `high` (`high` None: no
+    bound), in id order, with their execution ids. Ids are random: a range of them is a
+    random sample of the tenant's logs, read through its primary key."""
+    conditions = [executions.c.tenant_id == tenant_id, executions.c.id > low]
+    if high is not None:
+        conditions.append(executions.c.id < high)
+    result = await conn.execute(
+        select(executions.c.id, executions.c.log)
+        .where(*conditions, executions.c.log.is_not(None))
+        .order_by(executions.c.id)
+        .limit(limit)
+    )
+    return [(row[0], row[1]) for row in result.all()]
 
 
 async def tenant_workflow_ids(conn: Conn, tenant_id: str) -> list[str]:
