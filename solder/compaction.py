@@ -267,7 +267,7 @@ class Compaction:
                     break
                 left -= len(chunk)
                 low = chunk[-1][0]
-                yield [stored for _, stored in chunk]
+                yield [bytes(stored) for _, stored in chunk]  # PostgreSQL: memoryviews
 
     async def _compact(
         self,
