@@ -8,7 +8,8 @@ Every `SOLDER_COMPACTION_SWEEP_SECONDS` the sweep, for each tenant:
    (`SAMPLE_LOGS`: execution ids are random, so a range of the tenant's primary key is a
    random sample). A new dictionary is kept only if it stores the sample's held-out
    eighth at least a tenth smaller than the tenant's current one (or the built-in
-   skeleton) does: the tenant's logs are rewritten only when that pays.
+   skeleton) does: the tenant's logs are rewritten only when that pays. The training
+   runs in a child process (solder/training.py says why).
 2. **Recompresses**, once every writer has switched to a new dictionary (`SETTLE_MS`),
    every stored log of the tenant that is not on it: workflow by workflow through the
    workflow logs index, in batches of `BATCH`, each its own short transaction and
