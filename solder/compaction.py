@@ -268,7 +268,7 @@ class Compaction:
                     break
                 left -= len(chunk)
                 low = chunk[-1][0]
-                yield [bytes(stored) for _, stored in chunk]  # PostgreSQL: memoryviews
+                yield [stored for _, stored in chunk]
 
     async def _compact(
         self,

@@ -957,7 +957,8 @@ async def sample_logs(
 ) -> list[tuple[str, bytes]]:
     """Up to `limit` stored logs of a tenant with `low` < id < `high` (`high` None: no
     bound), in id order, with their execution ids. Ids are random: a range of them is a
-    random sample of the tenant's logs, read through its primary key."""
+    random sample of the tenant's logs, read through its primary key. The logs are
+    `bytes` on every database (psycopg reads PostgreSQL's as memoryviews)."""
     conditions = [executions.c.tenant_id == tenant_id, executions.c.id > low]
     if high is not None:
         conditions.append(executions.c.id < high)
@@ -967,7 +968,7 @@ async def sample_logs(
         .order_by(executions.c.id)
         .limit(limit)
     )
-    return [(row[0], row[1]) for row in result.all()]
+    return [(row[0], bytes(row[1])) for row in result.all()]
 
 
 async def tenant_workflow_ids(conn: Conn, tenant_id: str) -> list[str]:
