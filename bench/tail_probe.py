@@ -6,6 +6,10 @@ server, with settings changed, to find what makes the tail of a long run.
 For instance `SOLDER_COMPACTION_SWEEP_SECONDS=60` brings the compaction sweep's
 training and recompression into a short run; `SOLDER_LOG_DICTIONARIES=false` leaves
 them out.
+
+To measure another version of Solder, run this from that version's work tree (with
+it on `PYTHONPATH` for the child processes): the server starts as `python -m solder`,
+which imports Solder from the working directory before `PYTHONPATH`.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import zstandard
 from sqlalchemy import delete
 
-from solder import training
+from solder import compaction, training
 from solder.compaction import Compaction, Swept, TrainingFailed, train_apart
 from solder.settings import Settings
 from solder.store import codec
@@ -65,10 +66,10 @@ def compact(settings: Settings, **sweep: Any) -> Swept:
     async def run() -> Swept:
         db = Database(settings.database_url)
         try:
-            compaction = Compaction(
+            sweeping = Compaction(
                 db, settings, min_logs=MIN_LOGS, settle_ms=settle_ms, switch_seconds=0
             )
-            return await compaction.sweep(**sweep)
+            return await sweeping.sweep(**sweep)
         finally:
             await db.dispose()
 
@@ -449,3 +450,50 @@ def test_a_stopped_sweep_stops_its_training_process(monkeypatch: pytest.MonkeyPa
 
     asyncio.run(stop_it())
     assert started[0].returncode == -signal.SIGKILL, "the child was killed and waited for"
+
+
+def trained_not_applied(server: Server, api: Api, count: int) -> str:
+    """A workflow with `count` ended runs, its tenant's first dictionary trained but its
+    stored logs not yet recompressed (left to settle): its id."""
+    workflow_id, _ = run_many(api, "acme", count)
+    swept = compact(server.settings, settle_ms=3_600_000)
+    assert (swept.trained, swept.recompressed) == (1, 0)
+    return workflow_id
+
+
+def on_dictionary(data_dir: Path, dictionary_id: int) -> int:
+    """How many stored logs are compressed with the tenant's dictionary `dictionary_id`."""
+    return sum(value.startswith(codec.prefix(dictionary_id)) for value in stored(data_dir).values())
+
+
+def test_recompressing_beside_a_server_taking_runs_loses_no_run_and_changes_no_log(
+    server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep in another process (here its own connections, as `solder compact` beside
+    a running server) writes recompressed logs while the server writes the runs it
+    takes: on SQLite they take turns on the write lock, and neither loses anything."""
+    data_dir = server.settings.data_dir
+    total = 4 * MIN_LOGS
+    workflow_id = trained_not_applied(server, api, total)
+    before = {log["executionId"]: log for log in all_logs(api, workflow_id)}
+    user_id = user_of(api, workflow_id)
+    monkeypatch.setattr(compaction, "BATCH", 4)  # many short write transactions
+    swept: list[Swept] = []
+    sweeping = threading.Thread(target=lambda: swept.append(compact(server.settings)))
+
+    sweeping.start()
+    fresh: list[str] = []
+    while sweeping.is_alive() or len(fresh) < 8:
+        fresh.append(api.run(user_id, workflow_id, payload("acme", 20_000 + len(fresh))))
+    sweeping.join(TIMEOUT)
+
+    assert len(swept) == 1, "the sweep ended without an error"
+    assert swept[0].recompressed >= total
+    assert swept[0].unreadable == 0
+    after = {
+        log["executionId"]: log
+        for log in wait_until_all_ended(api, workflow_id, total + len(fresh))
+    }
+    assert all(after[execution_id]["status"] == "succeeded" for execution_id in fresh)
+    assert all(after[id_] == log for id_, log in before.items()), "the old logs as they were"
+    assert on_dictionary(data_dir, 1) >= total
