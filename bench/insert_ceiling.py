@@ -63,8 +63,8 @@ Execution = tuple[tuple[Any, ...], list[tuple[Any, ...]], tuple[Any, ...], tuple
 
 INSERT_EXECUTION = (
     "INSERT INTO executions (tenant_id, id, workflow_number, user_number, workflow_version, status,"
-    " trigger_id, trigger_data, started_at, claimed_at, lease)"
-    " VALUES (?, ?, ?, ?, 1, 'running', ?, ?, ?, ?, ?)"
+    " trigger_id, trigger_data, started_at, claimed_at, lease, workflow_position, user_position)"
+    " VALUES (?, ?, ?, ?, 1, 'running', ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_STEP = (
     "INSERT INTO steps (tenant_id, execution_id, seq, connector_id, block_name, started_at,"
@@ -133,7 +133,7 @@ def execution(n: int, started: int) -> Execution:
     return (
         (
             *(TENANT, eid, WORKFLOW_NUMBER, USER_NUMBER, str(uuid.uuid4()), trigger),
-            *(started, started + 1, "lease"),
+            *(started, started + 1, "lease", n + 1, n + 1),
         ),
         [(TENANT, eid, *(s[key] for key in STEP_KEYS)) for s in steps],
         (stopped, 1, log, TENANT, eid),

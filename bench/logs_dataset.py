@@ -37,7 +37,7 @@ from solder.store import codec
 from solder.store import queries as q
 from solder.store.database import Database
 
-VERSION = 8  # of the data set: change it whenever the rows change, so caches are rebuilt
+VERSION = 9  # of the data set: change it whenever the rows change, so caches are rebuilt
 TENANT = "bench-logs"
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT.parent / "shared" / "contract" / "seed-logs-response.json"
@@ -63,6 +63,8 @@ EXECUTION_COLUMNS = (
     "started_at",
     "stopped_at",
     "log",
+    "workflow_position",
+    "user_position",
 )
 
 Row = tuple[Any, ...]
@@ -178,9 +180,16 @@ def sample_logs(dataset: Dataset) -> list[bytes]:
 
 
 def execution_rows(
-    dataset: Dataset, tenant_id: str, dictionary: codec.Dictionary | None
+    dataset: Dataset,
+    tenant_id: str,
+    dictionary: codec.Dictionary | None,
+    positions: dict[tuple[int, int], int],
 ) -> Iterator[Row]:
-    """Every execution, one a second in time order; the big pair's every 10th row or so."""
+    """Every execution, one a second in time order; the big pair's every 10th row or so.
+
+    Each takes the next position of its workflow's and its user's logs pages, as
+    recording one does; `positions` ends with each listing's last (user number 0: all
+    users)."""
     rng = random.Random(VERSION)
     template = log_template()
     ordinary = dataset.workflows * dataset.users * dataset.per_pair
@@ -199,10 +208,14 @@ def execution_rows(
         execution = "".join(rng.choices(NANOID, k=21))
         log = new_log(template, rng, execution, user_id(user), second)
         started = second * 1000 + START_MS
+        listings = ((workflow_number(workflow), 0), (workflow_number(workflow), user_number(user)))
+        for listing in listings:
+            positions[listing] = positions.get(listing, 0) + 1
         yield (
             *(tenant_id, execution, workflow_number(workflow), user_number(user)),
             *(1, "succeeded", "", ""),
             *(started, started + STOP_MS, codec.pack(log, dictionary)),
+            *(positions[listing] for listing in listings),
         )
 
 
@@ -253,8 +266,15 @@ def tables(
             for u in range(dataset.users if w < dataset.workflows else 1)
         ],
     )
-    rows = execution_rows(dataset, tenant_id, dictionary)
+    positions: dict[tuple[int, int], int] = {}
+    rows = execution_rows(dataset, tenant_id, dictionary, positions)
     yield "executions", EXECUTION_COLUMNS, rows if edit is None else map(edit, rows)
+    # Read once the executions above are written: each listing's last position.
+    yield (
+        "log_listings",
+        ("workflow_number", "user_number", "last_position", "deleted", "deleted_top"),
+        ((workflow, user, last, 0, 0) for (workflow, user), last in sorted(positions.items())),
+    )
 
 
 def batches(rows: Iterable[Row]) -> Iterator[list[Row]]:

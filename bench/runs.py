@@ -20,7 +20,9 @@ Each run, after a warm-up:
 2. Latency: an open-loop load at a fixed rate, 70 % of the median maximum rate (or of
    1,000/s, the target, if the maximum is higher), for `--run-seconds`. Figure: p99 of
    each execution's `stopped_at` (executions table) minus the time its request was
-   scheduled to be sent (client clock; same machine, same wall clock).
+   scheduled to be sent (client clock; same machine, same wall clock). With
+   SOLDER_BENCH_OPEN_RATE set, at that rate instead: two versions of the code compared at
+   the same load.
 
 Memory (scenario 6): VmRSS of each server process, sampled every second during the
 closed-loop loads. Figures: the peak, and the growth from the sample after the first
@@ -33,6 +35,7 @@ ANALYZE, not timed, as autovacuum would do (it is off on the test server).
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -240,7 +243,10 @@ def measure(
             bar.update(task, description=f"{backend}: runs, {CLIENTS} clients, #{n + 1}")
             measured.windows.append(bench.closed(seconds))
             bar.advance(task)
-        rate = LATENCY_LOAD * min(measured.max_rate(), TARGET_RATE)
+        # SOLDER_BENCH_OPEN_RATE: the open loop at that rate instead, to compare two
+        # versions of the code at the same load.
+        fixed = os.environ.get("SOLDER_BENCH_OPEN_RATE")
+        rate = float(fixed) if fixed else LATENCY_LOAD * min(measured.max_rate(), TARGET_RATE)
         for n in range(runs):
             bar.update(task, description=f"{backend}: runs, open loop at {rate:,.0f}/s, #{n + 1}")
             measured.latencies.append(bench.open(rate, seconds))
@@ -288,6 +294,8 @@ def figures(measured: Measured, ceiling: float | None) -> list[Row]:
     p99 = median(lat.p99 for lat in latencies)
     asked = median(lat.rate for lat in latencies)
     at = "70 % of 1,000/s" if rate >= TARGET_RATE else f"70 % of the measured max {rate:,.0f}/s"
+    if os.environ.get("SOLDER_BENCH_OPEN_RATE"):
+        at = "SOLDER_BENCH_OPEN_RATE"
     rows.append(
         (
             "2. runs",

@@ -1,13 +1,14 @@
 """Cursors for paging logs: where a page ended, so the next one starts there at any depth.
 
-A cursor is opaque to clients: base64url of `<d|a>:<startedAt ms>:<seq>`, the order it
-was made for and the last execution of its page (its start, and its place in the table,
-which breaks ties between executions started in the same millisecond). The next page is
-everything strictly after that (startedAt, seq) in that order, one range scan of the
-logs index however deep it is, and stable while new executions arrive.
+A cursor is opaque to clients: base64url of `<d|a><u|w>:<position>`, the order it was
+made for, the listing (one user's logs, or the workflow's of all users: each has its own
+positions, schema.py `log_listings`) and the position of the last execution of its page.
+The next page is everything past that position in that order, one seek in a positions
+index however deep it is, and stable while new executions arrive.
 
-Cursors of Solder 0.x before integer keys named the execution id instead: they are
-refused with the same 400 as any cursor Solder did not make (docs/decisions.md).
+Cursors of Solder 0.x before log positions (`<d|a>:<startedAt>:<seq>`), and before
+integer keys, are refused with the same 400 as any cursor Solder did not make: start
+again from page 1 (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ from dataclasses import dataclass
 
 from solder.errors import InvalidRequest
 
-_FORMAT = re.compile(r"^([da]):(\d{1,16}):(\d{1,19})$")
+_FORMAT = re.compile(r"^([da])([uw]):(\d{1,19})$")
 
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
     descending: bool
-    started_at: int
-    seq: int
+    by_user: bool
+    position: int
 
     def encode(self) -> str:
-        text = f"{'d' if self.descending else 'a'}:{self.started_at}:{self.seq}"
+        text = f"{'d' if self.descending else 'a'}{'u' if self.by_user else 'w'}:{self.position}"
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
@@ -44,4 +45,4 @@ def decode(text: str) -> Cursor:
         raise InvalidRequest(
             "cursor is not one Solder made: pass the nextCursor of a previous page as it is"
         )
-    return Cursor(match[1] == "d", int(match[2]), int(match[3]))
+    return Cursor(match[1] == "d", match[2] == "u", int(match[3]))

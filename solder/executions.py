@@ -79,7 +79,8 @@ async def enqueue(
 ) -> str:
     """Record a queued execution and its trigger step; the dispatcher picks it up."""
     new_id = execution_id()
-    now = now_ms()
+    await queue.take_positions(conn, tenant.id, workflow_id, user_id)
+    now = now_ms()  # after the positions: on PostgreSQL, once any other run took its own
     await queue.insert_execution(
         conn,
         tenant_id=tenant.id,
@@ -257,7 +258,7 @@ async def page_of_logs(
         descending=descending,
         limit=limit + 1,  # one more says whether there is a next page
         offset=0 if cursor is not None else (page - 1) * limit,
-        after=None if cursor is None else (cursor.started_at, cursor.seq),
+        after=None if cursor is None else cursor.position,
     )
     if not rows:
         raise keys.unknown()
@@ -276,7 +277,7 @@ async def page_of_logs(
             else await _live_log(conn, dictionaries, tenant_id, row)
             for row in rows
         ],
-        None if last is None else Cursor(descending, last["started_at"], last["seq"]).encode(),
+        None if last is None else Cursor(descending, bool(user_ref), last["position"]).encode(),
     )
 
 

@@ -183,6 +183,8 @@ def test_user_without_runs_gets_an_empty_list(api: Api) -> None:
         {"cursor": "ZDoxMjM"},  # base64url of "d:123", no place
         # A cursor of Solder before migration 0007: "d:<startedAt>:<execution id>".
         {"cursor": "ZDoxNzMxNjkzNDYyMjMzOlYxU3RHWFI4X1o1amRIaTZCLW15VA"},
+        # A cursor of Solder before log positions (migration 0008): "d:<startedAt>:<seq>".
+        {"cursor": "ZDoxNzMxNjkzNDYyMjMzOjQy"},
     ],
 )
 def test_bad_parameters_are_400_in_shape(api: Api, params: dict[str, str]) -> None:
@@ -265,6 +267,20 @@ def test_a_cursor_with_page_or_the_other_order_is_refused(
     assert len(same) == 5
     empty_page, _ = page_after(api, workflow_id, limit=5, cursor=cursor, page="")
     assert ids_of(empty_page) == ids_of(same), "an empty page means the default, no conflict"
+
+
+def test_a_cursor_of_one_users_logs_does_not_page_all_users_nor_the_reverse(api: Api) -> None:
+    user_id, workflow_id = api.install(echo_workflow())
+    run_all(api, user_id, workflow_id, 4)
+    url = f"/workflows/{workflow_id}/logs"
+    _, of_user = page_after(api, workflow_id, userId=user_id, limit=2)
+    _, of_all = page_after(api, workflow_id, limit=2)
+    mine = assert_error(api.get(url, params={"cursor": of_user}), 400)
+    assert "same userId" in mine["message"]
+    everyone = assert_error(api.get(url, params={"cursor": of_all, "userId": user_id}), 400)
+    assert "leave userId out" in everyone["message"]
+    rest, _ = page_after(api, workflow_id, userId=user_id, limit=2, cursor=of_user)
+    assert len(rest) == 2
 
 
 def test_limit_message_names_the_bounds(api: Api) -> None:

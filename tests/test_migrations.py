@@ -143,3 +143,76 @@ def test_integer_keys_keep_every_execution_its_steps_and_its_order(tmp_path: Pat
     ]
     assert [tuple(step) for step in steps] == [("e6", 1)]
     assert differences(db)[0] == []
+
+
+def test_log_positions_number_each_listing_in_its_order_of_before(tmp_path: Path) -> None:
+    """0008 gives every execution its place in its user's and its workflow's logs pages,
+    in the order those pages had (start time, then seq), and each listing its last."""
+    from solder.store import migrate
+
+    db = empty_database(tmp_path)
+    engine = create_engine(db.sync_url)
+    if db.is_sqlite:
+        _configure_sqlite(engine, "normal")
+    try:
+        migrate.upgrade(engine, "0007")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'a', 1)"))
+            for table, column, ids in (
+                ("workflow_numbers", "workflow_id", ("w1", "w2")),
+                ("user_numbers", "user_id", ("u1", "u2")),
+            ):
+                for id_ in ids:
+                    conn.execute(
+                        text(f"INSERT INTO {table} (tenant_id, {column}) VALUES ('t1', :id)"),
+                        {"id": id_},
+                    )
+            # Recorded out of time order; e3 and e4 started in the same millisecond.
+            for id_, workflow, user, started in (
+                ("e2", 1, 1, 20),
+                ("e1", 1, 2, 10),
+                ("e4", 1, 1, 30),
+                ("e3", 1, 2, 30),
+                ("e5", 2, 1, 5),
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO executions (tenant_id, id, workflow_number, user_number,"
+                        " workflow_version, status, trigger_id, trigger_data, started_at)"
+                        " VALUES ('t1', :id, :w, :u, 1, 'succeeded', '', '', :started)"
+                    ),
+                    {"id": id_, "w": workflow, "u": user, "started": started},
+                )
+
+        migrate.upgrade(engine)
+
+        with engine.connect() as conn:
+            positions = conn.execute(
+                text(
+                    "SELECT id, workflow_position, user_position FROM executions"
+                    " ORDER BY workflow_number, workflow_position"
+                )
+            ).all()
+            listings = conn.execute(
+                text(
+                    "SELECT workflow_number, user_number, last_position, deleted, deleted_top"
+                    " FROM log_listings ORDER BY workflow_number, user_number"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in positions] == [
+        ("e1", 1, 1),
+        ("e2", 2, 1),
+        ("e4", 3, 2),  # recorded before e3: its seq is lower
+        ("e3", 4, 2),
+        ("e5", 1, 1),
+    ]
+    assert [tuple(row) for row in listings] == [
+        (1, 0, 4, 0, 0),
+        (1, 1, 2, 0, 0),
+        (1, 2, 2, 0, 0),
+        (2, 0, 1, 0, 0),
+        (2, 1, 1, 0, 0),
+    ]
+    assert differences(db)[0] == []

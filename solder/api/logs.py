@@ -119,6 +119,16 @@ def _paging(query: QueryParams) -> tuple[int, int, bool, cursors.Cursor | None]:
     after = cursors.decode(cursor)
     if page not in (None, ""):  # an empty value means the default, as everywhere
         raise InvalidRequest("use either page or cursor, not both")
+    if after.by_user != (query.get("userId") not in (None, "")):
+        raise InvalidRequest(
+            "this cursor continues a page of "
+            + (
+                "one user's logs: pass the same userId"
+                if after.by_user
+                else "all users' logs: leave userId out"
+            )
+            + ", or start again from page 1"
+        )
     if order is not None and newest_first != after.descending:
         raise InvalidRequest(
             "this cursor continues a page in the other order: leave order out with a "

@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Delete, Insert, Select, Update
+from sqlalchemy.sql import Delete, Insert, Select, TextClause, Update
 
 Row = dict[str, Any]
 
@@ -38,7 +38,7 @@ _SQLITE_NAMED = sqlite.pysqlite.dialect(paramstyle="named")
 _POSTGRES = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 
 
-Statement = Select[Any] | Insert | Update | Delete
+Statement = Select[Any] | Insert | Update | Delete | TextClause
 
 
 class Prepared:

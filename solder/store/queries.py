@@ -36,6 +36,7 @@ from solder.store.schema import (
     idempotency_keys,
     installations,
     log_dictionaries,
+    log_listings,
     steps,
     tenants,
     user_numbers,
@@ -201,6 +202,11 @@ async def delete_workflow(conn: Conn, tenant_id: str, workflow_id: str) -> None:
             delete(table).where(table.c.tenant_id == tenant_id, table.c.workflow_id == workflow_id)
         )
     await conn.execute(delete(executions).where(*_of_workflow(tenant_id, workflow_id, None)))
+    await conn.execute(
+        delete(log_listings).where(
+            log_listings.c.workflow_number == workflow_number(tenant_id, workflow_id)
+        )
+    )
     await conn.execute(
         delete(workflows).where(workflows.c.tenant_id == tenant_id, workflows.c.id == workflow_id)
     )
@@ -476,7 +482,7 @@ async def page_of_logs(
     descending: bool,
     limit: int,
     offset: int = 0,
-    after: tuple[int, int] | None = None,
+    after: int | None = None,
 ) -> list[Row]:
     """A page of logs, and who asks for it, in one statement (one round trip).
 
@@ -484,20 +490,50 @@ async def page_of_logs(
     workflow whose id or else name is `workflow_ref` (`asker_workflow_id`, null if none)
     and the user whose id or else username is `user_ref` (`asker_user_id`, null if none).
     Each also holds one execution of the page (`id` null when the page is empty, on its
-    only row), newest (or oldest) first, past `offset` rows or `after` the (started_at,
-    seq) where the previous page ended. No row at all: no active key has that hash.
+    only row) with its `position` in the listing, newest (or oldest) first, past `offset`
+    executions or after the position `after` where the previous page ended. No row at
+    all: no active key has that hash.
     """
     statement = _page_statement(descending, user_ref is not None, after is not None)
-    after_at, after_seq = after if after is not None else (None, None)
     return await fetch(
         conn,
         statement,
         key_hash=key_hash,
         workflow=workflow_ref,
         **({} if user_ref is None else {"user": user_ref}),
-        **({} if after is None else {"after_at": after_at, "after_seq": after_seq}),
+        **({} if after is None else {"after": after}),
         limit=limit,
         offset=offset,
+    )
+
+
+def _page_start(listing: Any, descending: bool, after: bool) -> tuple[Any, Any]:
+    """Where a page starts in a listing (`log_listings`' columns):
+    the first position it may hold, and how many executions from there it skips.
+
+    Every position above `deleted_top` holds an execution, so newest first, the page at
+    offset n while n < last - deleted_top starts at position last - n exactly, and
+    skips nothing: one seek. Past that, it starts at `deleted_top` and skips what is
+    left of n among the executions below, a walk over no more than those. Oldest first,
+    `deleted_top - deleted` executions are left at or below `deleted_top`: the page past
+    them starts at deleted_top + 1 + (n - those); one inside them walks from the oldest.
+    A page after a cursor starts next to the cursor's position.
+    """
+    if after:
+        cursor: Any = bindparam("after")
+        return (cursor - 1 if descending else cursor + 1), literal(0)
+    n: Any = bindparam("offset")
+    last, deleted, top = listing.last_position, listing.deleted, listing.deleted_top
+    if descending:
+        above = last - top
+        return (
+            case((n < above, last - n), else_=top),
+            case((n < above, literal(0)), else_=n - above),
+        )
+    below = top - deleted
+    return (
+        case((n >= below, top + 1 + n - below), else_=literal(0)),
+        case((n >= below, literal(0)), else_=n),
     )
 
 
@@ -505,8 +541,11 @@ async def page_of_logs(
 def _page_statement(descending: bool, by_user: bool, after: bool) -> Prepared:
     """The page query, one per shape (8 in all), prepared once.
 
-    The page's keys are picked first from the logs index alone, then only those rows are
-    read: skipping `offset` rows walks index entries, not wide rows with their logs.
+    Who asks, the workflow's and the user's numbers and where the page starts in their
+    listing are found once (`asker`, then `target`: each CTE is computed once, as both
+    databases do with a CTE used more than once); the page's keys are then picked from a
+    positions index alone, from where the page starts (`_page_start`), and only those
+    rows are read.
     """
 
     def named(column: Any, table: Any, key: Any, ref: str) -> Any:
@@ -531,44 +570,59 @@ def _page_statement(descending: bool, by_user: bool, after: bool) -> Prepared:
         .cte("asker")
     )
     asker_tenant = select(asker.c.asker_tenant_id).scalar_subquery()
-    conditions = [
-        executions.c.workflow_number
-        == workflow_number(asker_tenant, select(asker.c.asker_workflow_id).scalar_subquery())
-    ]
-    if by_user:
-        conditions.append(
-            executions.c.user_number
-            == user_number(asker_tenant, select(asker.c.asker_user_id).scalar_subquery())
-        )
-    position = tuple_(executions.c.started_at, executions.c.seq)
-    if after:
-        bound = tuple_(bindparam("after_at"), bindparam("after_seq"))
-        conditions.append(position < bound if descending else position > bound)
-    order = (
-        (executions.c.started_at.desc(), executions.c.seq.desc())
-        if descending
-        else (executions.c.started_at.asc(), executions.c.seq.asc())
+    the_workflow = workflow_number(
+        asker_tenant, select(asker.c.asker_workflow_id).scalar_subquery()
     )
+    the_user = (
+        user_number(asker_tenant, select(asker.c.asker_user_id).scalar_subquery())
+        if by_user
+        else literal(0)
+    )
+    # No row: the workflow (or the user) has no execution, and the page is empty.
+    start, skip = _page_start(log_listings.c, descending, after)
+    target = (
+        select(
+            log_listings.c.workflow_number,
+            log_listings.c.user_number,
+            start.label("start"),
+            skip.label("skip"),
+        )
+        .where(
+            log_listings.c.workflow_number == the_workflow,
+            log_listings.c.user_number == the_user,
+        )
+        .cte("target")
+    )
+
+    def of_target(column: Any) -> Any:
+        return select(column).scalar_subquery()
+
+    conditions = [executions.c.workflow_number == of_target(target.c.workflow_number)]
+    if by_user:
+        conditions.append(executions.c.user_number == of_target(target.c.user_number))
+        position = executions.c.user_position
+    else:
+        position = executions.c.workflow_position
+    first = of_target(target.c.start)
+    conditions.append(position <= first if descending else position >= first)
     keys = (
-        select(executions.c.seq)
+        select(executions.c.seq, position.label("position"))
         .where(*conditions)
-        .order_by(*order)
+        .order_by(position.desc() if descending else position.asc())
         .limit(bindparam("limit"))
-        .offset(bindparam("offset"))
+        # No listing: no row, and SQLite takes no null OFFSET.
+        .offset(func.coalesce(of_target(target.c.skip), 0))
         .subquery("page")
     )
     page = (
-        select(*_LOG_COLUMNS)
+        select(*_LOG_COLUMNS, keys.c.position)
         .join_from(executions, keys, executions.c.seq == keys.c.seq)
         .subquery("logs")
     )
-    order = (
-        (page.c.started_at.desc(), page.c.seq.desc())
-        if descending
-        else (page.c.started_at.asc(), page.c.seq.asc())
-    )
     return Prepared(
-        select(asker, *page.c).select_from(asker.outerjoin(page, true())).order_by(*order)
+        select(asker, *page.c)
+        .select_from(asker.outerjoin(page, true()))
+        .order_by(page.c.position.desc() if descending else page.c.position.asc())
     )
 
 
@@ -622,12 +676,65 @@ async def purge_idempotency_keys(conn: Conn, created_before: int) -> int:
 
 
 async def erase_user_logs(conn: Conn, tenant_id: str, user_id: str) -> None:
-    await conn.execute(
-        delete(executions).where(
+    result = await conn.execute(
+        delete(executions)
+        .where(
             numbers.of_tenant_workflows(tenant_id),
             executions.c.user_number == user_number(tenant_id, user_id),
         )
+        .returning(*_POSITIONS)
     )
+    await _forget_positions(conn, result.all())
+
+
+# What a deleted execution leaves in its logs pages (`_forget_positions`).
+_POSITIONS = (
+    executions.c.workflow_number,
+    executions.c.user_number,
+    executions.c.workflow_position,
+    executions.c.user_position,
+)
+
+
+_FORGET_POSITIONS = (
+    update(log_listings)
+    .where(
+        log_listings.c.workflow_number == bindparam("b_workflow"),
+        log_listings.c.user_number == bindparam("b_user"),
+    )
+    .values(
+        deleted=log_listings.c.deleted + bindparam("b_count", type_=BigInteger),
+        deleted_top=case(
+            (
+                log_listings.c.deleted_top < bindparam("b_top", type_=BigInteger),
+                bindparam("b_top", type_=BigInteger),
+            ),
+            else_=log_listings.c.deleted_top,
+        ),
+    )
+)
+
+
+async def _forget_positions(conn: Conn, deleted: Sequence[Any]) -> None:
+    """Say in `log_listings` which positions the executions `deleted` (rows of
+    `_POSITIONS`) left, in the transaction that deleted them: one statement for them all.
+
+    The listings' rows are updated in their key's order, as recording an execution
+    takes them: on PostgreSQL, concurrent writers queue rather than deadlock.
+    """
+    holes: dict[tuple[int, int], tuple[int, int]] = {}
+    for workflow, user, in_workflow, in_user in deleted:
+        for key, position in (((workflow, 0), in_workflow), ((workflow, user), in_user)):
+            count, top = holes.get(key, (0, 0))
+            holes[key] = (count + 1, max(top, position))
+    if holes:
+        await conn.execute(
+            _FORGET_POSITIONS,
+            [
+                {"b_workflow": workflow, "b_user": user, "b_count": count, "b_top": top}
+                for (workflow, user), (count, top) in sorted(holes.items())
+            ],
+        )
 
 
 async def any_execution(conn: Conn, tenant_id: str, workflow_id: str) -> bool:
@@ -826,8 +933,12 @@ async def purge_workflow_executions(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    result = await conn.execute(delete(executions).where(executions.c.seq.in_(expired)))
-    return result.rowcount
+    result = await conn.execute(
+        delete(executions).where(executions.c.seq.in_(expired)).returning(*_POSITIONS)
+    )
+    deleted = result.all()
+    await _forget_positions(conn, deleted)
+    return len(deleted)
 
 
 async def auto_vacuum_mode(conn: Conn) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    and_,
     bindparam,
     delete,
     exists,
@@ -23,13 +24,14 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.store import jobs, numbers
 from solder.store.prepared import Prepared, Reader, Row, execute, fetch_one
-from solder.store.schema import executions, steps
+from solder.store.schema import executions, log_listings, steps
 
 Conn = AsyncConnection
 
@@ -52,22 +54,66 @@ _QUEUED = (
     "rerun_of",
     "job_id",
 )
+_WORKFLOW: Any = numbers.workflow_number(bindparam("tenant_id"), bindparam("workflow_id"))
+_USER: Any = numbers.user_number(bindparam("tenant_id"), bindparam("user_id"))
+
+# The next position of the workflow's logs pages of all users, then of the user's: the
+# same order everywhere (the workflow's row first), so that on PostgreSQL concurrent
+# writers queue on the first row rather than deadlock. The row stays locked to the end
+# of the transaction, so positions are taken in the order executions are committed, and
+# one that rolls back gives its positions back.
+_NEXT_POSITIONS = Prepared(
+    text(
+        "INSERT INTO log_listings"
+        " (workflow_number, user_number, last_position, deleted, deleted_top)"
+        " VALUES ((SELECT number FROM workflow_numbers"
+        " WHERE tenant_id = :tenant_id AND workflow_id = :workflow_id), 0, 1, 0, 0),"
+        " ((SELECT number FROM workflow_numbers"
+        " WHERE tenant_id = :tenant_id AND workflow_id = :workflow_id),"
+        " (SELECT number FROM user_numbers WHERE tenant_id = :tenant_id AND user_id = :user_id),"
+        " 1, 0, 0)"
+        " ON CONFLICT (workflow_number, user_number)"
+        " DO UPDATE SET last_position = log_listings.last_position + 1"
+    )
+)
+
+
+def _position(user: Any) -> Any:
+    return (
+        select(log_listings.c.last_position)
+        .where(
+            and_(log_listings.c.workflow_number == _WORKFLOW, log_listings.c.user_number == user)
+        )
+        .scalar_subquery()
+    )
+
+
 _INSERT_EXECUTION = Prepared(
     insert(executions).values(
         {
             **{name: bindparam(name) for name in _QUEUED},
-            "workflow_number": numbers.workflow_number(
-                bindparam("tenant_id"), bindparam("workflow_id")
-            ),
-            "user_number": numbers.user_number(bindparam("tenant_id"), bindparam("user_id")),
+            "workflow_number": _WORKFLOW,
+            "user_number": _USER,
+            "workflow_position": _position(literal(0)),
+            "user_position": _position(_USER),
         }
     )
 )
 
 
+async def take_positions(conn: Reader, tenant_id: str, workflow_id: str, user_id: str) -> None:
+    """Take the next positions of the workflow's and the user's logs pages for the
+    execution `insert_execution` records next in this transaction. On PostgreSQL this
+    waits for any other transaction that took them to end: take them first, then the
+    execution's start time, so that start times follow positions."""
+    ids = {"tenant_id": tenant_id, "workflow_id": workflow_id, "user_id": user_id}
+    await execute(conn, _NEXT_POSITIONS, **ids)
+
+
 async def insert_execution(conn: Reader, **values: Any) -> None:
-    """Record a queued execution (`tenant_id`, `id`, `workflow_id`, `user_id`, ...), and
-    on PostgreSQL its job, in the caller's transaction."""
+    """Record a queued execution (`tenant_id`, `id`, `workflow_id`, `user_id`, ...) at the
+    positions `take_positions` took, and on PostgreSQL its job, in the caller's
+    transaction."""
     job_id = await jobs.defer(conn, values["tenant_id"], values["id"])
     await execute(conn, _INSERT_EXECUTION, **{"rerun_of": None, **values, "job_id": job_id})
 

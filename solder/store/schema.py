@@ -191,10 +191,19 @@ executions = Table(
     Column("wake_at", BigInteger),
     Column("wait_started_at", BigInteger),
     Column("log", LargeBinary),
+    # The execution's place in its workflow's logs pages, of one user and of all its
+    # users: 1, 2, 3... in the order executions were recorded (`log_listings`). A page
+    # at any depth is one seek to a position, not a walk over the pages before it.
+    Column("user_position", BigInteger().with_variant(Integer(), "sqlite"), nullable=False),
+    Column("workflow_position", BigInteger().with_variant(Integer(), "sqlite"), nullable=False),
     UniqueConstraint("tenant_id", "id"),
     # The logs pages: a workflow's executions of one user, and of all its users. A
     # workflow number belongs to one tenant, so the tenant need not lead.
-    Index("ix_executions_user_logs", "workflow_number", "user_number", "started_at", "seq"),
+    Index(
+        "ix_executions_user_logs", "workflow_number", "user_number", "user_position", unique=True
+    ),
+    Index("ix_executions_workflow_positions", "workflow_number", "workflow_position", unique=True),
+    # Retention, failed executions and compaction: a workflow's executions by start time.
     Index("ix_executions_workflow_logs", "workflow_number", "started_at", "seq"),
     # The dispatch queue: only unfinished executions are in this index.
     Index(
@@ -204,6 +213,26 @@ executions = Table(
         sqlite_where=text("status IN ('queued', 'running', 'crashed')"),
         postgresql_where=text("status IN ('queued', 'running', 'crashed')"),
     ),
+)
+
+# The logs pages of each workflow, of one user (`user_number`) and of all its users
+# (`user_number` 0), and where their positions stand (`executions.user_position`,
+# `workflow_position`). Recording an execution takes the next position of both, in its
+# transaction: positions are dense, in the order executions were recorded, and on
+# PostgreSQL the row lock orders concurrent ones. Deleting executions leaves holes, and
+# says where: `deleted` is how many positions were deleted, `deleted_top` the highest. The
+# positions above `deleted_top` are all there, so the page at offset n, newest first, is
+# the one at position `last_position - n`; below it, and oldest first once something
+# was deleted above the oldest, the page is found by walking (queries.page_of_logs).
+log_listings = Table(
+    "log_listings",
+    metadata,
+    Column("workflow_number", Integer, nullable=False, autoincrement=False),
+    Column("user_number", Integer, nullable=False, autoincrement=False),
+    Column("last_position", BigInteger, nullable=False),
+    Column("deleted", BigInteger, nullable=False),
+    Column("deleted_top", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workflow_number", "user_number"),
 )
 
 # A tenant's zstd dictionaries for its stored logs (solder/dictionaries.py). New logs are
