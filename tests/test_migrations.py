@@ -4,12 +4,14 @@ database of this run (SQLite, or PostgreSQL with SOLDER_TEST_DATABASE=postgres).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from solder.store.database import Database, _configure_sqlite
 from solder.store.schema import metadata, owned_by_solder
@@ -31,6 +33,21 @@ def differences(db: Database) -> tuple[list[object], set[str]]:
     finally:
         engine.dispose()
     return diff, tables
+
+
+@contextlib.contextmanager
+def engine_at(db: Database, revision: str) -> Iterator[Engine]:
+    """A connection engine to `db`, migrated up to `revision` only."""
+    from solder.store import migrate
+
+    engine = create_engine(db.sync_url)
+    if db.is_sqlite:
+        _configure_sqlite(engine, "normal")
+    try:
+        migrate.upgrade(engine, revision)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def test_migrations_build_the_declared_schema(tmp_path: Path) -> None:
@@ -72,11 +89,7 @@ def test_integer_keys_keep_every_execution_its_steps_and_its_order(tmp_path: Pat
     from solder.store import migrate
 
     db = empty_database(tmp_path)
-    engine = create_engine(db.sync_url)
-    if db.is_sqlite:
-        _configure_sqlite(engine, "normal")
-    try:
-        migrate.upgrade(engine, "0006")
+    with engine_at(db, "0006") as engine:
         with engine.begin() as conn:
             conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'a', 1)"))
             for workflow in ("w1", "w2"):
@@ -132,8 +145,6 @@ def test_integer_keys_keep_every_execution_its_steps_and_its_order(tmp_path: Pat
                 )
             ).all()
             steps = conn.execute(text("SELECT execution_id, seq FROM steps")).all()
-    finally:
-        engine.dispose()
     assert [tuple(row) for row in rows] == [
         ("e6", "w1", "u1", "running", None),
         ("e5", "w1", "u0", "succeeded", b"log5"),
@@ -151,11 +162,7 @@ def test_log_positions_number_each_listing_in_its_order_of_before(tmp_path: Path
     from solder.store import migrate
 
     db = empty_database(tmp_path)
-    engine = create_engine(db.sync_url)
-    if db.is_sqlite:
-        _configure_sqlite(engine, "normal")
-    try:
-        migrate.upgrade(engine, "0007")
+    with engine_at(db, "0007") as engine:
         with engine.begin() as conn:
             conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t1', 'a', 1)"))
             for table, column, ids in (
@@ -199,8 +206,6 @@ def test_log_positions_number_each_listing_in_its_order_of_before(tmp_path: Path
                     " FROM log_listings ORDER BY workflow_number, user_number"
                 )
             ).all()
-    finally:
-        engine.dispose()
     assert [tuple(row) for row in positions] == [
         ("e1", 1, 1),
         ("e2", 2, 1),
