@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from solder.errors import InvalidRequest
 
-_FORMAT = re.compile(r"^([da])([uw]):(\d{1,19})$")
+# 18 digits at most: a position and its neighbour stay within 64-bit integers.
+_FORMAT = re.compile(r"^([da])([uw]):(\d{1,18})$")
 
 
 @dataclass(frozen=True, slots=True)

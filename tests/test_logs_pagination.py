@@ -185,6 +185,7 @@ def test_user_without_runs_gets_an_empty_list(api: Api) -> None:
         {"cursor": "ZDoxNzMxNjkzNDYyMjMzOlYxU3RHWFI4X1o1amRIaTZCLW15VA"},
         # A cursor of Solder before log positions (migration 0008): "d:<startedAt>:<seq>".
         {"cursor": "ZDoxNzMxNjkzNDYyMjMzOjQy"},
+        {"cursor": "ZHc6OTk5OTk5OTk5OTk5OTk5OTk5OQ"},  # "dw:" and 19 nines: past 64 bits
     ],
 )
 def test_bad_parameters_are_400_in_shape(api: Api, params: dict[str, str]) -> None:
