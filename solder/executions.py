@@ -79,9 +79,7 @@ async def enqueue(
 ) -> str:
     """Record a queued execution and its trigger step; the dispatcher picks it up."""
     new_id = execution_id()
-    await queue.take_positions(conn, tenant.id, workflow_id, user_id)
-    now = now_ms()  # after the positions: on PostgreSQL, once any other run took its own
-    await queue.insert_execution(
+    now = await queue.insert_execution(
         conn,
         tenant_id=tenant.id,
         id=new_id,
@@ -91,7 +89,6 @@ async def enqueue(
         status="queued",
         trigger_id=trigger_id,
         trigger_data=trigger_data,
-        started_at=now,
         rerun_of=rerun_of,
     )
     trigger_item = f'[[{{"json":{trigger_data},"id":"{item_id()}"}}]]'

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from solder.ids import now_ms
 from solder.store import jobs, numbers
 from solder.store.prepared import Prepared, Reader, Row, execute, fetch_one
 from solder.store.schema import executions, log_listings, steps
@@ -101,21 +102,22 @@ _INSERT_EXECUTION = Prepared(
 )
 
 
-async def take_positions(conn: Reader, tenant_id: str, workflow_id: str, user_id: str) -> None:
-    """Take the next positions of the workflow's and the user's logs pages for the
-    execution `insert_execution` records next in this transaction. On PostgreSQL this
-    waits for any other transaction that took them to end: take them first, then the
-    execution's start time, so that start times follow positions."""
-    ids = {"tenant_id": tenant_id, "workflow_id": workflow_id, "user_id": user_id}
-    await execute(conn, _NEXT_POSITIONS, **ids)
-
-
-async def insert_execution(conn: Reader, **values: Any) -> None:
+async def insert_execution(conn: Reader, *, started_at: int | None = None, **values: Any) -> int:
     """Record a queued execution (`tenant_id`, `id`, `workflow_id`, `user_id`, ...) at the
-    positions `take_positions` took, and on PostgreSQL its job, in the caller's
-    transaction."""
+    next positions of its workflow's and its user's logs pages, and on PostgreSQL its job,
+    in the caller's transaction; its start time (now, unless `started_at`).
+
+    The positions are taken before the start time is read: on PostgreSQL taking them waits
+    for any other transaction that took the workflow's to end, so that start times follow
+    positions. The job is deferred before, so that the row is held one statement less.
+    """
     job_id = await jobs.defer(conn, values["tenant_id"], values["id"])
-    await execute(conn, _INSERT_EXECUTION, **{"rerun_of": None, **values, "job_id": job_id})
+    ids = {name: values[name] for name in ("tenant_id", "workflow_id", "user_id")}
+    await execute(conn, _NEXT_POSITIONS, **ids)
+    started = now_ms() if started_at is None else started_at
+    row = {"rerun_of": None, **values, "started_at": started, "job_id": job_id}
+    await execute(conn, _INSERT_EXECUTION, **row)
+    return started
 
 
 def _claim_statement() -> Prepared:
