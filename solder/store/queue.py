@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
-    and_,
     bindparam,
     delete,
     exists,
@@ -31,8 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.ids import now_ms
 from solder.store import jobs, numbers
-from solder.store.prepared import Prepared, Reader, Row, execute, fetch_one
-from solder.store.schema import executions, log_listings, steps
+from solder.store.prepared import Prepared, Reader, Row, execute, fetch, fetch_one
+from solder.store.schema import executions, steps
 
 Conn = AsyncConnection
 
@@ -55,14 +54,11 @@ _QUEUED = (
     "rerun_of",
     "job_id",
 )
-_WORKFLOW: Any = numbers.workflow_number(bindparam("tenant_id"), bindparam("workflow_id"))
-_USER: Any = numbers.user_number(bindparam("tenant_id"), bindparam("user_id"))
-
 # The next position of the workflow's logs pages of all users, then of the user's: the
 # same order everywhere (the workflow's row first), so that on PostgreSQL concurrent
 # writers queue on the first row rather than deadlock. The row stays locked to the end
 # of the transaction, so positions are taken in the order executions are committed, and
-# one that rolls back gives its positions back.
+# one that rolls back gives its positions back. Both rows come back with their numbers.
 _NEXT_POSITIONS = Prepared(
     text(
         "INSERT INTO log_listings"
@@ -75,28 +71,21 @@ _NEXT_POSITIONS = Prepared(
         " 1, 0, 0)"
         " ON CONFLICT (workflow_number, user_number)"
         " DO UPDATE SET last_position = log_listings.last_position + 1"
+        " RETURNING workflow_number, user_number, last_position"
     )
 )
-
-
-def _position(user: Any) -> Any:
-    return (
-        select(log_listings.c.last_position)
-        .where(
-            and_(log_listings.c.workflow_number == _WORKFLOW, log_listings.c.user_number == user)
-        )
-        .scalar_subquery()
-    )
-
 
 _INSERT_EXECUTION = Prepared(
     insert(executions).values(
         {
-            **{name: bindparam(name) for name in _QUEUED},
-            "workflow_number": _WORKFLOW,
-            "user_number": _USER,
-            "workflow_position": _position(literal(0)),
-            "user_position": _position(_USER),
+            name: bindparam(name)
+            for name in (
+                *_QUEUED,
+                "workflow_number",
+                "user_number",
+                "workflow_position",
+                "user_position",
+            )
         }
     )
 )
@@ -112,11 +101,20 @@ async def insert_execution(conn: Reader, *, started_at: int | None = None, **val
     positions. The job is deferred before, so that the row is held one statement less.
     """
     job_id = await jobs.defer(conn, values["tenant_id"], values["id"])
-    ids = {name: values[name] for name in ("tenant_id", "workflow_id", "user_id")}
-    await execute(conn, _NEXT_POSITIONS, **ids)
+    ids = {name: values.pop(name) for name in ("workflow_id", "user_id")}
+    taken = await fetch(conn, _NEXT_POSITIONS, tenant_id=values["tenant_id"], **ids)
+    listing = {row["user_number"] == 0: row for row in taken}
+    of_workflow, of_user = listing[True], listing[False]
     started = now_ms() if started_at is None else started_at
-    row = {"rerun_of": None, **values, "started_at": started, "job_id": job_id}
-    await execute(conn, _INSERT_EXECUTION, **row)
+    await execute(
+        conn,
+        _INSERT_EXECUTION,
+        **{"rerun_of": None, **values, "started_at": started, "job_id": job_id},
+        workflow_number=of_workflow["workflow_number"],
+        user_number=of_user["user_number"],
+        workflow_position=of_workflow["last_position"],
+        user_position=of_user["last_position"],
+    )
     return started
 
 
