@@ -37,7 +37,7 @@ from solder.store import codec
 from solder.store import queries as q
 from solder.store.database import Database
 
-VERSION = 9  # of the data set: change it whenever the rows change, so caches are rebuilt
+VERSION = 10  # of the data set: change it whenever the rows change, so caches are rebuilt
 TENANT = "bench-logs"
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT.parent / "shared" / "contract" / "seed-logs-response.json"

@@ -55,10 +55,8 @@ DATABASE = "solder_bench_storage"
 PARTS = {
     "executions": "executions table",
     "ix_executions_user_logs": "ix_executions_user_logs",
-    "ix_executions_workflow_logs": "ix_executions_workflow_logs",
-    "sqlite_autoindex_executions_1": "unique (tenant, id)",
-    "uq_executions_tenant_id_id": "unique (tenant, id)",
-    "pk_executions": "primary key (seq)",
+    "sqlite_autoindex_executions_1": "primary key (id)",
+    "pk_executions": "primary key (id)",
     "ix_executions_pending": "ix_executions_pending",
     "executions TOAST": "executions TOAST",
 }

@@ -199,7 +199,7 @@ class Compaction:
         """Train a candidate on a sample of the tenant's logs; store it if it pays (or if
         `keep`). Whether it was stored."""
         async with self.db.read() as conn:
-            if await q.count_executions(conn, tenant_id, self.min_logs) < self.min_logs:
+            if await q.count_executions(conn, tenant_id) < self.min_logs:
                 return False
         request = training.Request(
             dictionaries={row["id"]: bytes(row["content"]) for row in rows},
@@ -302,7 +302,7 @@ class Compaction:
         async with self.db.read() as conn:
             workflow_ids = await q.tenant_workflow_ids(conn, tenant_id)
         for workflow_id in workflow_ids:
-            after: tuple[int, int] = (-1, -1)
+            after = 0
             while True:
                 started = time.monotonic()
                 async with self.db.read() as conn:
@@ -311,7 +311,7 @@ class Compaction:
                     )
                 if not batch:
                     break
-                after = (batch[-1]["started_at"], batch[-1]["seq"])
+                after = batch[-1]["workflow_position"]
                 rewritten, unreadable = await self._in_thread(_recompress, batch, known, current)
                 async with self.db.write() as conn:
                     await q.rewrite_logs(conn, tenant_id, rewritten)

@@ -164,19 +164,23 @@ class Retention:
             due = await q.expired_workflows(conn, now_ms(), default_ms(self.settings))
         purged = 0
         for workflow in due:
-            while True:
+            after: int | None = 0
+            while after is not None:
                 started = time.monotonic()
                 async with self.db.write() as conn:
-                    deleted = await q.purge_workflow_executions(
-                        conn, workflow["tenant_id"], workflow["id"], workflow["cutoff"], BATCH
+                    deleted, after = await q.purge_workflow_executions(
+                        conn,
+                        workflow["tenant_id"],
+                        workflow["id"],
+                        workflow["cutoff"],
+                        after,
+                        BATCH,
                     )
                 purged += deleted
                 if on_batch is not None and deleted:
                     on_batch(deleted)
                 # Let waiting requests take the write lock; paced, leave them as long.
                 await asyncio.sleep(time.monotonic() - started if paced else 0)
-                if deleted < BATCH:
-                    break
         async with self.db.write() as conn:
             await q.purge_idempotency_keys(conn, now_ms() - IDEMPOTENCY_MS)
         return purged

@@ -42,10 +42,12 @@ Statement = Select[Any] | Insert | Update | Delete | TextClause
 
 
 class Prepared:
-    """A statement built once, with named bind parameters, compiled once per database."""
+    """A statement built once, with named bind parameters, compiled once per database;
+    `sqlite`, if given, is the same statement as SQLite is better asked it."""
 
-    def __init__(self, statement: Statement) -> None:
+    def __init__(self, statement: Statement, *, sqlite: Statement | None = None) -> None:
         self.statement = statement
+        self._statements = {"sqlite": sqlite} if sqlite is not None else {}
         self._compiled: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def compiled(self, dialect: Dialect) -> tuple[str, dict[str, Any]]:
@@ -53,7 +55,7 @@ class Prepared:
         itself (its literals, such as `status = 'running'`)."""
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
-            sql = self.statement.compile(dialect=dialect)
+            sql = self._statements.get(dialect.name, self.statement).compile(dialect=dialect)
             if any(bind.expanding for bind in sql.binds.values()):
                 raise ValueError("a prepared statement cannot hold IN (list): spell it with OR")
             constants = {

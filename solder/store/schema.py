@@ -2,10 +2,12 @@
 
 Every table's primary key and the indexes API reads use lead with `tenant_id`, so that
 every query is scoped by tenant, with one exception: `executions`, the one table that
-grows without bound, is keyed by integers (its `seq`, and the numbers of its workflow
-and user, each of which belongs to one tenant), so that its rows and index entries stay
-small (docs/decisions.md, "Integer keys for executions"). The few cross-tenant indexes
-serve Solder's own sweeps: the dispatch queue and the forgetting of idempotency keys.
+grows without bound, is keyed by its random public id alone and indexed by integers
+(the numbers of its workflow and user, each of which belongs to one tenant, and its
+positions in their logs pages), so that its rows and index entries stay small
+(docs/decisions.md, "Integer keys for executions", "Lean executions"). The few
+cross-tenant indexes serve Solder's own sweeps: the dispatch queue and the forgetting of
+idempotency keys.
 Timestamps are integer milliseconds since the epoch (UTC).
 """
 
@@ -161,12 +163,10 @@ user_numbers = _numbers("user_numbers", "user_id")
 executions = Table(
     "executions",
     metadata,
-    # The row's place in the table, in the order executions were recorded: the logs
-    # indexes' tie-breaker (and the cursor's), a few bytes where the public id takes 22.
-    # On SQLite it is the rowid itself (INTEGER PRIMARY KEY), so it costs nothing.
-    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True),
     Column("tenant_id", String(24), nullable=False),
-    Column("id", String(21), nullable=False),
+    # The public id: 126 random bits, unique across tenants, so its index need not hold
+    # the tenant (every lookup still names it, and reads the row's).
+    Column("id", String(21), primary_key=True),
     Column("workflow_number", Integer, nullable=False),
     Column("user_number", Integer, nullable=False),
     Column("workflow_version", Integer, nullable=False),
@@ -196,15 +196,13 @@ executions = Table(
     # at any depth is one seek to a position, not a walk over the pages before it.
     Column("user_position", BigInteger().with_variant(Integer(), "sqlite"), nullable=False),
     Column("workflow_position", BigInteger().with_variant(Integer(), "sqlite"), nullable=False),
-    UniqueConstraint("tenant_id", "id"),
     # The logs pages: a workflow's executions of one user, and of all its users. A
-    # workflow number belongs to one tenant, so the tenant need not lead.
+    # workflow number belongs to one tenant, so the tenant need not lead. The workflow's
+    # is also the order retention, failed executions and compaction walk.
     Index(
         "ix_executions_user_logs", "workflow_number", "user_number", "user_position", unique=True
     ),
     Index("ix_executions_workflow_positions", "workflow_number", "workflow_position", unique=True),
-    # Retention, failed executions and compaction: a workflow's executions by start time.
-    Index("ix_executions_workflow_logs", "workflow_number", "started_at", "seq"),
     # The dispatch queue: only unfinished executions are in this index.
     Index(
         "ix_executions_pending",
@@ -275,11 +273,7 @@ steps = Table(
     Column("meta", Text),
     Column("app_actions", Integer, nullable=False, server_default=text("0")),
     PrimaryKeyConstraint("tenant_id", "execution_id", "seq"),
-    ForeignKeyConstraint(
-        ["tenant_id", "execution_id"],
-        ["executions.tenant_id", "executions.id"],
-        ondelete="CASCADE",
-    ),
+    ForeignKeyConstraint(["execution_id"], ["executions.id"], ondelete="CASCADE"),
 )
 
 # A user's secrets, encrypted at rest; blocks name them, the engine resolves them at run time.
