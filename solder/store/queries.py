@@ -608,6 +608,7 @@ def _page_statement(descending: bool, by_user: bool, after: bool) -> Prepared:
         position = executions.c.workflow_position
     first = of_target(target.c.start)
     conditions.append(position <= first if descending else position >= first)
+
     def in_page(*columns: Any) -> Any:
         return (
             select(*columns, position.label("position"))
