@@ -945,32 +945,39 @@ async def purge_workflow_executions(
     them (ON DELETE CASCADE). On PostgreSQL, rows another worker's purge holds are
     skipped rather than waited for.
     """
-    window = await conn.execute(
-        select(executions.c.workflow_position, executions.c.started_at, executions.c.status)
-        .where(
-            *_of_workflow(tenant_id, workflow_id, None),
-            executions.c.workflow_position > after,
-        )
-        .order_by(executions.c.workflow_position)
+    # The window, summed up in SQL (a batch's 500 rows never come to Python): how many,
+    # the last, and the first execution to keep, if any.
+    position = executions.c.workflow_position
+    window = (
+        select(position, executions.c.started_at)
+        .where(*_of_workflow(tenant_id, workflow_id, None), position > after)
+        .order_by(position)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .subquery()
     )
-    rows = window.all()
-    expired: list[int] = []
-    go_on: int | None = rows[-1][0] if len(rows) == limit else None
-    for position, started_at, status in rows:
-        if started_at >= started_before:
-            go_on = None
-            break
-        if status in _ENDED:
-            expired.append(position)
-    if not expired:
+    summed = await conn.execute(
+        select(
+            func.count(),
+            func.max(window.c.workflow_position),
+            func.min(case((window.c.started_at >= started_before, window.c.workflow_position))),
+        )
+    )
+    size, last, kept = summed.one()
+    go_on: int | None = last if size == limit and kept is None else None
+    if not size:
         return 0, go_on
+    # Those before the first kept, all past the cutoff, less any not ended. (On
+    # PostgreSQL one that another purge holds, left out of the window, is waited for
+    # here, then found gone.)
     result = await conn.execute(
         delete(executions)
         .where(
             *_of_workflow(tenant_id, workflow_id, None),
-            executions.c.workflow_position.in_(expired),
+            position > after,
+            position < kept if kept is not None else position <= last,
+            executions.c.started_at < started_before,
+            executions.c.status.in_(_ENDED),
         )
         .returning(*_POSITIONS)
     )
