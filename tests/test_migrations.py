@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -223,46 +223,48 @@ def test_log_positions_number_each_listing_in_its_order_of_before(tmp_path: Path
     assert differences(db)[0] == []
 
 
-def _at_0008(db: Database, executions: list[tuple[str, str, int, str, bytes | None]]) -> Engine:
+@contextlib.contextmanager
+def at_0008(
+    db: Database, executions: Sequence[tuple[str, str, int, str, bytes | None]]
+) -> Iterator[Engine]:
     """`db` at 0008, with two tenants' workflow 1 and user 1, and `executions` as
     (tenant, id, started, status, log) recorded in that order (positions given)."""
-    engine = create_engine(db.sync_url)
-    if db.is_sqlite:
-        _configure_sqlite(engine, "normal")
-    from solder.store import migrate
-
-    migrate.upgrade(engine, "0008")
-    with engine.begin() as conn:
-        for tenant in ("t1", "t2"):
-            conn.execute(
-                text("INSERT INTO tenants (id, name, created_at) VALUES (:t, :t, 1)"), {"t": tenant}
-            )
-            for table, column in (("workflow_numbers", "workflow_id"), ("user_numbers", "user_id")):
+    with engine_at(db, "0008") as engine:
+        with engine.begin() as conn:
+            for tenant in ("t1", "t2"):
                 conn.execute(
-                    text(f"INSERT INTO {table} (tenant_id, {column}) VALUES (:t, 'x')"),
+                    text("INSERT INTO tenants (id, name, created_at) VALUES (:t, :t, 1)"),
                     {"t": tenant},
                 )
-        numbers, users = (
-            {str(tenant): int(number) for tenant, number in conn.execute(text(sql)).all()}
-            for sql in (
-                "SELECT tenant_id, number FROM workflow_numbers",
-                "SELECT tenant_id, number FROM user_numbers",
+                for table, column in (
+                    ("workflow_numbers", "workflow_id"),
+                    ("user_numbers", "user_id"),
+                ):
+                    conn.execute(
+                        text(f"INSERT INTO {table} (tenant_id, {column}) VALUES (:t, 'x')"),
+                        {"t": tenant},
+                    )
+            numbers, users = (
+                {str(tenant): int(number) for tenant, number in conn.execute(text(sql)).all()}
+                for sql in (
+                    "SELECT tenant_id, number FROM workflow_numbers",
+                    "SELECT tenant_id, number FROM user_numbers",
+                )
             )
-        )
-        placed: dict[str, int] = {}
-        for tenant, id_, started, status, log in executions:
-            placed[tenant] = position = placed.get(tenant, 0) + 1
-            conn.execute(
-                text(
-                    "INSERT INTO executions (tenant_id, id, workflow_number, user_number,"
-                    " workflow_version, status, trigger_id, trigger_data, started_at, log,"
-                    " user_position, workflow_position)"
-                    " VALUES (:t, :id, :w, :u, 1, :status, '', '', :started, :log, :p, :p)"
-                ),
-                {"t": tenant, "id": id_, "w": numbers[tenant], "u": users[tenant]}
-                | {"status": status, "started": started, "log": log, "p": position},
-            )
-    return engine
+            placed: dict[str, int] = {}
+            for tenant, id_, started, status, log in executions:
+                placed[tenant] = position = placed.get(tenant, 0) + 1
+                conn.execute(
+                    text(
+                        "INSERT INTO executions (tenant_id, id, workflow_number, user_number,"
+                        " workflow_version, status, trigger_id, trigger_data, started_at, log,"
+                        " user_position, workflow_position)"
+                        " VALUES (:t, :id, :w, :u, 1, :status, '', '', :started, :log, :p, :p)"
+                    ),
+                    {"t": tenant, "id": id_, "w": numbers[tenant], "u": users[tenant]}
+                    | {"status": status, "started": started, "log": log, "p": position},
+                )
+        yield engine
 
 
 def test_lean_executions_keep_every_execution_its_steps_and_its_positions(
@@ -280,8 +282,7 @@ def test_lean_executions_keep_every_execution_its_steps_and_its_positions(
         ("t1", "e2", 20, "running", None),
         ("t1", "e3", 20, "succeeded", b"log3"),
     ]
-    engine = _at_0008(db, recorded)
-    try:
+    with at_0008(db, recorded) as engine:
         with engine.begin() as conn:
             conn.execute(
                 text(
@@ -301,8 +302,6 @@ def test_lean_executions_keep_every_execution_its_steps_and_its_positions(
             steps_before = conn.execute(text("SELECT execution_id, seq FROM steps")).all()
             conn.execute(text("DELETE FROM executions WHERE id = 'e2'"))
             steps_after = conn.execute(text("SELECT count(*) FROM steps")).scalar_one()
-    finally:
-        engine.dispose()
     assert [tuple(row) for row in rows] == [
         ("t1", "e1", 10, "succeeded", b"log1", 1),
         ("t1", "e2", 20, "running", None, 2),
@@ -318,14 +317,10 @@ def test_lean_executions_refuse_an_id_two_tenants_share_and_say_so(tmp_path: Pat
     from solder.store import migrate
 
     db = empty_database(tmp_path)
-    engine = _at_0008(
-        db, [("t1", "same", 10, "succeeded", b"a"), ("t2", "same", 11, "succeeded", b"b")]
-    )
-    try:
+    shared = [("t1", "same", 10, "succeeded", b"a"), ("t2", "same", 11, "succeeded", b"b")]
+    with at_0008(db, shared) as engine:
         with pytest.raises(RuntimeError, match="share the ids same: delete or rename them"):
             migrate.upgrade(engine)
         with engine.connect() as conn:
             kept = conn.execute(text("SELECT count(*) FROM executions")).scalar_one()
-    finally:
-        engine.dispose()
     assert kept == 2, "nothing was changed"
