@@ -56,6 +56,12 @@ class Server:
     """A Solder server running in a thread of the test process, as `solder serve` runs it."""
 
     def __init__(self, settings: Settings, *, worker: bool = True) -> None:
+        # Bound here and handed to uvicorn, so that no other process can take the port
+        # between its choice and the server's start (as a port found free, then bound
+        # by the server, could: "address already in use").
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        settings = settings.model_copy(update={"port": self._socket.getsockname()[1]})
         self.settings = settings
         self.app = create_app(settings, worker=worker)
         config = uvicorn.Config(
@@ -67,7 +73,9 @@ class Server:
             lifespan="on",
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
         self.base_url = f"http://127.0.0.1:{settings.port}"
 
     def start(self) -> None:
@@ -81,6 +89,7 @@ class Server:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(TIMEOUT)
+        self._socket.close()
 
     def new_key(self, tenant: str) -> str:
         """An API key of `tenant` (created if needed), made as `solder keys create` makes it."""
