@@ -942,8 +942,8 @@ async def purge_workflow_executions(
     recorded), so the walk stops at the first execution started at or after the cutoff:
     one a few milliseconds older behind it (another host's clock) waits for the next
     sweep. Executions not yet ended are stepped over, and kept. Their steps go with
-    them (ON DELETE CASCADE). On PostgreSQL, rows another worker's purge holds are
-    skipped rather than waited for.
+    them (ON DELETE CASCADE). On PostgreSQL, the window skips rows another worker's
+    purge holds; the delete waits for any within its range, then finds them gone.
     """
     # The window, summed up in SQL (a batch's 500 rows never come to Python): how many,
     # the last, and the first execution to keep, if any.
