@@ -140,7 +140,7 @@ class Compaction:
         swept = Swept()
         if not self.settings.log_dictionaries:
             return swept
-        async with self._exclusive() as alone:
+        async with self.db.try_lock(_SWEEP_LOCK) as alone:
             if not alone:
                 swept.busy = True
                 return swept
@@ -340,23 +340,6 @@ class Compaction:
             await q.delete_dictionary(conn, tenant_id, dictionary_id)
         log.info("tenant %s: log dictionary %d deleted", tenant_id, dictionary_id)
         return 1
-
-    @contextlib.asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[bool]:
-        """Whether this process may sweep now: on PostgreSQL, one process at a time."""
-        if self.db.is_sqlite:
-            yield True
-            return
-        async with self.db.engine.connect() as conn:
-            result = await conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_SWEEP_LOCK})")
-            alone = bool(result.scalar_one())
-            await conn.commit()
-            try:
-                yield alone
-            finally:
-                if alone:
-                    await conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_SWEEP_LOCK})")
-                    await conn.commit()
 
     async def _sweep_forever(self) -> None:
         while True:

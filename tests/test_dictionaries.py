@@ -62,9 +62,10 @@ def run_many(api: Api, tenant: str, count: int, start: int = 0) -> tuple[str, li
 def compact(settings: Settings, **sweep: Any) -> Swept:
     """One compaction sweep on a server's database, as its own sweep would run it."""
     settle_ms = sweep.pop("settle_ms", 0)
+    pool_size = sweep.pop("pool_size", 10)
 
     async def run() -> Swept:
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, pool_size=pool_size)
         try:
             sweeping = Compaction(
                 db, settings, min_logs=MIN_LOGS, settle_ms=settle_ms, switch_seconds=0
@@ -108,8 +109,8 @@ def dictionaries(data_dir: Path) -> dict[tuple[str, int], bytes]:
 
 def pages(api: Api, workflow_id: str) -> list[bytes]:
     """Every page of a workflow's logs, as the bytes the API answers, `nextCursor`
-    included: on SQLite a recompressed row moves to the table's end (a new `seq`), but a
-    cursor names the execution's position in its listing, which stays."""
+    included: a cursor names the execution's position in its listing, which a
+    recompression must leave as it was."""
     found = []
     for page in range(1, 100):
         response = api.get(f"/workflows/{workflow_id}/logs", params={"limit": 30, "page": page})
@@ -343,6 +344,39 @@ def test_an_older_dictionary_goes_once_no_stored_log_needs_it_and_not_before(
     assert [id_ for _, id_ in dictionaries(data_dir)] == [2]
     assert all(value.startswith(codec.prefix(2)) for value in stored(data_dir).values())
     assert pages(api, workflow_id) == before
+
+
+def test_a_sweep_with_one_database_connection_trains_and_recompresses(
+    server: Server, api: Api
+) -> None:
+    # On PostgreSQL the sweep holds a lock (one process sweeps at a time) on a connection
+    # of its own: held on one of the pool's, a pool of one left the sweep's own reads
+    # waiting for it until the pool timed out (30 s, then "database unavailable").
+    _, ids = run_many(api, "acme", MIN_LOGS)
+
+    swept = compact(server.settings, by_hand=True, pool_size=1)
+
+    assert (swept.busy, swept.trained, swept.recompressed) == (False, 1, len(ids))
+    assert all(
+        value.startswith(codec.prefix(1)) for value in stored(server.settings.data_dir).values()
+    )
+
+
+def test_one_process_sweeps_at_a_time(server: Server, api: Api) -> None:
+    if not databases.on_postgres():
+        pytest.skip("PostgreSQL only: on SQLite one process writes at a time anyway")
+    import psycopg
+
+    data_dir = server.settings.data_dir
+    run_many(api, "acme", MIN_LOGS)
+    with psycopg.connect(server.settings.database_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (compaction._SWEEP_LOCK,))
+        swept = compact(server.settings, by_hand=True)
+        assert (swept.busy, swept.trained, swept.recompressed) == (True, 0, 0)
+        assert all(value[0] == codec.SKELETON for value in stored(data_dir).values())
+    # The other process is gone, and its lock with it.
+    swept = compact(server.settings, by_hand=True)
+    assert (swept.busy, swept.trained, swept.recompressed) == (False, 1, MIN_LOGS)
 
 
 def test_without_dictionaries_logs_stay_on_the_skeleton(

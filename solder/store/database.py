@@ -223,6 +223,29 @@ class Database:
                 yield conn
 
     @asynccontextmanager
+    async def try_lock(self, key: int) -> AsyncIterator[bool]:
+        """PostgreSQL: whether this process got the session advisory lock `key`, held
+        until the block exits; SQLite: always True (one process writes at a time).
+
+        The lock is held on a connection of its own, outside the pools: held on a pooled
+        connection, it would leave the work done under it one connection short (with a
+        pool of one, waiting for itself until the pool timed out). Closing the
+        connection releases the lock, whatever happened in the block.
+        """
+        if self.is_sqlite:
+            yield True
+            return
+        with _unavailable_if_unreachable():
+            conn = await psycopg.AsyncConnection.connect(
+                self.libpq_url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT
+            )
+        async with conn:
+            with _unavailable_if_unreachable():
+                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+                row = await cursor.fetchone()
+            yield bool(row and row[0])
+
+    @asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
         try:
             async with self.engine.connect() as conn:
