@@ -58,6 +58,34 @@ def test_migrations_build_the_declared_schema(tmp_path: Path) -> None:
     assert set(metadata.tables) <= tables
 
 
+def test_every_foreign_key_leads_an_index_of_its_table(tmp_path: Path) -> None:
+    """Deleting a row deletes or checks the rows that refer to it (a tenant's data, an
+    execution's steps): each of those lookups goes through an index, never a scan of the
+    referring table for each row deleted (a purge batch of 500 executions took 754 ms
+    on PostgreSQL and 2.4 s on SQLite with 20,000 steps running, when `steps` was keyed
+    by tenant first: docs/decisions.md, "Lean executions")."""
+    db = empty_database(tmp_path)
+    db.migrate()
+    engine = create_engine(db.sync_url)
+    try:
+        with engine.connect() as conn:
+            schema = inspect(conn)
+            unserved = []
+            for table in sorted(metadata.tables):
+                keys: list[list[str | None]] = [
+                    list(schema.get_pk_constraint(table)["constrained_columns"])
+                ]
+                keys += [list(index["column_names"]) for index in schema.get_indexes(table)]
+                keys += [list(u["column_names"]) for u in schema.get_unique_constraints(table)]
+                for foreign in schema.get_foreign_keys(table):
+                    columns = foreign["constrained_columns"]
+                    if not any(key[: len(columns)] == columns for key in keys):
+                        unserved.append((table, columns, foreign["referred_table"]))
+    finally:
+        engine.dispose()
+    assert unserved == []
+
+
 def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
     db = empty_database(tmp_path)
     db.migrate()

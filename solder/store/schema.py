@@ -272,7 +272,9 @@ steps = Table(
     # Additive keys of the step's log entry: `iteration` inside a loop, `attempts`, ...
     Column("meta", Text),
     Column("app_actions", Integer, nullable=False, server_default=text("0")),
-    PrimaryKeyConstraint("tenant_id", "execution_id", "seq"),
+    # Led by the execution: the delete that follows an execution's (ON DELETE CASCADE)
+    # finds its steps through it, where (tenant, execution, seq) made it scan the table.
+    PrimaryKeyConstraint("execution_id", "seq"),
     ForeignKeyConstraint(["execution_id"], ["executions.id"], ondelete="CASCADE"),
 )
 

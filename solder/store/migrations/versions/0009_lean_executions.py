@@ -16,7 +16,11 @@ On PostgreSQL an execution took 525 bytes on disk against the 400 asked
   tenants, so the index on the id alone serves every lookup (each still names its
   tenant, checked on the row), and is now the primary key.
 
-`steps` refers to its execution by id alone. On SQLite the table is rebuilt (a primary
+`steps` refers to its execution by id alone, and is keyed by (execution, seq): the
+delete that follows an execution's (ON DELETE CASCADE) finds its steps through that key.
+Keyed by (tenant, execution, seq), it scanned the whole table for each execution
+deleted (a purge batch of 500 with 5,000 executions running, 4 steps each: 754 ms on
+PostgreSQL, 2.4 s on SQLite, against 3 and 40). On SQLite the table is rebuilt (a primary
 key column cannot be dropped), in the order executions were recorded; on PostgreSQL the
 column is dropped in place (the rows written before keep its 8 bytes until rewritten).
 Run it while no worker runs, as every migration.
@@ -96,7 +100,7 @@ def _steps_table() -> None:
             name=op.f("fk_steps_execution_id_executions"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("tenant_id", "execution_id", "seq", name=op.f("pk_steps")),
+        sa.PrimaryKeyConstraint("execution_id", "seq", name=op.f("pk_steps")),
     )
 
 
@@ -125,6 +129,8 @@ def upgrade() -> None:
         op.drop_constraint("pk_executions", "executions", type_="primary")
         op.drop_column("executions", "seq")
         op.create_primary_key("pk_executions", "executions", ["id"])
+        op.drop_constraint("pk_steps", "steps", type_="primary")
+        op.create_primary_key("pk_steps", "steps", ["execution_id", "seq"])
         op.create_foreign_key(
             "fk_steps_execution_id_executions",
             "steps",
