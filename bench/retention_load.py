@@ -22,6 +22,10 @@ the bench runs the VACUUM autovacuum would, timed and still under the load; VACU
 makes the space reusable in place (pg_freespacemap's free space), it does not shrink
 `executions`' total size.
 
+The purge is held while the processes start (the tenant's retention set to 40 years,
+then back to the server's once they answer): a process starting takes a core for a
+second or two, which is not the purge's cost. The windows begin as it is released.
+
 Each run starts from a copy of the store, generated once: SQLite, a copy of the file
 cached under bench/.data; PostgreSQL, a CREATE DATABASE ... TEMPLATE of a database
 filled with COPY. Every figure is the median of `runs`.
@@ -59,7 +63,7 @@ from logs_dataset import VERSION as DATASET_VERSION
 from logs_read import WARM_UP_SECONDS, meets, progress, requests, serving, solder_env
 from logs_read import sqlite_dataset as cached_sqlite
 from rich.progress import Progress
-from scale_out import SOLDER, BenchError, Process
+from scale_out import SOLDER, BenchError, Process, wait_until
 
 from solder.retention import DAY_MS, RESERVE_PAGES
 
@@ -79,6 +83,10 @@ LEFT = (
     " WHERE user_number = 0 AND workflow_number NOT IN (?, ?)"
 )
 SWEPT = "execution logs past retention"  # the sweep's "purged N ..." line
+WORKER_STARTED = "started: running executions from the queue"  # `solder worker`'s line
+# The tenant's retention while the processes start: 40 years, so nothing has expired
+# until the windows begin (then it inherits the server's 10 years again).
+HELD_MS = 40 * 365 * DAY_MS
 WINDOW_SECONDS = 5.0
 POLL_SECONDS = 0.5
 TIMEOUT = 3600.0
@@ -147,6 +155,16 @@ def scalar(db: Db, sql: str, *params: Any) -> int:
         row = db.execute(sql.replace("?", "%s"), params).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def hold(url: str, retention_ms: int | None) -> None:
+    """Set the bench tenant's retention (None: the server's)."""
+    with contextlib.closing(connect(url)) as db:
+        sql = "UPDATE tenants SET retention_ms = ?"
+        if isinstance(db, sqlite3.Connection):
+            db.execute(sql, (retention_ms,))
+        else:
+            db.execute(sql.replace("?", "%s"), (retention_ms,))
 
 
 def space(url: str) -> tuple[int, int, int]:
@@ -226,13 +244,18 @@ def one_run(backend: str, url: str, workdir: Path, dataset: Dataset) -> Run:
         def said() -> str:
             return log.read_text(errors="replace") if log.exists() else ""
 
-        watcher = pool.submit(watch, url, dataset, lambda: SWEPT in said(), stop, bar)
+        # The processes start with the purge held (a process starting takes a core for a
+        # second or two, which is not the purge's cost); it begins with the windows.
+        hold(url, HELD_MS)
         base, _pid = stack.enter_context(serving(url, purging, sqlite=sqlite, **RETENTION))
         worker = None
         if not sqlite:
             env = solder_env(url, purging, **RETENTION)
             worker = Process.start("solder worker", [*SOLDER, "worker"], env, log)
             stack.callback(worker.stop)
+            wait_until(lambda: WORKER_STARTED in said(), "solder worker", worker.process)
+        watcher = pool.submit(watch, url, dataset, lambda: SWEPT in said(), stop, bar)
+        hold(url, None)
         deadline = time.monotonic() + TIMEOUT
         while not windows or not watcher.done():
             windows.append(wrk(base + path, headers, WINDOW_SECONDS))
