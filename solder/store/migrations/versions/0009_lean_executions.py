@@ -19,11 +19,11 @@ On PostgreSQL an execution took 525 bytes on disk against the 400 asked
 `steps` refers to its execution by id alone, and is keyed by (execution, seq): the
 delete that follows an execution's (ON DELETE CASCADE) finds its steps through that key.
 Keyed by (tenant, execution, seq), it scanned the whole table for each execution
-deleted (a purge batch of 500 with 5,000 executions running, 4 steps each: 754 ms on
-PostgreSQL, 2.4 s on SQLite, against 3 and 40). On SQLite the table is rebuilt (a primary
-key column cannot be dropped), in the order executions were recorded; on PostgreSQL the
-column is dropped in place (the rows written before keep its 8 bytes until rewritten).
-Run it while no worker runs, as every migration.
+deleted (a purge batch of 500 with 5,000 executions running, 4 steps each: 423 ms on
+PostgreSQL, 2.4 s on SQLite, against 14 and 10: bench/cascade_probe.py). On SQLite
+the table is rebuilt (a primary key column cannot be dropped), in the order executions
+were recorded; on PostgreSQL the column is dropped in place (the rows written before
+keep its 8 bytes until rewritten). Run it while no worker runs, as every migration.
 """
 
 from __future__ import annotations
