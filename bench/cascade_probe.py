@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
+from common import postgres_database
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import insert, select, text
@@ -152,17 +154,19 @@ async def probe(url: str, key: str, expired: int, running: int) -> list[float]:
         await db.dispose()
 
 
-def postgres_database(name: str, *, drop: bool = False) -> str | None:
-    """A new, empty PostgreSQL database (or with `drop`, none): its URL, or None when
-    PostgreSQL is unreachable."""
+def store(backend: str, directory: Path, name: str) -> contextlib.AbstractContextManager[str]:
+    """A new, empty database of `backend`: its URL (PostgreSQL's dropped afterwards)."""
+    if backend == "SQLite":
+        return contextlib.nullcontext(f"sqlite:///{directory / name}.db")
+    return postgres_database(POSTGRES, name)
+
+
+def postgres_reachable() -> bool:
     try:
-        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True, connect_timeout=3) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            if not drop:
-                admin.execute(f"CREATE DATABASE {name}")
+        psycopg.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
     except psycopg.OperationalError:
-        return None
-    return f"{POSTGRES}/{name}"
+        return False
+    return True
 
 
 def main() -> None:
@@ -179,7 +183,7 @@ def main() -> None:
     table.add_column("slowest batch", justify="right")
     with tempfile.TemporaryDirectory(prefix="solder-cascade-") as tmp:
         for backend in ("SQLite", "PostgreSQL"):
-            if backend == "PostgreSQL" and postgres_database("solder_cascade", drop=True) is None:
+            if backend == "PostgreSQL" and not postgres_reachable():
                 console.print(f"[yellow]PostgreSQL at {POSTGRES} is unreachable: skipped")
                 continue
             medians: dict[str, list[float]] = {name: [] for name in KEYS}
@@ -187,19 +191,11 @@ def main() -> None:
             for run in range(args.runs):
                 for name, key in KEYS.items():  # in turns, so both see the same machine
                     label = f"solder_cascade_{run}_{key[:6]}"
-                    sqlite = backend == "SQLite"
-                    url = (
-                        f"sqlite:///{Path(tmp) / label}.db" if sqlite else postgres_database(label)
-                    )
-                    assert url is not None, "PostgreSQL went away"
-                    with console.status(f"{backend}, {name}, run {run + 1} of {args.runs}"):
-                        try:
-                            timings = asyncio.run(
-                                probe(url, key, args.batches * BATCH, args.running)
-                            )
-                        finally:
-                            if not sqlite:
-                                postgres_database(label, drop=True)
+                    with (
+                        console.status(f"{backend}, {name}, run {run + 1} of {args.runs}"),
+                        store(backend, Path(tmp), label) as url,
+                    ):
+                        timings = asyncio.run(probe(url, key, args.batches * BATCH, args.running))
                     medians[name].append(statistics.median(timings))
                     worst[name] = max(worst[name], *timings)
             for name in KEYS:

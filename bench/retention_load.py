@@ -128,8 +128,13 @@ def expired(dataset: Dataset) -> int:
     return (dataset.workflows - 1) * dataset.users * dataset.per_pair
 
 
+def kept_workflows(dataset: Dataset) -> tuple[int, int]:
+    """The numbers of the workflows whose executions stay (logs_read.py reads them)."""
+    return workflow_number(0), workflow_number(dataset.workflows)
+
+
 def aged(dataset: Dataset) -> Edit:
-    kept = {workflow_number(0), workflow_number(dataset.workflows)}
+    kept = set(kept_workflows(dataset))
 
     def edit(row: Row) -> Row:
         if row[WORKFLOW] in kept:
@@ -148,11 +153,15 @@ def connect(url: str) -> Db:
     return psycopg.connect(url, autocommit=True)
 
 
-def scalar(db: Db, sql: str, *params: Any) -> int:
+def execute(db: Db, sql: str, *params: Any) -> Any:
+    """Run `sql`, written with `?` placeholders, on either database; its cursor."""
     if isinstance(db, sqlite3.Connection):
-        row = db.execute(sql, params).fetchone()
-    else:
-        row = db.execute(sql.replace("?", "%s"), params).fetchone()
+        return db.execute(sql, params)
+    return db.execute(sql.replace("?", "%s"), params)
+
+
+def scalar(db: Db, sql: str, *params: Any) -> int:
+    row = execute(db, sql, *params).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -160,11 +169,7 @@ def scalar(db: Db, sql: str, *params: Any) -> int:
 def hold(url: str, retention_ms: int | None) -> None:
     """Set the bench tenant's retention (None: the server's)."""
     with contextlib.closing(connect(url)) as db:
-        sql = "UPDATE tenants SET retention_ms = ?"
-        if isinstance(db, sqlite3.Connection):
-            db.execute(sql, (retention_ms,))
-        else:
-            db.execute(sql.replace("?", "%s"), (retention_ms,))
+        execute(db, "UPDATE tenants SET retention_ms = ?", retention_ms)
 
 
 def space(url: str) -> tuple[int, int, int]:
@@ -193,7 +198,7 @@ def watch(
     """Wait until the expired executions are purged and the sweep is over, then on
     PostgreSQL VACUUM as autovacuum would: how long the purge and reclaiming took."""
     total = expired(dataset)
-    kept = workflow_number(0), workflow_number(dataset.workflows)
+    kept = kept_workflows(dataset)
     task = bar.add_task("purging", total=total)
     with contextlib.closing(connect(url)) as db:
         full = purged = time.monotonic()
