@@ -12,9 +12,10 @@ Every `SOLDER_COMPACTION_SWEEP_SECONDS` the sweep, for each tenant:
    runs in a child process (solder/training.py says why).
 2. **Recompresses**, once every writer has switched to a new dictionary (`SETTLE_MS`),
    every stored log of the tenant that is not on it: workflow by workflow through the
-   workflow logs index, in batches of `BATCH`, each its own short transaction and
-   followed by a pause as long as it took (as retention's sweep), so reads keep their
-   latency. Each rewritten row also drops the trigger its log already holds.
+   workflow logs index, in batches of `BATCH`, read and recompressed in a child process
+   (solder/recompressing.py says why), each written here in its own short transaction
+   and followed by a pause as long as it took (as retention's sweep), so reads keep
+   their latency. Each rewritten row also drops the trigger its log already holds.
 3. **Deletes** the tenant's older dictionaries that no stored log needs, checked in the
    deleting transaction; one still needed is looked at again a day later.
 
@@ -36,13 +37,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from solder import dictionaries, training
+from solder import dictionaries, recompressing, training
 from solder.errors import Unavailable
 from solder.ids import execution_id, now_ms
 from solder.settings import Settings
 from solder.store import codec
 from solder.store import queries as q
-from solder.store.codec import Dictionary
 from solder.store.database import Database
 from solder.store.prepared import INTEGRITY_ERRORS
 
@@ -279,49 +279,53 @@ class Compaction:
         paced: bool,
         on_batch: OnBatch | None,
     ) -> None:
-        """Recompress every stored log of the tenant that is not on its newest dictionary."""
-        known = _usable(tenant_id, rows)
-        current = known[rows[-1]["id"]]
-        try:
-            await self._compact_with(tenant_id, known, current, swept, paced, on_batch)
-        finally:
-            # Their zstd contexts in the compaction thread, and the heap pages they took.
-            for dictionary in known.values():
-                dictionary.release()
-            await self._in_thread(give_back_freed_memory)
-
-    async def _compact_with(
-        self,
-        tenant_id: str,
-        known: Mapping[int, Dictionary],
-        current: Dictionary,
-        swept: Swept,
-        paced: bool,
-        on_batch: OnBatch | None,
-    ) -> None:
-        async with self.db.read() as conn:
-            workflow_ids = await q.tenant_workflow_ids(conn, tenant_id)
-        for workflow_id in workflow_ids:
-            after = 0
+        """Recompress every stored log of the tenant that is not on its newest dictionary:
+        read and recompressed in a child process (solder/recompressing.py says why),
+        written here, each batch in a transaction of its own."""
+        request = recompressing.Request(
+            database_url=self.settings.database_url,
+            tenant_id=tenant_id,
+            dictionaries={row["id"]: bytes(row["content"]) for row in rows},
+            current=rows[-1]["id"],
+            batch=BATCH,
+        )
+        async with self._batches(request) as batches:
             while True:
                 started = time.monotonic()
-                async with self.db.read() as conn:
-                    batch = await q.logs_to_compact(
-                        conn, tenant_id, workflow_id, after, current.prefix, BATCH
-                    )
-                if not batch:
+                batch = await anext(batches, None)
+                if batch is None:
                     break
-                after = batch[-1]["workflow_position"]
-                rewritten, unreadable = await self._in_thread(_recompress, batch, known, current)
                 async with self.db.write() as conn:
-                    await q.rewrite_logs(conn, tenant_id, rewritten)
-                swept.recompressed += len(rewritten)
-                swept.unreadable += unreadable
+                    await q.rewrite_logs(conn, tenant_id, batch.rewritten)
+                for execution_id in batch.unreadable:
+                    log.error(
+                        "the stored log of execution %s cannot be read: left as it is",
+                        execution_id,
+                    )
+                swept.recompressed += len(batch.rewritten)
+                swept.unreadable += len(batch.unreadable)
                 if on_batch is not None:
-                    on_batch(len(batch))
+                    on_batch(batch.read)
                 await asyncio.sleep(time.monotonic() - started if paced else 0)
-                if len(batch) < BATCH:
-                    break
+
+    @contextlib.asynccontextmanager
+    async def _batches(
+        self, request: recompressing.Request
+    ) -> AsyncIterator[AsyncIterator[recompressing.Batch]]:
+        """The recompressed batches, from a child process; from this one for a database
+        in memory (no other process can open it), the CPU's part on the sweep's thread."""
+        try:
+            if not (self.db.is_sqlite and self.db.sqlite_file is None):
+                async with recompressing.apart(request) as batches:
+                    yield batches
+                return
+            async with contextlib.aclosing(
+                recompressing.batches(self.db, request, self._in_thread)
+            ) as batches:
+                yield batches
+        finally:
+            # The pages the writes took in the C heap, freed whole (scenario 6).
+            await self._in_thread(give_back_freed_memory)
 
     async def _delete_unless_used(self, tenant_id: str, dictionary_id: int) -> int:
         """Delete an older dictionary of the tenant if no stored log needs it.
@@ -415,11 +419,6 @@ async def _send(pipe: asyncio.StreamWriter, message: object) -> None:
     await pipe.drain()
 
 
-def _usable(tenant_id: str, rows: Sequence[Mapping[str, Any]]) -> dict[int, Dictionary]:
-    """The tenant's dictionaries, by id."""
-    return {row["id"]: Dictionary(tenant_id, row["id"], bytes(row["content"])) for row in rows}
-
-
 @functools.cache
 def _malloc_trim() -> Any:
     """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
@@ -431,22 +430,3 @@ def give_back_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def _recompress(
-    batch: Sequence[Mapping[Any, Any]], known: Mapping[int, Dictionary], current: Dictionary
-) -> tuple[list[tuple[str, bytes]], int]:
-    """Each log of `batch` compressed with `current`, checked to read back the same; and
-    how many could not be read."""
-    rewritten, unreadable = [], 0
-    for row in batch:
-        document = training.readable(row["log"], known)
-        if document is None:
-            unreadable += 1
-            log.error("the stored log of execution %s cannot be read: left as it is", row["id"])
-            continue
-        stored = current.compress(document)
-        if current.decompress(stored[len(current.prefix) :]) != document:
-            raise AssertionError(f"recompressing execution {row['id']}'s log changed it")
-        rewritten.append((row["id"], stored))
-    return rewritten, unreadable

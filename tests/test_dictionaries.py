@@ -4,6 +4,7 @@ as before, one tenant's never used for another's, never deleted while a log need
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import threading
@@ -17,8 +18,9 @@ import pytest
 import zstandard
 from sqlalchemy import delete
 
-from solder import compaction, training
+from solder import compaction, recompressing, training
 from solder.compaction import Compaction, Swept, TrainingFailed, train_apart
+from solder.recompressing import RecompressionFailed
 from solder.settings import Settings
 from solder.store import codec
 from solder.store.database import Database
@@ -528,3 +530,152 @@ def test_recompressing_beside_a_server_taking_runs_loses_no_run_and_changes_no_l
     assert all(after[execution_id]["status"] == "succeeded" for execution_id in fresh)
     assert all(after[id_] == log for id_, log in before.items()), "the old logs as they were"
     assert on_dictionary(data_dir, 1) >= total
+
+
+def children(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.subprocess.Process]:
+    """The child processes started from here on, as they start."""
+    started: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def recorded(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        child = await spawn(*args, **kwargs)
+        started.append(child)
+        return child
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
+    return started
+
+
+def test_the_recompressing_process_recompresses_what_recompressing_here_would(
+    server: Server, api: Api
+) -> None:
+    data_dir = server.settings.data_dir
+    trained_not_applied(server, api, MIN_LOGS)
+    old = stored(data_dir)
+    [((tenant_id, dictionary_id), content)] = dictionaries(data_dir).items()
+    request = recompressing.Request(
+        database_url=server.settings.database_url,
+        tenant_id=tenant_id,
+        dictionaries={dictionary_id: content},
+        current=dictionary_id,
+        batch=5,
+    )
+
+    async def both() -> tuple[list[recompressing.Batch], list[recompressing.Batch]]:
+        db = Database(server.settings.database_url)
+        try:
+            here = [batch async for batch in recompressing.batches(db, request)]
+        finally:
+            await db.dispose()
+        async with recompressing.apart(request) as batches:
+            return here, [batch async for batch in batches]
+
+    here, apart = asyncio.run(both())
+
+    assert apart == here
+    assert [batch.read for batch in apart] == [5, 5, 5, 5, 4]
+    rewritten = dict(pair for batch in apart for pair in batch.rewritten)
+    assert rewritten.keys() == old.keys()
+    assert all(value.startswith(codec.prefix(dictionary_id)) for value in rewritten.values())
+    assert stored(data_dir) == old, "the writes are the sweep's, not the child's"
+
+
+def test_a_stored_log_that_cannot_be_read_is_left_as_it_is_and_named(
+    server: Server, api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = server.settings.data_dir
+    trained_not_applied(server, api, MIN_LOGS)
+    lost = sorted(stored(data_dir))[3]
+    damaged = codec.prefix(7) + b"not zstd"  # the fault: a dictionary the tenant never had
+    literal = (
+        f"decode('{damaged.hex()}', 'hex')" if databases.on_postgres() else f"X'{damaged.hex()}'"
+    )
+    databases.execute(data_dir, f"UPDATE executions SET log = {literal} WHERE id = '{lost}'")
+
+    with caplog.at_level(logging.ERROR, logger="solder.compaction"):
+        swept = compact(server.settings)
+
+    assert (swept.recompressed, swept.unreadable) == (MIN_LOGS - 1, 1)
+    values = stored(data_dir)
+    assert values[lost] == damaged
+    assert on_dictionary(data_dir, 1) == MIN_LOGS - 1
+    assert f"the stored log of execution {lost} cannot be read" in caplog.text
+
+
+def test_a_recompressing_process_that_cannot_start_leaves_the_logs_as_they_were(
+    server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = server.settings.data_dir
+    workflow_id = trained_not_applied(server, api, MIN_LOGS)
+    before, old = pages(api, workflow_id), stored(data_dir)
+    # The fault: the child cannot start Solder (a Python without it).
+    monkeypatch.setattr(sys, "executable", str(Path(sys.base_prefix) / "bin" / "python3"))
+
+    with pytest.raises(
+        RecompressionFailed, match=r"exited with status 1: .*No module named 'solder'"
+    ):
+        compact(server.settings)
+
+    assert stored(data_dir) == old
+    assert pages(api, workflow_id) == before
+    monkeypatch.undo()
+    assert compact(server.settings).recompressed == MIN_LOGS, "the next sweep recompresses"
+    assert pages(api, workflow_id) == before
+
+
+def test_a_recompressing_process_killed_midway_leaves_every_log_readable(
+    server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = server.settings.data_dir
+    total = 4 * MIN_LOGS
+    workflow_id = trained_not_applied(server, api, total)
+    before = pages(api, workflow_id)
+    monkeypatch.setattr(compaction, "BATCH", 4)
+    started = children(monkeypatch)
+    written: list[int] = []
+
+    def kill_after_two(count: int) -> None:
+        written.append(count)
+        if len(written) == 2:
+            started[0].kill()  # the fault: the kernel's OOM killer, say
+
+    with pytest.raises(RecompressionFailed, match=f"exited with status {-signal.SIGKILL}"):
+        compact(server.settings, on_batch=kill_after_two)
+
+    assert written == [4, 4]
+    assert on_dictionary(data_dir, 1) == 8, "the batches written before stay written"
+    assert pages(api, workflow_id) == before, "every log reads as before, old or new"
+    assert compact(server.settings).recompressed == total - 8, "the next sweep goes on"
+    assert on_dictionary(data_dir, 1) == total
+    assert pages(api, workflow_id) == before
+
+
+def test_a_stopped_sweep_stops_its_recompressing_process(
+    server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = server.settings.data_dir
+    total = 4 * MIN_LOGS
+    workflow_id = trained_not_applied(server, api, total)
+    before = pages(api, workflow_id)
+    monkeypatch.setattr(compaction, "BATCH", 4)
+    started = children(monkeypatch)
+
+    async def stop_it() -> None:
+        db = Database(server.settings.database_url)
+        try:
+            sweeping = Compaction(db, server.settings, settle_ms=0, switch_seconds=0)
+            first = asyncio.Event()
+            task = asyncio.create_task(sweeping.sweep(on_batch=lambda _: first.set()))
+            await first.wait()
+            task.cancel()  # as the server does when it stops
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            await db.dispose()
+
+    asyncio.run(stop_it())
+
+    assert len(started) == 1
+    assert started[0].returncode == -signal.SIGKILL, "the child was killed and waited for"
+    assert 0 < on_dictionary(data_dir, 1) < total
+    assert pages(api, workflow_id) == before
