@@ -30,14 +30,13 @@ import ctypes
 import functools
 import logging
 import pickle
-import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from solder import dictionaries, recompressing, training
+from solder import children, dictionaries, recompressing, training
 from solder.errors import Unavailable
 from solder.ids import execution_id, now_ms
 from solder.settings import Settings
@@ -371,27 +370,17 @@ async def train_apart(
 ) -> training.Trained | training.Untrainable:
     """`training.handle` in a child process (solder/training.py says why), on the stored
     logs `sample` yields, sent to it as they come."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-P",  # not the working directory's modules: this Solder's
-        "-m",
-        "solder.training",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert child.stdin is not None
-    assert child.stdout is not None
-    assert child.stderr is not None
-    answer = asyncio.ensure_future(child.stdout.read())
-    complaint = asyncio.ensure_future(child.stderr.read())
+    started = await children.start("solder.training")
+    child = started.process
+    answer = asyncio.ensure_future(started.stdout.read())
+    complaint = asyncio.ensure_future(started.stderr.read())
     try:
         try:
-            await _send(child.stdin, request)
+            await _send(started.stdin, request)
             async for logs in sample:
-                await _send(child.stdin, list(logs))
-            await _send(child.stdin, None)  # the end of the sample
-            child.stdin.close()
+                await _send(started.stdin, list(logs))
+            await _send(started.stdin, None)  # the end of the sample
+            started.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the child ended early: its status and message say why
         out, err = await answer, await complaint
@@ -404,10 +393,7 @@ async def train_apart(
         await child.wait()
         raise
     if child.returncode != 0:
-        raise TrainingFailed(
-            f"the training process exited with status {child.returncode}: "
-            + (err.decode(errors="replace").strip()[-2000:] or "no message")
-        )
+        raise TrainingFailed(children.ended("training", child.returncode, err))
     result = pickle.loads(out)  # noqa: S301 (the answer of our own child process)
     if not isinstance(result, training.Trained | training.Untrainable):
         raise TrainingFailed(f"the training process answered a {type(result).__name__}")

@@ -33,7 +33,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from solder import training
+from solder import children, training
 from solder.store import queries as q
 from solder.store.codec import Dictionary
 from solder.store.database import Database
@@ -133,28 +133,14 @@ class RecompressionFailed(Exception):
 async def apart(request: Request) -> AsyncIterator[AsyncIterator[Batch]]:
     """`batches` run in a child process: the batches it answers, as they come. Leaving
     the block before the last one (an error, the server stopping) kills the child."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-P",  # not the working directory's modules: this Solder's
-        "-m",
-        "solder.recompressing",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert child.stdin is not None
-    assert child.stdout is not None
-    assert child.stderr is not None
-    stdin, stdout = child.stdin, child.stdout
-    complaint = asyncio.ensure_future(child.stderr.read())
+    started = await children.start("solder.recompressing")
+    child, stdin, stdout = started.process, started.stdin, started.stdout
+    complaint = asyncio.ensure_future(started.stderr.read())
 
     async def failed() -> RecompressionFailed:
         await child.wait()
         err = await complaint
-        return RecompressionFailed(
-            f"the recompressing process exited with status {child.returncode}: "
-            + (err.decode(errors="replace").strip()[-2000:] or "no message")
-        )
+        return RecompressionFailed(children.ended("recompressing", child.returncode, err))
 
     async def answers() -> AsyncGenerator[Batch, None]:
         while True:

@@ -623,15 +623,25 @@ def test_a_recompressing_process_that_cannot_start_leaves_the_logs_as_they_were(
     assert pages(api, workflow_id) == before
 
 
+TOTAL = 4 * MIN_LOGS
+
+
+def in_small_batches(
+    server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, list[bytes], list[asyncio.subprocess.Process]]:
+    """`TOTAL` logs of a new workflow left to recompress, 4 a batch: the workflow's id,
+    its pages as served, and the list of the child processes started from here on."""
+    workflow_id = trained_not_applied(server, api, TOTAL)
+    before = pages(api, workflow_id)
+    monkeypatch.setattr(compaction, "BATCH", 4)
+    return workflow_id, before, children(monkeypatch)
+
+
 def test_a_recompressing_process_killed_midway_leaves_every_log_readable(
     server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data_dir = server.settings.data_dir
-    total = 4 * MIN_LOGS
-    workflow_id = trained_not_applied(server, api, total)
-    before = pages(api, workflow_id)
-    monkeypatch.setattr(compaction, "BATCH", 4)
-    started = children(monkeypatch)
+    workflow_id, before, started = in_small_batches(server, api, monkeypatch)
     written: list[int] = []
 
     def kill_after_two(count: int) -> None:
@@ -645,8 +655,8 @@ def test_a_recompressing_process_killed_midway_leaves_every_log_readable(
     assert written == [4, 4]
     assert on_dictionary(data_dir, 1) == 8, "the batches written before stay written"
     assert pages(api, workflow_id) == before, "every log reads as before, old or new"
-    assert compact(server.settings).recompressed == total - 8, "the next sweep goes on"
-    assert on_dictionary(data_dir, 1) == total
+    assert compact(server.settings).recompressed == TOTAL - 8, "the next sweep goes on"
+    assert on_dictionary(data_dir, 1) == TOTAL
     assert pages(api, workflow_id) == before
 
 
@@ -654,11 +664,7 @@ def test_a_stopped_sweep_stops_its_recompressing_process(
     server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data_dir = server.settings.data_dir
-    total = 4 * MIN_LOGS
-    workflow_id = trained_not_applied(server, api, total)
-    before = pages(api, workflow_id)
-    monkeypatch.setattr(compaction, "BATCH", 4)
-    started = children(monkeypatch)
+    workflow_id, before, started = in_small_batches(server, api, monkeypatch)
 
     async def stop_it() -> None:
         db = Database(server.settings.database_url)
@@ -677,5 +683,5 @@ def test_a_stopped_sweep_stops_its_recompressing_process(
 
     assert len(started) == 1
     assert started[0].returncode == -signal.SIGKILL, "the child was killed and waited for"
-    assert 0 < on_dictionary(data_dir, 1) < total
+    assert 0 < on_dictionary(data_dir, 1) < TOTAL
     assert pages(api, workflow_id) == before
