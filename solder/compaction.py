@@ -288,40 +288,25 @@ class Compaction:
             current=rows[-1]["id"],
             batch=BATCH,
         )
-        async with self._batches(request) as batches:
-            while True:
-                started = time.monotonic()
-                batch = await anext(batches, None)
-                if batch is None:
-                    break
-                async with self.db.write() as conn:
-                    await q.rewrite_logs(conn, tenant_id, batch.rewritten)
-                for execution_id in batch.unreadable:
-                    log.error(
-                        "the stored log of execution %s cannot be read: left as it is",
-                        execution_id,
-                    )
-                swept.recompressed += len(batch.rewritten)
-                swept.unreadable += len(batch.unreadable)
-                if on_batch is not None:
-                    on_batch(batch.read)
-                await asyncio.sleep(time.monotonic() - started if paced else 0)
-
-    @contextlib.asynccontextmanager
-    async def _batches(
-        self, request: recompressing.Request
-    ) -> AsyncIterator[AsyncIterator[recompressing.Batch]]:
-        """The recompressed batches, from a child process; from this one for a database
-        in memory (no other process can open it), the CPU's part on the sweep's thread."""
         try:
-            if not (self.db.is_sqlite and self.db.sqlite_file is None):
-                async with recompressing.apart(request) as batches:
-                    yield batches
-                return
-            async with contextlib.aclosing(
-                recompressing.batches(self.db, request, self._in_thread)
-            ) as batches:
-                yield batches
+            async with recompressing.apart(request) as batches:
+                while True:
+                    started = time.monotonic()
+                    batch = await anext(batches, None)
+                    if batch is None:
+                        break
+                    async with self.db.write() as conn:
+                        await q.rewrite_logs(conn, tenant_id, batch.rewritten)
+                    for execution_id in batch.unreadable:
+                        log.error(
+                            "the stored log of execution %s cannot be read: left as it is",
+                            execution_id,
+                        )
+                    swept.recompressed += len(batch.rewritten)
+                    swept.unreadable += len(batch.unreadable)
+                    if on_batch is not None:
+                        on_batch(batch.read)
+                    await asyncio.sleep(time.monotonic() - started if paced else 0)
         finally:
             # The pages the writes took in the C heap, freed whole (scenario 6).
             await self._in_thread(give_back_freed_memory)

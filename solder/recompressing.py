@@ -29,7 +29,7 @@ import os
 import pickle
 import struct
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -69,18 +69,10 @@ class Batch:
         return len(self.rewritten) + len(self.unreadable)
 
 
-Run = Callable[..., Awaitable[Any]]
-
-
-async def _here(function: Callable[..., Any], *args: Any) -> Any:
-    return function(*args)
-
-
-async def batches(db: Database, request: Request, run: Run = _here) -> AsyncGenerator[Batch, None]:
+async def batches(db: Database, request: Request) -> AsyncGenerator[Batch, None]:
     """The tenant's logs not on its current dictionary, recompressed a batch at a time:
     workflow by workflow, through the workflow logs index, each batch read in a short
-    transaction of its own. `run(function, *args)` runs the CPU's part (here, by
-    default)."""
+    transaction of its own."""
     known = {
         id_: Dictionary(request.tenant_id, id_, content)
         for id_, content in request.dictionaries.items()
@@ -99,11 +91,11 @@ async def batches(db: Database, request: Request, run: Run = _here) -> AsyncGene
                 if not rows:
                     break
                 after = rows[-1]["workflow_position"]
-                yield await run(recompressed, rows, known, current)
+                yield recompressed(rows, known, current)
                 if len(rows) < request.batch:
                     break
     finally:
-        # Their zstd contexts, in whichever thread made them (codec.py).
+        # Their zstd contexts.
         for dictionary in known.values():
             dictionary.release()
 

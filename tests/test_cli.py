@@ -72,6 +72,20 @@ def test_a_bad_database_url_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_refused_with_what_to_give_instead(
+    tmp_path: Path, url: str
+) -> None:
+    # Solder's connections, threads and child processes (the compaction sweep's) must
+    # all open the same database: one in memory is each connection's own.
+    result = solder("keys", "list", env=environment(tmp_path, SOLDER_DATABASE_URL=url))
+    assert result.returncode == 1
+    said = " ".join(result.stderr.split())
+    assert "an in-memory SQLite database cannot be shared" in said
+    assert "give a file, e.g. sqlite:///data/solder.db" in said
+    assert "Traceback" not in result.stderr
+
+
 def test_dev_mode_prints_a_curl_line_that_lists_real_logs(tmp_path: Path) -> None:
     """What `make run` does: serve --dev on a fresh data dir."""
     env = environment(tmp_path)

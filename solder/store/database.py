@@ -80,7 +80,11 @@ class Database:
         async_url, self.sync_url = _urls(database_url)
         self.is_sqlite = async_url.get_backend_name() == "sqlite"
         sqlite_file = self.sqlite_file = _sqlite_file(async_url)
-        in_memory = self.is_sqlite and sqlite_file is None  # one connection, nothing to size
+        if self.is_sqlite and sqlite_file is None:
+            raise ValueError(
+                "an in-memory SQLite database cannot be shared by Solder's connections, its "
+                "threads and its child processes: give a file, e.g. sqlite:///data/solder.db"
+            )
         if sqlite_file is not None:
             # Logs hold end users' data: a new data directory is readable by its owner only.
             sqlite_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -90,7 +94,8 @@ class Database:
             async_url,
             # A fixed number of connections, kept open: opening one per burst costs
             # PostgreSQL a backend start each time (bench/RESULTS.md).
-            **({} if in_memory else {"pool_size": pool_size, "max_overflow": 0}),
+            pool_size=pool_size,
+            max_overflow=0,
             # The connection given back last is taken first: the background sweeps, one
             # at a time, keep reusing one or two connections instead of going round all
             # of them. On SQLite each is a thread of aiosqlite's with its own page cache
@@ -153,10 +158,7 @@ class Database:
                 async with self._postgres_reads.transaction() as conn:
                     yield conn
             return
-        if self._inline is None:  # an in-memory database: one connection, SQLAlchemy's
-            async with self.read() as conn:
-                yield conn
-            return
+        assert self._inline is not None  # SQLite: a file (the constructor checks)
         try:
             with self._inline.transaction() as conn:
                 yield conn
