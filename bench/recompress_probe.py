@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from common import rss_bytes
-from logs_dataset import Dataset, generate_sqlite, prepare, sample_logs, store_dictionary
+from logs_dataset import Dataset, bench_tenant, generate_sqlite, sample_logs, store_dictionary
 
 from solder import compaction, training
 from solder.compaction import Compaction, Swept
@@ -45,7 +45,7 @@ def store(directory: Path, logs: int) -> tuple[Path, str]:
     dataset = Dataset(logs / 1_100_000)
     path = directory / "store.db"
     generate_sqlite(path, dataset, lambda _: None, dictionary=False)
-    tenant_id, _ = prepare(f"sqlite:///{path}", dataset, dictionary=False)
+    tenant_id = asyncio.run(bench_tenant(f"sqlite:///{path}")).id
     content, _, _ = training.train(sample_logs(dataset), None)
     asyncio.run(store_dictionary(f"sqlite:///{path}", tenant_id, content))
     return path, tenant_id

@@ -7,9 +7,16 @@ on another core, without the server's GIL.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # a child imports this module too, and starts faster without asyncio
+    import asyncio
+
+NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,8 @@ class Child:
 
 async def start(module: str) -> Child:
     """Start `python -m module` with this Python and this Solder, piped both ways."""
+    import asyncio
+
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-P",  # not the working directory's modules: this Solder's
@@ -44,3 +53,10 @@ def ended(what: str, status: int | None, err: bytes) -> str:
     standard error (a traceback's last lines)."""
     said = err.decode(errors="replace").strip()[-2000:]
     return f"the {what} process exited with status {status}: {said or 'no message'}"
+
+
+def lower_priority() -> None:
+    """In a child: run at a lower priority than the server that started it (`nice` 10),
+    so that its work takes the CPU the server leaves."""
+    with contextlib.suppress(OSError):  # some sandboxes refuse it; the work goes on
+        os.nice(NICENESS)

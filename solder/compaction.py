@@ -32,9 +32,8 @@ import logging
 import pickle
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from solder import children, dictionaries, recompressing, training
 from solder.errors import Unavailable
@@ -61,7 +60,6 @@ BATCH = 500
 _SWEEP_LOCK = 0x736F6C646572 + 1
 
 OnBatch = Callable[[int], None]
-T = TypeVar("T")
 
 
 @dataclass
@@ -97,9 +95,6 @@ class Compaction:
         self.switch_seconds = switch_seconds
         """By hand: how long until no process writes with an older dictionary."""
         self._task: asyncio.Task[None] | None = None
-        # Recompressing runs on this one thread: the zstd contexts it makes (each thread
-        # keeps its own: codec.py) are made once, not in each of asyncio's executor threads.
-        self._thread: ThreadPoolExecutor | None = None
         # Tenants whose first dictionary did not pay, and when: not tried again for a week.
         self._declined: dict[str, int] = {}
 
@@ -111,13 +106,6 @@ class Compaction:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._thread is not None:
-            self._thread.shutdown(wait=False, cancel_futures=True)
-
-    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="solder-compaction")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
     async def sweep(
         self,
@@ -209,7 +197,7 @@ class Compaction:
         finally:
             # The sample's pages passed through this process's heap: give back those
             # freed whole (bench/RESULTS.md, scenario 6).
-            await self._in_thread(give_back_freed_memory)
+            await asyncio.to_thread(give_back_freed_memory)
         if result.readable < self.min_logs:
             return False
         if isinstance(result, training.Untrainable):
@@ -309,7 +297,7 @@ class Compaction:
                     await asyncio.sleep(time.monotonic() - started if paced else 0)
         finally:
             # The pages the writes took in the C heap, freed whole (scenario 6).
-            await self._in_thread(give_back_freed_memory)
+            await asyncio.to_thread(give_back_freed_memory)
 
     async def _delete_unless_used(self, tenant_id: str, dictionary_id: int) -> int:
         """Delete an older dictionary of the tenant if no stored log needs it.

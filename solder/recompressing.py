@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import pickle
 import struct
 import sys
@@ -38,7 +37,6 @@ from solder.store import queries as q
 from solder.store.codec import Dictionary
 from solder.store.database import Database
 
-NICENESS = 10
 FRAME = struct.Struct(">I")
 ASK = b"?"
 
@@ -189,8 +187,7 @@ async def _serve(request: Request, asks: BinaryIO, out: BinaryIO) -> None:
 
 
 def main() -> None:
-    with contextlib.suppress(OSError):  # some sandboxes refuse it; recompressing goes on
-        os.nice(NICENESS)
+    children.lower_priority()
     # This file runs as `__main__`: the classes pickled both ways are solder.recompressing's.
     from solder import recompressing
 

@@ -11,14 +11,12 @@ memory goes when it exits.
 The parent writes a pickled `Request` to the child's standard input, then the stored
 logs to train on, read from the database a few hundred at a time (the parent never
 holds the whole sample), then None; it reads one pickled `Trained` (or `Untrainable`)
-from the child's standard output. This module imports
-only the codec, so the child starts in some 60 ms.
+from the child's standard output. This module imports only the codec (and
+solder/children.py, without asyncio), so the child starts in some 60 ms.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import random
 import statistics
@@ -28,6 +26,7 @@ from dataclasses import dataclass
 
 import zstandard
 
+from solder import children
 from solder.errors import LogUnreadable
 from solder.store import codec
 from solder.store.codec import Dictionary
@@ -35,7 +34,6 @@ from solder.store.codec import Dictionary
 DICTIONARY_BYTES = 16_384
 HELD_OUT = 8  # one sample log in HELD_OUT judges the dictionary instead of training it
 CANDIDATES = 4  # dictionaries trained each time, the best on the held-out logs kept
-NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -116,8 +114,7 @@ def train(documents: Sequence[bytes], current: Dictionary | None) -> tuple[bytes
 
 
 def main() -> None:
-    with contextlib.suppress(OSError):  # some sandboxes refuse it; training goes on
-        os.nice(NICENESS)
+    children.lower_priority()
     # This file runs as `__main__`: the classes pickled both ways are solder.training's.
     from solder import training
 
