@@ -191,6 +191,11 @@ class Bench:
 
     def open(self, rate: float, seconds: float) -> Latency:
         result, window = self.load(seconds, rate=rate)
+        if len(result["records"]) != int(seconds * rate):
+            raise BenchError(
+                f"the load generator sent {len(result['records']):,} of the "
+                f"{int(seconds * rate):,} runs scheduled"
+            )
         self.stack.wait_idle(result["started"])
         self.stack.vacuum()
         stopped = dict(
