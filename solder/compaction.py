@@ -13,9 +13,11 @@ Every `SOLDER_COMPACTION_SWEEP_SECONDS` the sweep, for each tenant:
 2. **Recompresses**, once every writer has switched to a new dictionary (`SETTLE_MS`),
    every stored log of the tenant that is not on it: workflow by workflow through the
    workflow logs index, in batches of `BATCH`, read and recompressed in a child process
-   (solder/recompressing.py says why), each written here in its own short transaction
-   and followed by a pause as long as it took (as retention's sweep), so reads keep
-   their latency. Each rewritten row also drops the trigger its log already holds.
+   (solder/recompressing.py says why), and written here `WRITE_ROWS` at a time, each in
+   its own short transaction followed by a pause nine times as long as it took (waiting
+   for the write lock included): the sweep holds at most a tenth of the database's
+   writes, and backs off further the busier they are, so runs and reads keep their
+   latency. Each rewritten row also drops the trigger its log already holds.
 3. **Deletes** the tenant's older dictionaries that no stored log needs, checked in the
    deleting transaction; one still needed is looked at again a day later.
 
@@ -56,6 +58,13 @@ RECHECK_MS = 86_400_000
 # starts well after, so that no writer is still on the old one.
 SETTLE_MS = 60_000
 BATCH = 500
+# Rows rewritten a transaction, and the share of the write lock the paced sweep may hold
+# (SQLite has one writer at a time). With batches of 500 written whole and paused as long
+# as they took, scenario 2's open loop waited behind them: the rewrites of 70,000 logs
+# held the lock 27 % of the time for 27 s, on top of the runs' own writes, and the
+# p99 rose to seconds (bench/RESULTS.md).
+WRITE_ROWS = 100
+WRITE_SHARE = 0.1
 # PostgreSQL: one process sweeps at a time (pg_try_advisory_lock); "solder" + 1.
 _SWEEP_LOCK = 0x736F6C646572 + 1
 
@@ -268,7 +277,8 @@ class Compaction:
     ) -> None:
         """Recompress every stored log of the tenant that is not on its newest dictionary:
         read and recompressed in a child process (solder/recompressing.py says why),
-        written here, each batch in a transaction of its own."""
+        written here `WRITE_ROWS` at a time, each in a transaction of its own; `paced`,
+        each followed by a pause (`WRITE_SHARE`)."""
         request = recompressing.Request(
             database_url=self.settings.database_url,
             tenant_id=tenant_id,
@@ -279,12 +289,16 @@ class Compaction:
         try:
             async with recompressing.apart(request) as batches:
                 while True:
-                    started = time.monotonic()
                     batch = await anext(batches, None)
                     if batch is None:
                         break
-                    async with self.db.write() as conn:
-                        await q.rewrite_logs(conn, tenant_id, batch.rewritten)
+                    for start in range(0, len(batch.rewritten), WRITE_ROWS):
+                        started = time.monotonic()
+                        async with self.db.write() as conn:
+                            chunk = batch.rewritten[start : start + WRITE_ROWS]
+                            await q.rewrite_logs(conn, tenant_id, chunk)
+                        took = time.monotonic() - started
+                        await asyncio.sleep(took * (1 / WRITE_SHARE - 1) if paced else 0)
                     for execution_id in batch.unreadable:
                         log.error(
                             "the stored log of execution %s cannot be read: left as it is",
@@ -294,7 +308,6 @@ class Compaction:
                     swept.unreadable += len(batch.unreadable)
                     if on_batch is not None:
                         on_batch(batch.read)
-                    await asyncio.sleep(time.monotonic() - started if paced else 0)
         finally:
             # The pages the writes took in the C heap, freed whole (scenario 6).
             await asyncio.to_thread(give_back_freed_memory)
