@@ -18,8 +18,8 @@ it uses 1 to 3 % of a core: it is not what limits the load (runs.py reports its 
 use next to each figure, and how many open-loop requests went out late).
 
 OUT receives, as JSON, every request: [scheduled ms, sent ms, answered ms, status,
-executionId] (wall-clock ms, the clock the server stamps executions with), and the CPU
-seconds this process used.
+executionId] (wall-clock ms, the clock the server stamps executions with), how many the
+open loop scheduled, and the CPU seconds this process used.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class Load:
         self.records: list[Record] = []
         self.errors: list[str] = []
         self.sent = 0
+        self.scheduled = 0  # open loop: the requests its schedule holds
 
     def payload(self) -> bytes:
         self.sent += 1
@@ -142,8 +143,8 @@ class Load:
                     connection.close()
 
         start_wall, start = time.time() * 1000, time.monotonic()
-        total = int(self.seconds * rate)
-        for n in range(total):
+        self.scheduled = int(self.seconds * rate)
+        for n in range(self.scheduled):
             offset = n / rate
             delay = start + offset - time.monotonic()
             if delay > 0:
@@ -169,6 +170,7 @@ def main() -> int:
         "started": started,
         "ended": ended,
         "cpu": sum(os.times()[:2]),
+        "scheduled": load.scheduled,
         "records": load.records,
         "errors": load.errors[:20],
     }

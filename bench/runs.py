@@ -191,10 +191,10 @@ class Bench:
 
     def open(self, rate: float, seconds: float) -> Latency:
         result, window = self.load(seconds, rate=rate)
-        if len(result["records"]) != int(seconds * rate):
+        if len(result["records"]) != result["scheduled"]:
             raise BenchError(
                 f"the load generator sent {len(result['records']):,} of the "
-                f"{int(seconds * rate):,} runs scheduled"
+                f"{result['scheduled']:,} runs scheduled"
             )
         self.stack.wait_idle(result["started"])
         self.stack.vacuum()
