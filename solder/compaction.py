@@ -293,9 +293,9 @@ class Compaction:
                     if batch is None:
                         break
                     for start in range(0, len(batch.rewritten), WRITE_ROWS):
+                        chunk = batch.rewritten[start : start + WRITE_ROWS]
                         started = time.monotonic()
                         async with self.db.write() as conn:
-                            chunk = batch.rewritten[start : start + WRITE_ROWS]
                             await q.rewrite_logs(conn, tenant_id, chunk)
                         took = time.monotonic() - started
                         await asyncio.sleep(took * (1 / WRITE_SHARE - 1) if paced else 0)
