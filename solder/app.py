@@ -79,7 +79,9 @@ class Solder:
         elif worker:
             self.dispatcher = QueueWorker(self.db, self.engine, settings, concurrency)
         self.retention = Retention(self.db, settings)
-        self.compaction = Compaction(self.db, settings)
+        self.compaction = Compaction(
+            self.db, settings, quiet=None if self.dispatcher is None else self.dispatcher.quiet
+        )
         self.scheduler = Scheduler(self.db, settings, self._notify)
         self._serve_lock: ServeLock | None = None
 

@@ -17,7 +17,9 @@ Every `SOLDER_COMPACTION_SWEEP_SECONDS` the sweep, for each tenant:
    its own short transaction followed by a pause nine times as long as it took (waiting
    for the write lock included): the sweep holds at most a tenth of the database's
    writes, and backs off further the busier they are, so runs and reads keep their
-   latency. Each rewritten row also drops the trigger its log already holds.
+   latency; in a server on SQLite each write also waits, for at most `YIELD_SECONDS`,
+   until no accepted run waits for a worker. Each rewritten row also drops the trigger
+   its log already holds.
 3. **Deletes** the tenant's older dictionaries that no stored log needs, checked in the
    deleting transaction; one still needed is looked at again a day later.
 
@@ -33,7 +35,14 @@ import functools
 import logging
 import pickle
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +74,10 @@ BATCH = 500
 # p99 rose to seconds (bench/RESULTS.md).
 WRITE_ROWS = 100
 WRITE_SHARE = 0.1
+# Before each write the paced sweep also waits until no run waits for a worker (the
+# embedded dispatcher's queue), for at most YIELD_SECONDS: under a constant stream of
+# runs it still goes on, at a percent of the writes.
+YIELD_SECONDS = 1.0
 # PostgreSQL: one process sweeps at a time (pg_try_advisory_lock); "solder" + 1.
 _SWEEP_LOCK = 0x736F6C646572 + 1
 
@@ -95,6 +108,7 @@ class Compaction:
         sample_logs: int = SAMPLE_LOGS,
         settle_ms: int = SETTLE_MS,
         switch_seconds: float = dictionaries.STALE_SECONDS + 1,
+        quiet: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -103,6 +117,9 @@ class Compaction:
         self.settle_ms = settle_ms
         self.switch_seconds = switch_seconds
         """By hand: how long until no process writes with an older dictionary."""
+        self.quiet = quiet
+        """Returns once no run waits for a worker in this process (the paced writes wait
+        for it)."""
         self._task: asyncio.Task[None] | None = None
         # Tenants whose first dictionary did not pay, and when: not tried again for a week.
         self._declined: dict[str, int] = {}
@@ -294,6 +311,8 @@ class Compaction:
                         break
                     for start in range(0, len(batch.rewritten), WRITE_ROWS):
                         chunk = batch.rewritten[start : start + WRITE_ROWS]
+                        if paced:
+                            await self._yield_to_runs()
                         started = time.monotonic()
                         async with self.db.write() as conn:
                             await q.rewrite_logs(conn, tenant_id, chunk)
@@ -311,6 +330,12 @@ class Compaction:
         finally:
             # The pages the writes took in the C heap, freed whole (scenario 6).
             await asyncio.to_thread(give_back_freed_memory)
+
+    async def _yield_to_runs(self) -> None:
+        """Wait while runs wait for a worker, for at most `YIELD_SECONDS`."""
+        if self.quiet is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.quiet(), YIELD_SECONDS)
 
     async def _delete_unless_used(self, tenant_id: str, dictionary_id: int) -> int:
         """Delete an older dictionary of the tenant if no stored log needs it.

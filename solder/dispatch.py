@@ -51,6 +51,9 @@ class Dispatcher(Protocol):
     async def room(self) -> None:
         """Return when the workers can take another run soon (backpressure)."""
 
+    async def quiet(self) -> None:
+        """Return once no run waits for a worker in this process (background writes wait)."""
+
     def notify_at(self, wake_at: int) -> None:
         """A waiting execution is due at `wake_at` (ms since the epoch)."""
 
@@ -71,6 +74,8 @@ class EmbeddedDispatcher:
         self._queued = 0  # queued and not claimed yet, as far as this process can tell
         self._room = asyncio.Event()
         self._room.set()
+        self._empty = asyncio.Event()  # nothing queued: set while self._queued == 0
+        self._empty.set()
         self._lag = 0.0  # the event loop's recent lag, smoothed, in seconds
         self._stopping = False
         self._workers: list[asyncio.Task[None]] = []
@@ -103,6 +108,7 @@ class EmbeddedDispatcher:
     def notify(self) -> None:
         """Tell idle workers that an execution was queued."""
         self._queued += 1
+        self._empty.clear()
         if self._queued >= _QUEUED_PER_WORKER * self.concurrency:
             self._room.clear()
         self._wake.set()
@@ -115,10 +121,17 @@ class EmbeddedDispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), _MAX_WAIT_SECONDS)
 
+    async def quiet(self) -> None:
+        """Return once every run accepted here is taken by a worker (the compaction
+        sweep's writes wait for it)."""
+        await self._empty.wait()
+
     def _taken(self, claimed: bool) -> None:
         # Runs queued elsewhere (a schedule, an event starting several) make the count
         # drift: an empty queue sets it right.
         self._queued = max(0, self._queued - 1) if claimed else 0
+        if self._queued == 0:
+            self._empty.set()
         if self._queued < _QUEUED_PER_WORKER * self.concurrency:
             self._room.set()
 

@@ -84,6 +84,9 @@ class QueueWorker:
     async def room(self) -> None:
         pass  # the queue is PostgreSQL's; API processes and workers scale apart
 
+    async def quiet(self) -> None:
+        pass  # PostgreSQL has no single writer for background writes to wait on
+
     def notify_at(self, wake_at: int) -> None:
         pass
 

@@ -19,7 +19,9 @@ import zstandard
 from sqlalchemy import delete
 
 from solder import compaction, recompressing, training
+from solder.app import Solder
 from solder.compaction import Compaction, Swept, TrainingFailed, train_apart
+from solder.dispatch import EmbeddedDispatcher
 from solder.recompressing import RecompressionFailed
 from solder.settings import Settings
 from solder.store import codec
@@ -684,4 +686,77 @@ def test_a_stopped_sweep_stops_its_recompressing_process(
     assert len(started) == 1
     assert started[0].returncode == -signal.SIGKILL, "the child was killed and waited for"
     assert 0 < on_dictionary(data_dir, 1) < TOTAL
+    assert pages(api, workflow_id) == before
+
+
+def test_the_servers_paced_recompression_waits_while_runs_wait_for_a_worker(
+    server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite one transaction writes at a time: the background sweep writes its
+    recompressed logs only once every accepted run is taken by a worker, so that a
+    burst of runs does not queue behind it (bench/RESULTS.md, scenario 2)."""
+    if databases.on_postgres():
+        pytest.skip("SQLite only: PostgreSQL's runs do not wait on one writer")
+    data_dir = server.settings.data_dir
+    workflow_id = trained_not_applied(server, api, MIN_LOGS)
+    before = pages(api, workflow_id)
+    monkeypatch.setattr(compaction, "YIELD_SECONDS", TIMEOUT)
+
+    async def scenario() -> None:
+        # A second Solder on the same database, not started: its dispatcher has no
+        # worker, so a run it is told of stays waiting until a worker looks for work.
+        other = Solder(server.settings)
+        assert isinstance(other.dispatcher, EmbeddedDispatcher)
+        dispatcher, sweeping = other.dispatcher, other.compaction
+        sweeping.settle_ms = 0
+        asked = asyncio.Event()
+        quiet = sweeping.quiet
+        assert quiet is not None, "the server's sweep waits on its dispatcher"
+
+        async def watched() -> None:
+            asked.set()
+            await quiet()
+
+        sweeping.quiet = watched
+        try:
+            dispatcher.notify()  # a run accepted, no worker has taken it
+            task = asyncio.create_task(sweeping.sweep())
+            await asyncio.wait_for(asked.wait(), TIMEOUT)
+            await asyncio.sleep(0.5)
+            assert not task.done()
+            assert on_dictionary(data_dir, 1) == 0, "nothing written while the run waits"
+            await dispatcher.claim()  # a worker looks for work and takes what is queued
+            swept = await asyncio.wait_for(task, TIMEOUT)
+            assert swept.recompressed == MIN_LOGS
+        finally:
+            await other.db.dispose()
+
+    asyncio.run(scenario())
+    assert on_dictionary(data_dir, 1) == MIN_LOGS
+    assert pages(api, workflow_id) == before
+
+
+def test_under_a_constant_stream_of_runs_the_paced_recompression_still_ends(
+    server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if databases.on_postgres():
+        pytest.skip("SQLite only: PostgreSQL's runs do not wait on one writer")
+    data_dir = server.settings.data_dir
+    workflow_id = trained_not_applied(server, api, MIN_LOGS)
+    before = pages(api, workflow_id)
+    monkeypatch.setattr(compaction, "YIELD_SECONDS", 0.05)
+    monkeypatch.setattr(compaction, "BATCH", 4)
+
+    async def scenario() -> Swept:
+        other = Solder(server.settings)
+        assert other.dispatcher is not None
+        other.compaction.settle_ms = 0
+        try:
+            other.dispatcher.notify()  # waits for a worker that never comes
+            return await asyncio.wait_for(other.compaction.sweep(), TIMEOUT)
+        finally:
+            await other.db.dispose()
+
+    assert asyncio.run(scenario()).recompressed == MIN_LOGS
+    assert on_dictionary(data_dir, 1) == MIN_LOGS
     assert pages(api, workflow_id) == before
