@@ -1,11 +1,14 @@
 """A diagnostic beside scenario 2: the open loop's p99 window by window on a fresh SQLite
 server, with settings changed, to find what makes the tail of a long run.
 
-    .venv/bin/python bench/tail_probe.py RATE SECONDS [SOLDER_SETTING=VALUE ...]
+    .venv/bin/python bench/tail_probe.py RATE SECONDS [--closed-first S] [SOLDER_X=V ...]
 
 For instance `SOLDER_COMPACTION_SWEEP_SECONDS=60` brings the compaction sweep's
 training and recompression into a short run; `SOLDER_LOG_DICTIONARIES=false` leaves
-them out.
+them out. `--closed-first S` runs 32 clients in a closed loop for S seconds before the
+open loop: with `--closed-first 190 SOLDER_COMPACTION_SWEEP_SECONDS=100`, the sweep
+trains at 100 s and recompresses the logs written before the dictionary (some 20,000
+to 30,000) as the open loop starts (bench/RESULTS.md, scenario 2).
 
 To measure another version of Solder, run this from that version's work tree (with
 it on `PYTHONPATH` for the child processes): the server starts as `python -m solder`,
@@ -21,14 +24,23 @@ from pathlib import Path
 from common import solder_stack
 from runs import Bench
 
-rate, seconds = float(sys.argv[1]), float(sys.argv[2])
-settings = dict(arg.split("=", 1) for arg in sys.argv[3:])
+args = sys.argv[1:]
+closed_first = 0.0
+if "--closed-first" in args:
+    at = args.index("--closed-first")
+    closed_first = float(args[at + 1])
+    del args[at : at + 2]
+rate, seconds = float(args[0]), float(args[1])
+settings = dict(arg.split("=", 1) for arg in args[2:])
 
 with (
     tempfile.TemporaryDirectory(prefix="solder-tail-") as tmp,
     solder_stack("SQLite", None, Path(tmp), workers=0, upstream=True, settings=settings) as stack,
 ):
-    latency = Bench(stack, Path(tmp)).open(rate, seconds)
+    bench = Bench(stack, Path(tmp))
+    if closed_first:
+        print(f"closed loop first: {bench.closed(closed_first).rate:,.0f} runs/s")
+    latency = bench.open(rate, seconds)
     print(
         f"{settings or 'defaults'}: {latency.executions:,} runs at {latency.rate:,.0f}/s, "
         f"p50 {latency.p50:,.0f} ms, p99 {latency.p99:,.0f} ms; slowest 10 s windows: "
