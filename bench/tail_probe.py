@@ -17,21 +17,21 @@ which imports Solder from the working directory before `PYTHONPATH`.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
 from pathlib import Path
 
 from common import solder_stack
 from runs import Bench
 
-args = sys.argv[1:]
-closed_first = 0.0
-if "--closed-first" in args:
-    at = args.index("--closed-first")
-    closed_first = float(args[at + 1])
-    del args[at : at + 2]
-rate, seconds = float(args[0]), float(args[1])
-settings = dict(arg.split("=", 1) for arg in args[2:])
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("rate", type=float, help="the open loop's runs a second")
+parser.add_argument("seconds", type=float, help="the open loop's length")
+parser.add_argument("settings", nargs="*", metavar="SOLDER_X=V", help="settings changed")
+parser.add_argument("--closed-first", type=float, default=0.0, metavar="S")
+args = parser.parse_intermixed_args()
+rate, seconds, closed_first = args.rate, args.seconds, args.closed_first
+settings = dict(arg.split("=", 1) for arg in args.settings)
 
 with (
     tempfile.TemporaryDirectory(prefix="solder-tail-") as tmp,
