@@ -37,6 +37,7 @@ from common import solder_stack
 from runs import TAIL_WINDOW_SECONDS, Bench
 from scale_out import cpu_seconds, machine_busy_seconds
 
+PROFILE_HZ = 100
 ROLES = {  # a word of a process's command line: its part
     "loadgen.py": "load generator",
     "scale_out.py": "upstream",
@@ -108,7 +109,6 @@ parser.add_argument("--cpu", action="store_true", help="each part's cores throug
 args = parser.parse_intermixed_args()
 rate, seconds, closed_first = args.rate, args.seconds, args.closed_first
 settings = dict(arg.split("=", 1) for arg in args.settings)
-PROFILE_HZ = 100
 
 with (
     tempfile.TemporaryDirectory(prefix="solder-tail-") as tmp,
@@ -147,4 +147,9 @@ with (
     )
     if watch is not None:
         print(watch.report())
+    if spy is not None:
+        # py-spy not blocking may take fewer samples than its rate: the length places them.
+        print(
+            f"the profile: .venv/bin/python bench/timeline.py {args.profile} --seconds {seconds:g}"
+        )
     print((Path(tmp) / "serve.log").read_text()[-1500:])
