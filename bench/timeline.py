@@ -1,10 +1,11 @@
 """A py-spy profile read as a timeline: where a server's thread was busy, second by second,
 and on what (bench/tail_probe.py --profile writes one).
 
-    .venv/bin/python bench/timeline.py PROFILE [--top N]
+    .venv/bin/python bench/timeline.py PROFILE [--seconds S] [--top N]
 
 py-spy's speedscope format keeps each thread's samples in the order taken, one every
-1/rate s; recorded with `--idle`, a thread waiting is sampled too, so the samples make a
+1/rate s (not blocking, it may take fewer: `--seconds`, the recording's length, spreads
+them over it); recorded with `--idle`, a thread waiting is sampled too, so the samples make a
 timeline. A sample is idle when the thread waits: its innermost frame is one of the
 waits below (the event loop polling, a thread waiting for work or a lock). Printed for
 each thread busy in at least 1 % of its samples: its share busy; the functions it spent
@@ -66,6 +67,20 @@ def is_idle(frame: dict[str, Any]) -> bool:
     return frame["name"] in IDLE
 
 
+Window = tuple[int, list[list[int]], list[list[int]]]
+
+
+def windows(samples: list[list[int]], idle: set[int], hz: float, seconds: float) -> list[Window]:
+    """The samples in windows of `seconds`: (start, all of them, the busy ones)."""
+    by_start: dict[int, tuple[list[list[int]], list[list[int]]]] = {}
+    for n, sample in enumerate(samples):
+        every, busy = by_start.setdefault(int(n / hz / seconds), ([], []))
+        every.append(sample)
+        if sample and sample[-1] not in idle:
+            busy.append(sample)
+    return [(int(at * seconds), *window) for at, window in sorted(by_start.items())]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("profile", type=Path)
@@ -82,23 +97,22 @@ def main() -> None:
     frames = data["shared"]["frames"]
     names = [frame_name(frame) for frame in frames]
     idle = {n for n, frame in enumerate(frames) if is_idle(frame)}
+    around = {
+        n for n, frame in enumerate(frames) if any(a in (frame.get("file") or "") for a in AROUND)
+    }
     for profile in data["profiles"]:
         samples: list[list[int]] = profile["samples"]
         hz = len(samples) / args.seconds if args.seconds else 100.0
         busy = [sample for sample in samples if sample and sample[-1] not in idle]
         if len(busy) < 0.01 * len(samples):
             continue
+
         print(
             f"\n{profile['name']}: {len(samples):,} samples ({len(samples) / hz:.0f} s),"
             f" busy in {len(busy) / len(samples):.0%}"
         )
         own = collections.Counter(names[sample[-1]] for sample in busy)
         anywhere: collections.Counter[str] = collections.Counter()
-        around = {
-            n
-            for n, frame in enumerate(frames)
-            if any(a in (frame.get("file") or "") for a in AROUND)
-        }
         for sample in busy:
             anywhere.update({names[n] for n in sample if n not in around})
         print("  self:")
@@ -107,29 +121,17 @@ def main() -> None:
         print("  total (the thread's busy samples with the function anywhere on the stack):")
         for name, count in anywhere.most_common(args.top * 3):
             print(f"    {count / len(busy):6.1%}  {name}")
-        per_second = collections.defaultdict(list)
-        for n, sample in enumerate(samples):
-            per_second[int(n / hz)].append(sample)
-        ranked = sorted(
-            per_second.items(),
-            key=lambda item: -sum(1 for s in item[1] if s and s[-1] not in idle),
+        shares = (
+            f"{len(busy_in) / len(every):.0%}"
+            for _, every, busy_in in windows(samples, idle, hz, 10)
         )
-        tens = collections.defaultdict(list)
-        for n, sample in enumerate(samples):
-            tens[int(n / hz / 10)].append(sample)
-        print(
-            "  busy share by 10 s:",
-            " ".join(
-                f"{sum(1 for s in in_it if s and s[-1] not in idle) / len(in_it):.0%}"
-                for _, in_it in sorted(tens.items())
-            ),
-        )
+        print("  busy share by 10 s:", " ".join(shares))
         print("  busiest seconds (busy share, then the commonest innermost frames):")
-        for second, in_it in ranked[: args.top]:
-            busy_in = [s for s in in_it if s and s[-1] not in idle]
+        ranked = sorted(windows(samples, idle, hz, 1), key=lambda window: -len(window[2]))
+        for second, every, busy_in in ranked[: args.top]:
             common = collections.Counter(names[s[-1]] for s in busy_in).most_common(3)
             print(
-                f"    {second:4d} s  {len(busy_in) / len(in_it):4.0%}  "
+                f"    {second:4d} s  {len(busy_in) / len(every):4.0%}  "
                 + "; ".join(f"{count} {name}" for name, count in common)
             )
 
