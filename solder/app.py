@@ -85,9 +85,9 @@ class Solder:
         self.scheduler = Scheduler(self.db, settings, self._notify)
         self._serve_lock: ServeLock | None = None
 
-    def _notify(self) -> None:
+    def _notify(self, runs: int = 1) -> None:
         if self.dispatcher is not None:
-            self.dispatcher.notify()
+            self.dispatcher.notify(runs)
 
     async def accept(
         self,
@@ -99,7 +99,9 @@ class Solder:
         if self.dispatcher is not None:
             await self.dispatcher.room()
         answer = await executions.once(self.db, tenant, idempotency, action)
-        self._notify()
+        # An event starts a run for each workflow awaiting it: a worker is woken for each.
+        started = answer.get("executionIds")
+        self._notify(len(started) if isinstance(started, list) else 1)
         return answer
 
     async def start(self) -> None:

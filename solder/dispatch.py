@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Protocol
 
 from solder.engine import Engine
@@ -45,8 +46,8 @@ _BUSY_LAG_SECONDS = 0.001
 class Dispatcher(Protocol):
     """What runs queued executions in this process: embedded, or procrastinate's worker."""
 
-    def notify(self) -> None:
-        """An execution was queued."""
+    def notify(self, runs: int = 1) -> None:
+        """`runs` executions were queued."""
 
     async def room(self) -> None:
         """Return when the workers can take another run soon (backpressure)."""
@@ -70,7 +71,14 @@ class EmbeddedDispatcher:
         self.db = db
         self.engine = engine
         self.concurrency = concurrency
-        self._wake = asyncio.Event()
+        # Idle workers, each waiting on its own future: a queued run wakes one of them, not
+        # all. Woken all at once, each claimed (a write transaction) and all but one found
+        # nothing: at 100 runs a second that was a fifth of the server's CPU per run
+        # (bench/RESULTS.md, scenario 2).
+        self._idle_workers: deque[asyncio.Future[None]] = deque()
+        # Notifications so far: a worker whose claim found nothing while one came in looks
+        # again rather than going idle, as no idle worker was there to be woken for it.
+        self._notified = 0
         self._queued = 0  # queued and not claimed yet, as far as this process can tell
         self._room = asyncio.Event()
         self._room.set()
@@ -105,13 +113,24 @@ class EmbeddedDispatcher:
             lag = max(0.0, loop.time() - before - _LAG_PROBE_SECONDS)
             self._lag = 0.7 * self._lag + 0.3 * lag
 
-    def notify(self) -> None:
-        """Tell idle workers that an execution was queued."""
-        self._queued += 1
+    def notify(self, runs: int = 1) -> None:
+        """`runs` executions were queued: wake as many idle workers, at most."""
+        if runs <= 0:
+            return
+        self._queued += runs
         self._empty.clear()
         if self._queued >= _QUEUED_PER_WORKER * self.concurrency:
             self._room.clear()
-        self._wake.set()
+        self._wake(runs)
+
+    def _wake(self, workers: int) -> None:
+        """Wake up to `workers` idle workers; busy ones look for work when they finish."""
+        self._notified += 1
+        while workers > 0 and self._idle_workers:
+            waiter = self._idle_workers.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                workers -= 1
 
     async def room(self) -> None:
         """Return at once while the queue is short or the event loop has time to spare;
@@ -136,14 +155,14 @@ class EmbeddedDispatcher:
             self._room.set()
 
     def notify_at(self, wake_at: int) -> None:
-        """Wake idle workers when a waiting execution is due (ms since the epoch)."""
+        """Wake an idle worker when a waiting execution is due (ms since the epoch)."""
         delay = max(0.0, (wake_at - now_ms()) / 1000)
-        asyncio.get_running_loop().call_later(delay, self._wake.set)
+        asyncio.get_running_loop().call_later(delay, self._wake, 1)
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop claiming; give running executions `grace_seconds` to finish, then cancel."""
         self._stopping = True
-        self._wake.set()
+        self._wake(len(self._idle_workers))
         if self._lag_probe is not None:
             self._lag_probe.cancel()
         if not self._workers:
@@ -159,13 +178,15 @@ class EmbeddedDispatcher:
 
     async def _work(self) -> None:
         while not self._stopping:
+            notified = self._notified
             try:
                 claimed = await self.claim()
             except Unavailable:
                 await asyncio.sleep(_POLL_SECONDS)
                 continue
             if claimed is None:
-                await self._idle()
+                if self._notified == notified:  # else a run came in while it looked
+                    await self._idle()
                 continue
             try:
                 await self.engine.run_or_fail(*claimed)
@@ -184,6 +205,12 @@ class EmbeddedDispatcher:
         return None if row is None else (row["tenant_id"], row["id"], lease)
 
     async def _idle(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), _POLL_SECONDS)
-        self._wake.clear()
+        """Wait to be woken; look anyway after _POLL_SECONDS (runs queued unannounced)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._idle_workers.append(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, _POLL_SECONDS)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._idle_workers.remove(waiter)

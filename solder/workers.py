@@ -78,7 +78,7 @@ class QueueWorker:
         self._sweeps_failing = False
 
     # The embedded dispatcher's interface: procrastinate's NOTIFY does the waking here.
-    def notify(self) -> None:
+    def notify(self, runs: int = 1) -> None:
         pass
 
     async def room(self) -> None:

@@ -1,21 +1,27 @@
-"""Embedded dispatch's backpressure: accepting a run waits while the queue is long and the
-event loop saturated, and only then."""
+"""Embedded dispatch: a queued run wakes one idle worker, not all of them, and none is left
+waiting; accepting a run waits while the queue is long and the event loop saturated, and
+only then (backpressure)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from solder import dispatch
 from solder.app import Solder
 from solder.dispatch import EmbeddedDispatcher
+from solder.store import queue
 from tests import databases
-from tests.conftest import settings_for
+from tests.conftest import TIMEOUT, Server, api_client, settings_for
+from tests.runs import wait_until_all_ended
+from tests.upstream import Reply, Upstream
 
 pytestmark = pytest.mark.skipif(
     databases.on_postgres(), reason="SQLite only: PostgreSQL's queue is procrastinate's"
@@ -95,5 +101,144 @@ def test_a_run_is_slowed_by_a_long_queue_never_refused(
             for _ in range(5):
                 dispatcher.notify()  # no worker takes anything
             await asyncio.wait_for(dispatcher.room(), 10)  # returns, after its bound
+
+    asyncio.run(scenario())
+
+
+# Waking. Workers also look for work every _POLL_SECONDS on their own, for runs queued
+# unannounced; the tests below make that longer than they wait, so that only waking counts.
+NO_POLL = 120.0
+
+ECHO = {
+    "name": "Echo",
+    "trigger": {"type": "webhook"},
+    "blocks": [{"name": "echo", "connector": "transform", "config": {"expression": "{{ 1 }}"}}],
+}
+
+
+def until(condition: Callable[[], bool], failure: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.02)
+
+
+def test_a_run_wakes_one_idle_worker_not_all_of_them(
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each claim is a write transaction on SQLite's one writer: 8 workers woken for one run
+    were 8 claims, 7 of them for nothing."""
+    monkeypatch.setattr(dispatch, "_POLL_SECONDS", NO_POLL)
+    claims: list[int] = []
+    claim_next = queue.claim_next
+
+    async def counted(*args: Any) -> Any:
+        claims.append(1)
+        return await claim_next(*args)
+
+    monkeypatch.setattr(queue, "claim_next", counted)
+    server = make_server(worker_concurrency=8)
+    with api_client(server) as api:
+        user_id, workflow_id = api.install(ECHO)
+        until(lambda: len(claims) >= 8, "each worker looks for work once as it starts")
+        time.sleep(0.2)
+        claims.clear()
+        for _ in range(3):
+            api.wait_for(workflow_id, api.run(user_id, workflow_id))
+        time.sleep(0.2)
+    # Per run: the woken worker's claim, then its look for another run once done.
+    assert len(claims) <= 2 * 3, f"{len(claims)} claims for 3 runs, one at a time"
+
+
+def signup_calling(upstream: Upstream, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "trigger": {"type": "event", "event": "signup"},
+        "blocks": [{"name": "call", "connector": "http", "config": {"url": upstream.base_url}}],
+    }
+
+
+def test_an_event_starting_several_runs_wakes_a_worker_for_each(
+    make_server: Callable[..., Server], upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatch, "_POLL_SECONDS", NO_POLL)
+    upstream.route("/", Reply(200, {"ok": True}))
+    server = make_server(worker_concurrency=8)
+    with api_client(server) as api:
+        user_id = api.create_user("ada")
+        workflows = [api.create_workflow(signup_calling(upstream, f"Signup {n}")) for n in range(4)]
+        for workflow_id in workflows:
+            api.activate(user_id, workflow_id)
+        upstream.hold()  # each run waits on the API, holding its worker
+        response = api.post("/run/event", json={"event": "signup", "userId": user_id})
+        assert response.status_code == 200, response.text
+        assert len(response.json()["executionIds"]) == 4
+        until(lambda: len(upstream.requests) == 4, "the 4 runs did not call the API side by side")
+        upstream.release()
+        for workflow_id in workflows:
+            [log] = wait_until_all_ended(api, workflow_id, 1)
+            assert log["status"] == "succeeded", log
+
+
+def test_a_run_queued_while_the_worker_looks_for_work_is_not_left_waiting(
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No worker is idle to be woken then: the one whose look found nothing looks again."""
+    monkeypatch.setattr(dispatch, "_POLL_SECONDS", NO_POLL)
+    armed, looked, accepted = threading.Event(), threading.Event(), threading.Event()
+    claim = EmbeddedDispatcher.claim
+
+    async def looking_as_a_run_is_accepted(self: EmbeddedDispatcher) -> Any:
+        found = await claim(self)
+        if found is None and armed.is_set():
+            armed.clear()
+            looked.set()  # it found nothing; a run is accepted before it goes idle
+            await asyncio.to_thread(accepted.wait, TIMEOUT)
+        return found
+
+    monkeypatch.setattr(EmbeddedDispatcher, "claim", looking_as_a_run_is_accepted)
+    server = make_server(worker_concurrency=1)
+    with api_client(server) as api:
+        user_id, workflow_id = api.install(ECHO)
+        armed.set()
+        first = api.run(user_id, workflow_id)  # the worker takes it, then looks for more
+        until(looked.is_set, "the worker did not look for work after its run")
+        second = api.run(user_id, workflow_id)
+        accepted.set()
+        api.wait_for(workflow_id, first)
+        log = api.wait_for(workflow_id, second)
+        assert log["status"] == "succeeded", log
+
+
+def test_a_delay_ends_on_time_though_no_worker_is_told_of_it(
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatch, "_POLL_SECONDS", NO_POLL)
+    server = make_server(worker_concurrency=8)
+    delayed = {
+        "name": "Delayed",
+        "trigger": {"type": "webhook"},
+        "blocks": [{"name": "wait", "connector": "delay", "config": {"seconds": 1}}],
+    }
+    with api_client(server) as api:
+        user_id, workflow_id = api.install(delayed)
+        log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
+    assert log["status"] == "succeeded", log
+
+
+def test_stopping_ends_idle_workers_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They are not left to wait out the shutdown grace, 10 minutes here."""
+    monkeypatch.setattr(dispatch, "_POLL_SECONDS", NO_POLL)
+
+    async def scenario() -> None:
+        solder = Solder(settings_for(tmp_path, worker_concurrency=8, shutdown_grace_seconds=600))
+        dispatcher = solder.dispatcher
+        assert isinstance(dispatcher, EmbeddedDispatcher)
+        await solder.start()
+        await asyncio.sleep(0.2)  # each worker looked for work, found none, and waits
+        await asyncio.wait_for(solder.stop(), TIMEOUT)
+        assert all(worker.done() for worker in dispatcher._workers)
 
     asyncio.run(scenario())
