@@ -157,7 +157,16 @@ class EmbeddedDispatcher:
     def notify_at(self, wake_at: int) -> None:
         """Wake an idle worker when a waiting execution is due (ms since the epoch)."""
         delay = max(0.0, (wake_at - now_ms()) / 1000)
-        asyncio.get_running_loop().call_later(delay, self._wake, 1)
+        asyncio.get_running_loop().call_later(delay, self._due, wake_at)
+
+    def _due(self, wake_at: int) -> None:
+        # uvloop's timers count whole milliseconds of its own clock: one in ten fired
+        # before `wake_at` by the wall clock the claim compares with, and the worker
+        # woken found nothing due (the run then waited for the next poll, a second).
+        if now_ms() < wake_at:
+            self.notify_at(wake_at)
+        else:
+            self._wake(1)
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop claiming; give running executions `grace_seconds` to finish, then cancel."""

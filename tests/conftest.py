@@ -55,7 +55,7 @@ def free_port() -> int:
 class Server:
     """A Solder server running in a thread of the test process, as `solder serve` runs it."""
 
-    def __init__(self, settings: Settings, *, worker: bool = True) -> None:
+    def __init__(self, settings: Settings, *, worker: bool = True, shortcuts: bool = True) -> None:
         # Bound here and handed to uvicorn, so that no other process can take the port
         # between its choice and the server's start (as a port found free, then bound
         # by the server, could: "address already in use").
@@ -63,7 +63,7 @@ class Server:
         self._socket.bind(("127.0.0.1", 0))
         settings = settings.model_copy(update={"port": self._socket.getsockname()[1]})
         self.settings = settings
-        self.app = create_app(settings, worker=worker)
+        self.app = create_app(settings, worker=worker, shortcuts=shortcuts)
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",
@@ -129,7 +129,8 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     def make(**overrides: Any) -> Server:
         data_dir = overrides.pop("data_dir", tmp_path / f"solder-{len(started)}")
         worker = overrides.pop("worker", True)
-        server = Server(settings_for(data_dir, **overrides), worker=worker)
+        shortcuts = overrides.pop("shortcuts", True)
+        server = Server(settings_for(data_dir, **overrides), worker=worker, shortcuts=shortcuts)
         server.start()
         started.append(server)
         return server

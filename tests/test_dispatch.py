@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from solder import dispatch
 from solder.app import Solder
 from solder.dispatch import EmbeddedDispatcher
+from solder.ids import now_ms
 from solder.store import queue
 from tests import databases
 from tests.conftest import TIMEOUT, Server, api_client, settings_for
@@ -242,3 +244,30 @@ def test_stopping_ends_idle_workers_at_once(
         assert all(worker.done() for worker in dispatcher._workers)
 
     asyncio.run(scenario())
+
+
+def test_a_waiting_execution_is_never_woken_before_it_is_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On uvloop, as the server runs, whose timers count whole milliseconds of their own
+    clock: a worker woken early finds nothing due, and the run waits for the next poll."""
+    woken: list[tuple[int, int]] = []  # (due at, woken at), ms since the epoch
+
+    async def scenario() -> None:
+        async with dispatcher_of(tmp_path, workers=1) as dispatcher:
+            loop = asyncio.get_running_loop()
+            for n in range(200):
+                due, was_woken = now_ms() + 2 + n % 5, loop.create_future()
+                monkeypatch.setattr(
+                    dispatcher, "_wake", lambda _, was=was_woken: was.set_result(now_ms())
+                )
+                dispatcher.notify_at(due)
+                until = time.perf_counter() + 0.0005
+                while time.perf_counter() < until:  # the loop busy, as under load
+                    pass
+                woken.append((due, await was_woken))
+
+    uvloop.run(scenario())
+    assert len(woken) == 200
+    early = [(at, then) for at, then in woken if then < at]
+    assert early == [], f"{len(early)} of 200 woken before they were due"

@@ -1,12 +1,15 @@
-"""Ids: their shapes, and no id handed out twice, even across forked worker processes."""
+"""Ids: their shapes, and no id handed out twice, even across forked worker processes;
+and the timestamps logs show."""
 
 from __future__ import annotations
 
 import multiprocessing
+import random
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 
-from solder.ids import execution_id, item_id
+from solder.ids import execution_id, iso_ms, item_id
 
 NANOID = re.compile(r"^[0-9A-Za-z_-]{21}$")
 
@@ -40,3 +43,17 @@ def test_a_forked_process_does_not_repeat_its_parents_ids() -> None:
     child.join(30)
     ours = [item_id() for _ in range(100)] + [execution_id() for _ in range(100)]
     assert not set(ours) & set(theirs)
+
+
+def test_timestamps_are_iso_8601_utc_with_milliseconds() -> None:
+    assert iso_ms(None) is None
+    assert iso_ms(0) == "1970-01-01T00:00:00.000Z"
+    assert iso_ms(1_731_693_462_781) == "2024-11-15T17:57:42.781Z"
+    assert iso_ms(1_731_693_462_007) == "2024-11-15T17:57:42.007Z"
+    assert iso_ms(-1) == "1969-12-31T23:59:59.999Z"
+    # Many in one second and across seconds, each as datetime renders it.
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    start = 1_764_806_400_000
+    for ms in [*range(start, start + 3_000, 7), *random.sample(range(2**41), 2_000)]:
+        expected = (epoch + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")
+        assert iso_ms(ms) == expected.replace("+00:00", "Z")

@@ -16,10 +16,18 @@ from solder.settings import Settings
 
 
 def create_app(
-    settings: Settings | None = None, *, dev: bool = False, worker: bool = True
+    settings: Settings | None = None,
+    *,
+    dev: bool = False,
+    worker: bool = True,
+    shortcuts: bool = True,
 ) -> FastAPI:
     """The ASGI application; starting it migrates the database and starts the workers
-    (none with `worker=False`, PostgreSQL only: `solder worker` processes run them)."""
+    (none with `worker=False`, PostgreSQL only: `solder worker` processes run them).
+
+    `shortcuts=False` leaves out the shortcuts that serve the hottest requests (a logs
+    page, a run) before FastAPI's routing: every request then goes through the routes,
+    which answer the same (the tests compare the two)."""
     solder = Solder(settings or Settings(), worker=worker)
 
     @asynccontextmanager
@@ -50,7 +58,9 @@ def create_app(
         app.include_router(module.router)
     if dev:
         app.include_router(demo.router)
-    # The last added is the outermost: the protocol's checks come before the shortcut.
-    app.add_middleware(logs.LogsShortcut)
+    # The last added is the outermost: the protocol's checks come before the shortcuts.
+    if shortcuts:
+        app.add_middleware(run.RunShortcut)
+        app.add_middleware(logs.LogsShortcut)
     app.add_middleware(ProtocolMiddleware, max_body_bytes=solder.settings.max_body_bytes)
     return app

@@ -62,11 +62,16 @@ async def get_idempotency(
     """The `Idempotency-Key` header with a fingerprint of the request it came with."""
     if idempotency_key is None:
         return None
+    return fingerprinted(idempotency_key, request, await request.body())
+
+
+def fingerprinted(idempotency_key: str, request: Request, body: bytes) -> Idempotency:
+    """An idempotency key with the fingerprint of its request: its method, URL and body."""
     if not 1 <= len(idempotency_key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1 to 255 characters")
     fingerprint = hashlib.sha256()
     fingerprint.update(f"{request.method} {request.url.path}?{request.url.query}\n".encode())
-    fingerprint.update(await request.body())
+    fingerprint.update(body)
     return Idempotency(idempotency_key, fingerprint.hexdigest())
 
 

@@ -76,7 +76,7 @@ class ProtocolMiddleware:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return _replay([message], receive)
+                return replay([message], receive)
             size += len(message.get("body", b""))
             if size > self.max_body_bytes:
                 raise self._too_large()
@@ -84,7 +84,7 @@ class ProtocolMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        return _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
+        return replay([{"type": "http.request", "body": body, "more_body": False}], receive)
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(
@@ -99,7 +99,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _replay(messages: list[Message], then: Receive) -> Receive:
+def replay(messages: list[Message], then: Receive) -> Receive:
     """Hand out `messages` first, then whatever the client sends next (its disconnect)."""
     pending = list(messages)
 

@@ -1,0 +1,182 @@
+"""The shortcuts that serve a run and a logs page before FastAPI's routing answer every
+request, well-formed or not, exactly as the routes alone do."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import TIMEOUT, Api, Server, api_client
+
+
+def _deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"d": value}
+    return value
+
+
+WEBHOOK = {
+    "name": "Welcome",
+    "trigger": {"type": "webhook"},
+    "blocks": [{"name": "echo", "connector": "transform", "config": {"expression": "{{ 1 }}"}}],
+}
+ON_SIGNUP = {**WEBHOOK, "name": "On signup", "trigger": {"type": "event", "event": "signup"}}
+RUN = {"userId": "ada", "workflowName": "Welcome", "data": {"n": 1}}
+EVENT = {"event": "signup", "userId": "ada", "data": {"plan": "pro"}}
+JSON = {"content-type": "application/json"}
+NO_KEY = {"authorization": ""}
+WRONG_KEY = {"authorization": "bearer sk_nobody"}
+
+# (path, body, headers): every request is sent to both servers, in this order.
+REQUESTS: list[tuple[str, bytes, dict[str, str]]] = [
+    ("/run/workflow", orjson.dumps(RUN), JSON),
+    ("/run/workflow", orjson.dumps(RUN), {"content-type": "application/json; charset=utf-8"}),
+    ("/run/workflow", orjson.dumps(RUN), {}),  # no content type: read as JSON
+    ("/2025-09/run/workflow", orjson.dumps(RUN), JSON),
+    ("/run/workflow", orjson.dumps({**RUN, "extra": [1, 2]}), JSON),
+    ("/run/workflow", orjson.dumps({"userId": "ada", "workflowName": "Welcome"}), JSON),
+    ("/run/workflow", orjson.dumps(RUN), {**JSON, "idempotency-key": "once"}),
+    ("/run/workflow", orjson.dumps(RUN), {**JSON, "idempotency-key": "once"}),
+    ("/run/workflow", orjson.dumps({**RUN, "data": {}}), {**JSON, "idempotency-key": "once"}),
+    ("/run/workflow", orjson.dumps(RUN), {**JSON, "idempotency-key": ""}),
+    ("/run/workflow", orjson.dumps(RUN), {**JSON, "idempotency-key": "k" * 256}),
+    ("/run/workflow", orjson.dumps(RUN), {"content-type": "text/plain"}),
+    ("/run/workflow", orjson.dumps(RUN), {"content-type": "application/x-www-form-urlencoded"}),
+    ("/run/workflow", b"", JSON),
+    ("/run/workflow", b"{", JSON),
+    ("/run/workflow", b"[]", JSON),
+    ("/run/workflow", b"null", JSON),
+    ("/run/workflow", b"\xff\xfe", JSON),
+    ("/run/workflow", b'{"userId": "ada", "workflowName": "Welcome", "data": {"x": NaN}}', JSON),
+    ("/run/workflow", b'{"userId": "ada", "workflowName": "Welcome", "data": {"x": 1e999}}', JSON),
+    (
+        "/run/workflow",
+        b'{"userId": "ada", "workflowName": "Welcome", "data": {"x": 1' + b"0" * 30 + b"}}",
+        JSON,
+    ),
+    ("/run/workflow", orjson.dumps({**RUN, "data": {"deep": _deep(120)}}), JSON),
+    ("/run/workflow", orjson.dumps({"workflowName": "Welcome"}), JSON),
+    ("/run/workflow", orjson.dumps({**RUN, "userId": ""}), JSON),
+    ("/run/workflow", orjson.dumps({**RUN, "userId": 7}), JSON),
+    ("/run/workflow", orjson.dumps({**RUN, "data": [1]}), JSON),
+    ("/run/workflow", orjson.dumps({"userId": "ada", "data": {}}), JSON),
+    ("/run/workflow", orjson.dumps({**RUN, "workflowName": "Nothing"}), JSON),
+    ("/run/workflow", orjson.dumps({**RUN, "userId": "nobody"}), JSON),
+    ("/run/workflow", orjson.dumps({**RUN, "workflowName": "On signup"}), JSON),
+    ("/run/workflow", orjson.dumps(RUN), {**JSON, **NO_KEY}),
+    ("/run/workflow", orjson.dumps(RUN), {**JSON, **WRONG_KEY}),
+    ("/run/workflow", b"{", {**JSON, **WRONG_KEY}),
+    ("/run/workflow", orjson.dumps(RUN), {**JSON, "x-api-version": "2023-01"}),
+    ("/run/workflow/", orjson.dumps(RUN), JSON),
+    ("/run/event", orjson.dumps(EVENT), JSON),
+    ("/run/event", orjson.dumps({**EVENT, "event": "nobody-awaits-this"}), JSON),
+    ("/run/event", orjson.dumps({**EVENT, "event": ""}), JSON),
+    ("/run/event", orjson.dumps({**EVENT, "event": "e" * 256}), JSON),
+    ("/run/event", orjson.dumps({"userId": "ada"}), JSON),
+    ("/run/event", orjson.dumps({**EVENT, "userId": "nobody"}), JSON),
+    ("/run/event", orjson.dumps(EVENT), {**JSON, **WRONG_KEY}),
+    ("/run/event", orjson.dumps(EVENT), {**JSON, "idempotency-key": "event-once"}),
+    ("/run/event", orjson.dumps(EVENT), {**JSON, "idempotency-key": "event-once"}),
+]
+
+# The ids a run answer holds, which differ between servers: one, or a list of them.
+_IDS = re.compile(rb'("executionIds?":)(\[[^\]]*\]|"[^"]*")')
+
+
+@pytest.fixture
+def twins(make_server: Callable[..., Server]) -> Iterator[tuple[Api, Api]]:
+    """Two servers alike, one with the shortcuts and one without, each with a user `ada`
+    who has a webhook workflow `Welcome` and one awaiting the event `signup`."""
+    with (
+        api_client(make_server()) as fast,
+        api_client(make_server(shortcuts=False)) as routed,
+    ):
+        for api in (fast, routed):
+            user_id = api.create_user("ada")
+            for definition in (WEBHOOK, ON_SIGNUP):
+                api.activate(user_id, api.create_workflow(definition))
+        yield fast, routed
+
+
+def answer(api: Api, path: str, body: bytes, headers: dict[str, str]) -> tuple[Any, ...]:
+    """What a client sees of an answer, its ids (which differ between servers) masked."""
+    sent = dict(api.headers)
+    if "authorization" in headers:
+        sent.pop("authorization")
+    sent.update({name: value for name, value in headers.items() if value})
+    response = httpx.post(f"{api.base_url}{path}", content=body, headers=sent)
+    return (
+        response.status_code,
+        response.headers.get("content-type"),
+        response.headers.get("x-api-version"),
+        _IDS.sub(_masked, response.content),
+    )
+
+
+def _masked(match: re.Match[bytes]) -> bytes:
+    return match.group(1) + re.sub(rb'"[^"]*"', b'"<id>"', match.group(2))
+
+
+def test_every_run_request_is_answered_as_the_routes_answer_it(twins: tuple[Api, Api]) -> None:
+    fast, routed = twins
+    for path, body, headers in REQUESTS:
+        expected = answer(routed, path, body, headers)
+        assert answer(fast, path, body, headers) == expected, (path, body, headers)
+    # Both ran the same runs, with the same trigger data and results.
+    assert _runs(fast) == _runs(routed)
+    assert len(_runs(fast)) > 5
+
+
+def test_an_idempotent_run_through_the_shortcut_runs_once(twins: tuple[Api, Api]) -> None:
+    fast, _ = twins
+    headers = {**JSON, "idempotency-key": "signup-ada"}
+    first = fast.post("/run/workflow", content=orjson.dumps(RUN), headers=headers)
+    again = fast.post("/run/workflow", content=orjson.dumps(RUN), headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json()
+    assert len(_runs(fast)) == 1
+
+
+def _runs(api: Api) -> list[tuple[str, Any, Any]]:
+    """(workflow, trigger data, the block's output) of every run the server accepted,
+    once all have ended, sorted."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        logs = [
+            (workflow["name"], log)
+            for workflow in api.get("/workflows").json()["data"]
+            for log in _all_logs(api, workflow["workflowId"])
+        ]
+        if all(log["stoppedAt"] is not None for _, log in logs):
+            break
+        assert time.monotonic() < deadline, "the runs did not end"
+        time.sleep(0.05)
+    return sorted(
+        (
+            (
+                name,
+                log["results"][0]["data"][0][0]["json"],
+                [item["json"] for item in log["results"][1]["data"][0]],
+            )
+            for name, log in logs
+        ),
+        key=repr,
+    )
+
+
+def _all_logs(api: Api, workflow_id: str) -> list[dict[str, Any]]:
+    logs: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        batch = api.logs(workflow_id, limit=30, page=page)
+        logs.extend(batch)
+        if len(batch) < 30:
+            return logs
+        page += 1
