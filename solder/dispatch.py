@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from typing import Protocol
 
@@ -36,11 +37,15 @@ _POLL_SECONDS = 1.0
 # however long the queue. A loop saturated by many short tasks is late by only a few ms
 # at each wake-up: with 5 ms as the mark, 32 such clients got 650 runs a second accepted
 # and 60 done over minutes, the queue growing without end; with 1 ms, as many done as
-# accepted (bench/RESULTS.md, scenario 6).
+# accepted (bench/RESULTS.md, scenario 6). Shorter tasks still, as cheaper accepting
+# made them, slip under any mark of lag: the loop's thread busy for more than
+# _BUSY_SHARE of the time counts as saturated too (its CPU time over the probe's
+# interval), which a loop waiting on slow APIs never is.
 _QUEUED_PER_WORKER = 1
 _MAX_WAIT_SECONDS = 1.0
 _LAG_PROBE_SECONDS = 0.05
 _BUSY_LAG_SECONDS = 0.001
+_BUSY_SHARE = 0.8
 
 
 class Dispatcher(Protocol):
@@ -85,6 +90,7 @@ class EmbeddedDispatcher:
         self._empty = asyncio.Event()  # nothing queued: set while self._queued == 0
         self._empty.set()
         self._lag = 0.0  # the event loop's recent lag, smoothed, in seconds
+        self._busy = 0.0  # the share of the time its thread was busy of late, smoothed
         self._stopping = False
         self._workers: list[asyncio.Task[None]] = []
         self._lag_probe: asyncio.Task[None] | None = None
@@ -105,13 +111,17 @@ class EmbeddedDispatcher:
         self._lag_probe = asyncio.create_task(self.watch_lag(), name="solder-lag-probe")
 
     async def watch_lag(self) -> None:
-        """Measure how late the event loop wakes a sleeper: how saturated it is."""
+        """Measure how saturated the event loop is: how late it wakes a sleeper, and how
+        much of the time its thread is busy."""
         loop = asyncio.get_running_loop()
         while True:
-            before = loop.time()
+            before, cpu_before = loop.time(), time.thread_time()
             await asyncio.sleep(_LAG_PROBE_SECONDS)
-            lag = max(0.0, loop.time() - before - _LAG_PROBE_SECONDS)
+            elapsed = loop.time() - before
+            lag = max(0.0, elapsed - _LAG_PROBE_SECONDS)
             self._lag = 0.7 * self._lag + 0.3 * lag
+            busy = (time.thread_time() - cpu_before) / elapsed
+            self._busy = 0.7 * self._busy + 0.3 * busy
 
     def notify(self, runs: int = 1) -> None:
         """`runs` executions were queued: wake as many idle workers, at most."""
@@ -136,7 +146,7 @@ class EmbeddedDispatcher:
         """Return at once while the queue is short or the event loop has time to spare;
         else when a worker takes a run, or after _MAX_WAIT_SECONDS: a run is never
         refused, only slowed."""
-        if not self._room.is_set() and self._lag > _BUSY_LAG_SECONDS:
+        if not self._room.is_set() and (self._lag > _BUSY_LAG_SECONDS or self._busy > _BUSY_SHARE):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), _MAX_WAIT_SECONDS)
 
