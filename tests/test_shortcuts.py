@@ -12,6 +12,8 @@ import httpx
 import orjson
 import pytest
 
+from solder import keys
+from solder.errors import Unavailable
 from tests.conftest import TIMEOUT, Api, Server, api_client
 
 
@@ -180,3 +182,30 @@ def _all_logs(api: Api, workflow_id: str) -> list[dict[str, Any]]:
         if len(batch) < 30:
             return logs
         page += 1
+
+
+@pytest.mark.parametrize("shortcuts", [True, False])
+def test_a_run_while_the_database_is_down_is_a_503_after_one_look(
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch, shortcuts: bool
+) -> None:
+    """Each look waits for the database (its pool's timeout, 5 s on PostgreSQL): a run
+    request is refused after one, with or without the shortcut."""
+    server = make_server(shortcuts=shortcuts)
+    with api_client(server) as api:
+        api.create_user("ada")
+        api.activate(api.get("/users").json()["data"][0]["userId"], api.create_workflow(WEBHOOK))
+        looks: list[str] = []
+
+        async def unreachable(_: Any, key: str) -> Any:
+            looks.append(key)
+            raise Unavailable("the database is unavailable; retry shortly")
+
+        monkeypatch.setattr(keys, "authenticate", unreachable)
+        response = api.post("/run/workflow", content=orjson.dumps(RUN), headers=JSON)
+    assert response.status_code == 503
+    assert response.json() == {
+        "error": "unavailable",
+        "message": "the database is unavailable; retry shortly",
+        "status": 503,
+    }
+    assert len(looks) == 1

@@ -19,7 +19,7 @@ from solder.api.protocol import replay
 from solder.api.responses import json_response
 from solder.app import Solder
 from solder.definitions import check_payload
-from solder.errors import InvalidRequest, SolderError
+from solder.errors import InvalidRequest, SolderError, Unavailable
 from solder.executions import Idempotency
 from solder.keys import Tenant
 
@@ -106,7 +106,9 @@ class RunShortcut:
     fifth of a logs page's (`LogsShortcut`). Whatever the shortcut would refuse (a body
     that is not JSON or not valid, a missing or unknown key, a bad `Idempotency-Key`) it
     hands on untouched, before anything is written, so that every refusal comes from the
-    routes, word for word and in their order of checks; what the routes' code refuses
+    routes, word for word and in their order of checks. The database unavailable when
+    the key is looked up is answered here, as the route answers it (503), rather than
+    looked up again; what the routes' code refuses
     once it runs (an unknown workflow, a payload Solder cannot store) comes in the one
     shape as the routes' errors do.
     """
@@ -154,6 +156,10 @@ async def _answer(
         tenant = await authenticate(solder, request.headers.get("authorization"))
         key = request.headers.get("idempotency-key")
         idempotency = None if key is None else fingerprinted(key, request, body)
+    except Unavailable as error:
+        # The route would wait for the database again (its pool's timeout, 5 s) to
+        # answer the same: a 503 from its first look, the key's.
+        return error_response(error)
     except SolderError:
         return None
     try:
