@@ -192,8 +192,7 @@ def test_a_run_while_the_database_is_down_is_a_503_after_one_look(
     request is refused after one, with or without the shortcut."""
     server = make_server(shortcuts=shortcuts)
     with api_client(server) as api:
-        api.create_user("ada")
-        api.activate(api.get("/users").json()["data"][0]["userId"], api.create_workflow(WEBHOOK))
+        api.activate(api.create_user("ada"), api.create_workflow(WEBHOOK))
         looks: list[str] = []
 
         async def unreachable(_: Any, key: str) -> Any:
