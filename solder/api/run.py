@@ -108,9 +108,8 @@ class RunShortcut:
     hands on untouched, before anything is written, so that every refusal comes from the
     routes, word for word and in their order of checks. The database unavailable when
     the key is looked up is answered here, as the route answers it (503), rather than
-    looked up again; what the routes' code refuses
-    once it runs (an unknown workflow, a payload Solder cannot store) comes in the one
-    shape as the routes' errors do.
+    looked up again; what the routes' code refuses once it runs (an unknown workflow, a
+    payload Solder cannot store) comes in the one shape as the routes' errors do.
     """
 
     def __init__(self, app: ASGIApp) -> None:
