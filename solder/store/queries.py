@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     BigInteger,
@@ -494,21 +494,22 @@ async def page_of_logs(
     executions or after the position `after` where the previous page ended. No row at
     all: no active key has that hash.
     """
-    statement = _page_statement(descending, user_ref is not None, after is not None)
+    start = "after" if after is not None else "offset" if offset else "first"
+    statement = _page_statement(descending, user_ref is not None, start)
     return await fetch(
         conn,
         statement,
         key_hash=key_hash,
         workflow=workflow_ref,
         **({} if user_ref is None else {"user": user_ref}),
-        **({} if after is None else {"after": after}),
+        **({"after": after} if start == "after" else {}),
+        **({"offset": offset} if start == "offset" else {}),
         limit=limit,
-        offset=offset,
     )
 
 
-def _page_start(listing: Any, descending: bool, after: bool) -> tuple[Any, Any]:
-    """Where a page starts in a listing (`log_listings`' columns):
+def _page_start(listing: Any, descending: bool) -> tuple[Any, Any]:
+    """Where the page at an offset starts in a listing (`log_listings`' columns):
     the first position it may hold, and how many executions from there it skips.
 
     Every position above `deleted_top` holds an execution, so newest first, the page at
@@ -517,11 +518,7 @@ def _page_start(listing: Any, descending: bool, after: bool) -> tuple[Any, Any]:
     left of n among the executions below, a walk over no more than those. Oldest first,
     `deleted_top - deleted` executions are left at or below `deleted_top`: the page past
     them starts at deleted_top + 1 + (n - those); one inside them walks from the oldest.
-    A page after a cursor starts next to the cursor's position.
     """
-    if after:
-        cursor: Any = bindparam("after")
-        return (cursor - 1 if descending else cursor + 1), literal(0)
     n: Any = bindparam("offset")
     last, deleted, top = listing.last_position, listing.deleted, listing.deleted_top
     if descending:
@@ -537,14 +534,20 @@ def _page_start(listing: Any, descending: bool, after: bool) -> tuple[Any, Any]:
     )
 
 
+PageStart = Literal["first", "after", "offset"]
+
+
 @functools.cache
-def _page_statement(descending: bool, by_user: bool, after: bool) -> Prepared:
-    """The page query, one per shape (8 in all), prepared once.
+def _page_statement(descending: bool, by_user: bool, start: PageStart) -> Prepared:
+    """The page query, one per shape (12 in all), prepared once.
 
     Who asks, the workflow's and the user's numbers and where the page starts in their
     listing are found once (`asker`, then `target`: each CTE is computed once, as both
     databases do with a CTE used more than once); the page is then a range of a positions
-    index from where it starts (`_page_start`), and only its rows are read. On SQLite
+    index from where it starts, and only its rows are read. Only a page at an offset
+    reads its listing's row (`target`, `_page_start`): the first page starts at the
+    index's first entry from the listing's end, holes or not, and a page after a cursor
+    next to the cursor's position. On SQLite
     the page's rowids are picked from the index alone first (each of its entries ends
     with one), so the executions a page skips past holes are counted, not read: 2.6
     against 6 ms for 30,000 of them. PostgreSQL reads a row to know it is visible
@@ -581,43 +584,55 @@ def _page_statement(descending: bool, by_user: bool, after: bool) -> Prepared:
         if by_user
         else literal(0)
     )
-    # No row: the workflow (or the user) has no execution, and the page is empty.
-    start, skip = _page_start(log_listings.c, descending, after)
-    target = (
-        select(
-            log_listings.c.workflow_number,
-            log_listings.c.user_number,
-            start.label("start"),
-            skip.label("skip"),
+    position = executions.c.user_position if by_user else executions.c.workflow_position
+    if start == "offset":
+        # No row: the workflow (or the user) has no execution, and the page is empty.
+        first, skip = _page_start(log_listings.c, descending)
+        target = (
+            select(
+                log_listings.c.workflow_number,
+                log_listings.c.user_number,
+                first.label("start"),
+                skip.label("skip"),
+            )
+            .where(
+                log_listings.c.workflow_number == the_workflow,
+                log_listings.c.user_number == the_user,
+            )
+            .cte("target")
         )
-        .where(
-            log_listings.c.workflow_number == the_workflow,
-            log_listings.c.user_number == the_user,
+
+        def of_target(column: Any) -> Any:
+            return select(column).scalar_subquery()
+
+        the_workflow, the_user = (
+            of_target(target.c.workflow_number),
+            of_target(target.c.user_number),
         )
-        .cte("target")
-    )
-
-    def of_target(column: Any) -> Any:
-        return select(column).scalar_subquery()
-
-    conditions = [executions.c.workflow_number == of_target(target.c.workflow_number)]
-    if by_user:
-        conditions.append(executions.c.user_number == of_target(target.c.user_number))
-        position = executions.c.user_position
+        bound = of_target(target.c.start)
+        # No listing: no row, and SQLite takes no null OFFSET.
+        offset: Any = func.coalesce(of_target(target.c.skip), 0)
+    elif start == "after":
+        # Next to the cursor's position; holes are index entries that are not there.
+        cursor: Any = bindparam("after")
+        bound, offset = (cursor - 1 if descending else cursor + 1), None
     else:
-        position = executions.c.workflow_position
-    first = of_target(target.c.start)
-    conditions.append(position <= first if descending else position >= first)
+        # The listing's newest (or oldest) end: the index's first entry from that end.
+        bound, offset = None, None
+    conditions = [executions.c.workflow_number == the_workflow]
+    if by_user:
+        conditions.append(executions.c.user_number == the_user)
+    if bound is not None:
+        conditions.append(position <= bound if descending else position >= bound)
 
     def in_page(*columns: Any) -> Any:
-        return (
+        page = (
             select(*columns, position.label("position"))
             .where(*conditions)
             .order_by(position.desc() if descending else position.asc())
             .limit(bindparam("limit"))
-            # No listing: no row, and SQLite takes no null OFFSET.
-            .offset(func.coalesce(of_target(target.c.skip), 0))
         )
+        return page if offset is None else page.offset(offset)
 
     rowid: Any = literal_column("executions.rowid")
     keys = in_page(rowid.label("row")).subquery("page")
