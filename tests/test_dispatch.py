@@ -110,10 +110,13 @@ def test_with_time_to_spare_a_burst_is_queued_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Workers waiting on a slow API leave the loop idle: runs are not held back then."""
-    # An idle loop's probe can still wake a millisecond late on a shared machine running
-    # other tests (it failed once so in CI, at the production mark of 1 ms): the mark
-    # is raised above that noise, and far below the saturated tests' 20 ms slices.
-    monkeypatch.setattr(dispatch, "_BUSY_LAG_SECONDS", 0.005)
+    # An idle loop's probe can still wake late on a shared machine running other tests:
+    # it failed so in CI at the production mark of 1 ms, and on 2026-12-04 at 5 ms with
+    # headless Chromium and PostgreSQL beside the two test processes on two cores (one
+    # wake 17 ms late moves the smoothed lag by 5). The mark is raised above that noise;
+    # what this test holds is that an idle loop does not hold a burst back, whatever
+    # the mark, and a loop busy with work (the tests above) does.
+    monkeypatch.setattr(dispatch, "_BUSY_LAG_SECONDS", 0.05)
 
     async def scenario() -> None:
         async with dispatcher_of(tmp_path, workers=1) as dispatcher:

@@ -120,7 +120,10 @@ class PostgresTransaction(DriverConnection):
     async def rows(self, sql: str, params: dict[str, Any]) -> list[Row]:
         async with self.conn.cursor(row_factory=dict_row) as cursor:
             await cursor.execute(sql, params)
-            return await cursor.fetchall() if cursor.description else []
+            # No result set (a write without RETURNING): no rows. Not `description`,
+            # which builds a `Column` for each column each time it is read, 3 % of a logs
+            # page's CPU on PostgreSQL (bench/RESULTS.md, scenario 1).
+            return [] if cursor.rownumber is None else await cursor.fetchall()
 
     async def count(self, sql: str, params: dict[str, Any]) -> int:
         async with self.conn.cursor() as cursor:
