@@ -121,8 +121,8 @@ class PostgresTransaction(DriverConnection):
         async with self.conn.cursor(row_factory=dict_row) as cursor:
             await cursor.execute(sql, params)
             # No result set (a write without RETURNING): no rows. Not `description`,
-            # which builds a `Column` for each column each time it is read, 3 % of a logs
-            # page's CPU on PostgreSQL (bench/RESULTS.md, scenario 1).
+            # which builds a `Column` for each column each time it is read: a logs page
+            # took 1.12 times the server's CPU with it (bench/RESULTS.md, scenario 1).
             return [] if cursor.rownumber is None else await cursor.fetchall()
 
     async def count(self, sql: str, params: dict[str, Any]) -> int:
