@@ -24,13 +24,13 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from common import ROOT, work_tree
 from logs_dataset import (
     Dataset,
     create_api_key,
@@ -43,7 +43,6 @@ from logs_read import postgres_dataset, sqlite_dataset
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parent.parent
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 # (label, descending, by user, start): the page 1 scenario 1 reads, of one user and of
 # all users, a page after a cursor, a page at an offset.
@@ -90,25 +89,6 @@ def compiled_in(tree: Path) -> Compiled:
     )
     result: Compiled = json.loads(answer.stdout)
     return result
-
-
-@contextlib.contextmanager
-def work_tree(rev: str) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="solder-page-probe-") as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), rev],
-            check=True,
-            capture_output=True,
-        )
-        try:
-            yield tree
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
-                check=False,
-                capture_output=True,
-            )
 
 
 def pair_of(dataset: Dataset, pair: str) -> tuple[int, int]:

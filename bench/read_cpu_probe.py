@@ -23,10 +23,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from common import wrk
+from common import ROOT, work_tree, wrk
 from logs_dataset import Dataset, create_api_key
 from logs_read import postgres_dataset, requests, serving, sqlite_dataset
-from page_probe import ROOT, work_tree
 from rich.console import Console
 from rich.table import Table
 from scale_out import cpu_seconds
