@@ -127,6 +127,15 @@ BENCH_TENANT = "bench"
 STALL_SECONDS = 30.0  # no execution ended for this long: Solder is stuck
 
 
+def serving_children(pid: int) -> list[int]:
+    """The serving processes of the supervisor `pid` (`solder serve --processes`)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(child) for child in children]
+
+
 @dataclass
 class Stack:
     """A running Solder (and the loopback upstream), its API key and its database."""
@@ -143,6 +152,11 @@ class Stack:
     def server_pids(self) -> dict[str, int]:
         """The processes that make up the server, by the name the tables give them."""
         if not self.workers:
+            supervised = serving_children(self.api.process.pid)
+            if supervised:  # `solder serve --processes N`: its supervisor, and the N
+                pids = {"supervisor (serve --processes)": self.api.process.pid}
+                pids.update({f"process {n}": pid for n, pid in enumerate(supervised, 1)})
+                return pids
             return {"solder serve": self.api.process.pid}
         pids = {"API (serve --no-worker)": self.api.process.pid}
         for n, worker in enumerate(self.workers, 1):

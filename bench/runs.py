@@ -121,11 +121,17 @@ class Latency:
 class Measured:
     backend: str
     workers: int
+    processes: int = 1  # solder serve --processes (SQLite)
     windows: list[Window] = field(default_factory=list)
     latencies: list[Latency] = field(default_factory=list)
 
     def max_rate(self) -> float:
         return statistics.median(window.rate for window in self.windows)
+
+    @property
+    def label(self) -> str:
+        """The backend, and the processes serving it when more than one."""
+        return f"{self.backend}, {self.processes} processes" if self.processes > 1 else self.backend
 
 
 class Bench:
@@ -232,20 +238,30 @@ class Bench:
 
 
 def measure(
-    backend: str, postgres_url: str | None, *, runs: int, seconds: float, workers: int
+    backend: str,
+    postgres_url: str | None,
+    *,
+    runs: int,
+    seconds: float,
+    workers: int,
+    processes: int = 1,
 ) -> Measured:
-    measured = Measured(backend, 0 if backend == "SQLite" else workers)
+    """`processes` > 1 (SQLite): `solder serve --processes N`."""
+    measured = Measured(backend, 0 if backend == "SQLite" else workers, processes)
+    settings = {"SOLDER_PROCESSES": str(processes)}
     with (
         tempfile.TemporaryDirectory(prefix="solder-bench-runs-") as workdir,
-        solder_stack(backend, postgres_url, Path(workdir), workers=workers, upstream=True) as stack,
+        solder_stack(
+            backend, postgres_url, Path(workdir), workers=workers, upstream=True, settings=settings
+        ) as stack,
         progress() as bar,
     ):
         bench = Bench(stack, Path(workdir))
-        task = bar.add_task(f"{backend}: runs, warming up", total=1 + 2 * runs)
+        task = bar.add_task(f"{measured.label}: runs, warming up", total=1 + 2 * runs)
         bench.closed(WARM_UP_SECONDS)
         bar.advance(task)
         for n in range(runs):
-            bar.update(task, description=f"{backend}: runs, {CLIENTS} clients, #{n + 1}")
+            bar.update(task, description=f"{measured.label}: runs, {CLIENTS} clients, #{n + 1}")
             measured.windows.append(bench.closed(seconds))
             bar.advance(task)
         # SOLDER_BENCH_OPEN_RATE: the open loop at that rate instead, to compare two
@@ -253,16 +269,26 @@ def measure(
         fixed = os.environ.get("SOLDER_BENCH_OPEN_RATE")
         rate = float(fixed) if fixed else LATENCY_LOAD * min(measured.max_rate(), TARGET_RATE)
         for n in range(runs):
-            bar.update(task, description=f"{backend}: runs, open loop at {rate:,.0f}/s, #{n + 1}")
+            bar.update(
+                task, description=f"{measured.label}: runs, open loop at {rate:,.0f}/s, #{n + 1}"
+            )
             measured.latencies.append(bench.open(rate, seconds))
             bar.advance(task)
     return measured
 
 
-def run(postgres_url: str | None, *, runs: int, seconds: float, workers: int) -> Iterator[Measured]:
-    """Measure on SQLite, then on PostgreSQL when `postgres_url` is given."""
-    for backend in ("SQLite", "PostgreSQL") if postgres_url else ("SQLite",):
-        yield measure(backend, postgres_url, runs=runs, seconds=seconds, workers=workers)
+def run(
+    postgres_url: str | None, *, runs: int, seconds: float, workers: int, processes: int = 1
+) -> Iterator[Measured]:
+    """Measure on SQLite (with one process, then with `processes` if more), then on
+    PostgreSQL when `postgres_url` is given."""
+    yield measure("SQLite", None, runs=runs, seconds=seconds, workers=workers)
+    if processes > 1:
+        yield measure(
+            "SQLite", None, runs=runs, seconds=seconds, workers=workers, processes=processes
+        )
+    if postgres_url:
+        yield measure("PostgreSQL", postgres_url, runs=runs, seconds=seconds, workers=workers)
 
 
 def median(values: Iterator[float] | list[float]) -> float:
@@ -285,6 +311,8 @@ def figures(measured: Measured, ceiling: float | None) -> list[Row]:
         f"{median(w.client_cores for w in windows):.2f} cores"
     )
     who = "solder serve" if not measured.workers else f"API + {measured.workers} workers"
+    if measured.processes > 1:
+        who = f"solder serve --processes {measured.processes}"
     bare = f"insert ceiling {ceiling:,.0f} exec/s (7.)" if ceiling else ""
     rows: list[Row] = [
         (

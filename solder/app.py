@@ -39,7 +39,12 @@ class Solder:
     """
 
     def __init__(
-        self, settings: Settings, *, worker: bool = True, concurrency: int | None = None
+        self,
+        settings: Settings,
+        *,
+        worker: bool = True,
+        concurrency: int | None = None,
+        supervised: bool = False,
     ) -> None:
         self.settings = settings
         self.db = Database(
@@ -83,6 +88,9 @@ class Solder:
             self.db, settings, quiet=None if self.dispatcher is None else self.dispatcher.quiet
         )
         self.scheduler = Scheduler(self.db, settings, self._notify)
+        # One of the processes of `solder serve --processes`: its supervisor holds the
+        # database's serve lock for them all.
+        self.supervised = supervised
         self._serve_lock: ServeLock | None = None
 
     def _notify(self, runs: int = 1) -> None:
@@ -105,7 +113,7 @@ class Solder:
         return answer
 
     async def start(self) -> None:
-        if self.db.sqlite_file is not None:
+        if self.db.sqlite_file is not None and not self.supervised:
             self._serve_lock = ServeLock(self.db.sqlite_file)
             self._serve_lock.acquire()
         await asyncio.to_thread(self.db.migrate)

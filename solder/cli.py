@@ -25,6 +25,14 @@ from solder.settings import Settings
 from solder.store import queries as q
 from solder.store.database import Database
 from solder.store.lock import AlreadyServing, ServeLock
+from solder.supervisor import (
+    SUPERVISOR_ENV,
+    Supervisor,
+    listening_socket,
+    orphaned,
+    say_ready,
+    serving_command,
+)
 
 if TYPE_CHECKING:
     from solder.app import Solder
@@ -106,6 +114,15 @@ def serve(
             "processes to run what it queues."
         ),
     ] = True,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Serve with this many processes, each serving the API and running "
+            "executions, restarted if one dies [SOLDER_PROCESSES]. One per core.",
+        ),
+    ] = None,
 ) -> None:
     """Migrate the database, then serve the API and run workflows."""
     from solder.api import create_app
@@ -121,24 +138,32 @@ def serve(
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
+    if processes is not None:
+        overrides["processes"] = processes
+    supervised = SUPERVISOR_ENV in os.environ  # one of the processes of --processes N
     if dev:
         overrides["http_allow_private_networks"] = True
         overrides["access_log"] = True
     settings = settings.model_copy(update=overrides)
+    if dev and settings.processes > 1:
+        raise _fail("--dev serves with one process: leave out --processes and SOLDER_PROCESSES")
     _configure_logging()
     db = _database(settings)  # fail early, with a clear message, on a bad database URL
     _run(db.dispose())
-    if db.sqlite_file is not None:
+    lock = None if db.sqlite_file is None or supervised else ServeLock(db.sqlite_file)
+    if lock is not None:
         try:  # fail early, with a clear message, when another process serves the database
-            lock = ServeLock(db.sqlite_file)
             lock.acquire()
-            lock.release()  # the server takes it for good as it starts
         except AlreadyServing as exc:
             raise _fail(exc.message) from None
+        if settings.processes == 1:
+            lock.release()  # the server takes it for good as it starts
     try:
-        app = create_app(settings, dev=dev, worker=worker)
+        app = create_app(settings, dev=dev, worker=worker, supervised=supervised)
     except (PluginError, SecretKeyError) as exc:
         raise _fail(str(exc)) from None
+    if settings.processes > 1 and not supervised:
+        raise typer.Exit(_supervise(settings, db, worker=worker))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -150,7 +175,16 @@ def serve(
 
     async def main() -> None:
         announcer = asyncio.create_task(_announce(server, app)) if dev else None
-        await server.serve()
+        if supervised:
+            watch = asyncio.create_task(_supervised(server))
+            try:
+                sock = listening_socket(settings.host, settings.port)
+            except OSError as exc:
+                raise _fail(f"could not listen on {settings.host}:{settings.port}: {exc}") from None
+            await server.serve(sockets=[sock])
+            watch.cancel()
+        else:
+            await server.serve()
         if announcer is not None:
             announcer.cancel()
 
@@ -164,6 +198,43 @@ def serve(
             f"could not listen on {settings.host}:{settings.port}: is another process using "
             "it? Choose another with --port or SOLDER_PORT."
         )
+
+
+def _supervise(settings: Settings, db: Database, *, worker: bool) -> int:
+    """`serve --processes N`: migrate, then start and watch N serving processes
+    (`solder/supervisor.py`), this one holding the port meanwhile."""
+    try:
+        held = listening_socket(settings.host, settings.port, listen=False)
+    except OSError as exc:
+        raise _fail(
+            f"could not listen on {settings.host}:{settings.port} ({exc.strerror}): is "
+            "another process using it? Choose another with --port or SOLDER_PORT."
+        ) from None
+    with held:
+        db.migrate()
+        env = {
+            **os.environ,
+            "SOLDER_HOST": settings.host,
+            "SOLDER_PORT": str(held.getsockname()[1]),  # the port chosen, if it was 0
+            "SOLDER_PROCESSES": str(settings.processes),
+        }
+        supervisor = Supervisor(
+            serving_command(worker=worker),
+            env,
+            settings.processes,
+            grace_seconds=settings.shutdown_grace_seconds,
+        )
+        return supervisor.run()
+
+
+async def _supervised(server: uvicorn.Server) -> None:
+    """A supervised process: say when it serves; stop when the supervisor is gone."""
+    while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
+        await asyncio.sleep(0.05)
+    say_ready()
+    while not orphaned():  # noqa: ASYNC110 (nothing signals a parent's end)
+        await asyncio.sleep(1.0)
+    server.should_exit = True
 
 
 def _configure_logging() -> None:

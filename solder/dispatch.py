@@ -2,11 +2,13 @@
 
 The queue is the `executions` table itself: a run request is answered only once its
 execution row is committed as `queued`, and workers claim rows from it. Nothing is held
-only in memory, so a process that dies loses no accepted run: at the next start, the
-executions it left `running` are marked `crashed`, claimed again, and resume after their
-last finished step. One process serves a SQLite database (`store/lock.py`), so whatever
-is `running` at start was left by a dead one. PostgreSQL dispatches through procrastinate
-instead (`solder/workers.py`).
+only in memory, so a process that dies loses no accepted run: the executions it left
+`running` are marked `crashed`, claimed again, and resume after their last finished step,
+at the next start or, when several processes serve the file (`solder serve --processes`),
+within seconds by a sibling (`reclaim`: a claim's lease names its process, whose
+liveness a lock file tells, `store/lock.py`). Each process runs the runs it accepted,
+woken at once; a run queued elsewhere is found by the next poll. PostgreSQL dispatches
+through procrastinate instead (`solder/workers.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from typing import Protocol
@@ -23,10 +26,13 @@ from solder.errors import Unavailable
 from solder.ids import lease_id, now_ms
 from solder.store import queue
 from solder.store.database import Database
+from solder.store.lock import ProcessMarks
 
 log = logging.getLogger("solder.dispatch")
 
 _POLL_SECONDS = 1.0
+# How often a process looks for executions left running by a sibling that died.
+_RECLAIM_SECONDS = 5.0
 # Backpressure: while the event loop is saturated (its lag over _BUSY_LAG_SECONDS) and
 # as many runs are queued as there are workers, accepting one more waits for a worker to
 # take one, for at most _MAX_WAIT_SECONDS (then it is queued all the same). Without it,
@@ -40,7 +46,11 @@ _POLL_SECONDS = 1.0
 # accepted (bench/RESULTS.md, scenario 6). Shorter tasks still, as cheaper accepting
 # made them, slip under any mark of lag: the loop's thread busy for more than
 # _BUSY_SHARE of the time counts as saturated too (its CPU time over the probe's
-# interval), which a loop waiting on slow APIs never is.
+# interval), which a loop waiting on slow APIs never is. With several processes sharing
+# the cores (`solder serve --processes`), a loop waiting for a core is as saturated as one
+# running: counted by its CPU time alone, two processes on two cores looked 75 % busy,
+# and accepted 1,300 runs a second while they ended 400 (bench/RESULTS.md); so the time
+# the thread spent ready to run, waiting for a core, counts too (`_demand`).
 _QUEUED_PER_WORKER = 1
 _MAX_WAIT_SECONDS = 1.0
 _LAG_PROBE_SECONDS = 0.05
@@ -69,6 +79,34 @@ class Dispatcher(Protocol):
         """Stop taking work; give running executions `grace_seconds` to finish."""
 
 
+class _Demand:
+    """Seconds this thread has run, or waited for a core to run on: Linux's schedstat
+    of the thread (two reads of a file kept open), else its CPU time alone."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        with contextlib.suppress(OSError):
+            self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        try:
+            # This thread has run: a kernel that does not account for it reads 0.
+            usable = self._fd is not None and self() > 0
+        except (OSError, ValueError):
+            usable = False
+        if not usable and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __call__(self) -> float:
+        if self._fd is None:
+            return time.thread_time()
+        running, waiting = os.pread(self._fd, 128, 0).split()[:2]
+        return (int(running) + int(waiting)) / 1e9
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
 class EmbeddedDispatcher:
     """Runs queued executions on `concurrency` asyncio tasks."""
 
@@ -76,6 +114,11 @@ class EmbeddedDispatcher:
         self.db = db
         self.engine = engine
         self.concurrency = concurrency
+        # The processes serving the file, this one among them (none for a database in
+        # memory); the leases of this process's claims start with its token.
+        self.marks = None if db.sqlite_file is None else ProcessMarks(db.sqlite_file)
+        self._token = ""
+        self._reclaimer: asyncio.Task[None] | None = None
         # Idle workers, each waiting on its own future: a queued run wakes one of them, not
         # all. Woken all at once, each claimed (a write transaction) and all but one found
         # nothing: at 100 runs a second that was a fifth of the server's CPU per run
@@ -97,11 +140,16 @@ class EmbeddedDispatcher:
         engine.on_park = self.notify_at
 
     async def start(self) -> None:
+        if self.marks is not None:
+            self._token = self.marks.hold()
+            await self.reclaim()
+        else:  # a database in memory: this process is its only one
+            async with self.db.write() as conn:
+                crashed = await queue.crash_running(conn)
+            if crashed:
+                log.warning("%d executions were left running by a process that died", crashed)
         async with self.db.write() as conn:
-            crashed = await queue.crash_running(conn)
             wake_at = await queue.next_wake(conn)
-        if crashed:
-            log.warning("%d executions were left running by a process that died: resuming", crashed)
         if wake_at is not None:
             self.notify_at(wake_at)
         self._workers = [
@@ -109,18 +157,53 @@ class EmbeddedDispatcher:
             for n in range(self.concurrency)
         ]
         self._lag_probe = asyncio.create_task(self.watch_lag(), name="solder-lag-probe")
+        if self.marks is not None:
+            self._reclaimer = asyncio.create_task(self._reclaim_forever(), name="solder-reclaim")
+
+    async def reclaim(self) -> int:
+        """Take back the executions left running by processes that died: marked crashed,
+        they are claimed again and resume after their last finished step. How many."""
+        assert self.marks is not None
+        async with self.db.read() as conn:
+            running = await queue.running(conn)
+        dead = [
+            (tenant_id, execution_id, lease)
+            for tenant_id, execution_id, lease in running
+            if not self.marks.alive(lease[: ProcessMarks.TOKEN_LENGTH])
+        ]
+        crashed = 0
+        if dead:
+            async with self.db.write() as conn:
+                for claim in dead:
+                    crashed += await queue.crash_claim(conn, *claim)
+        if crashed:
+            log.warning("%d executions were left running by a process that died: resuming", crashed)
+            self.notify(crashed)
+        await asyncio.to_thread(self.marks.forget_dead)
+        return crashed
+
+    async def _reclaim_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_RECLAIM_SECONDS)
+            try:
+                await self.reclaim()
+            except Unavailable:
+                pass  # the next round tries again
+            except Exception:
+                log.exception("taking back the executions of a dead process failed")
 
     async def watch_lag(self) -> None:
         """Measure how saturated the event loop is: how late it wakes a sleeper, and how
-        much of the time its thread is busy."""
+        much of the time its thread is busy (or waiting for a core)."""
         loop = asyncio.get_running_loop()
+        demand = _Demand()
         while True:
-            before, cpu_before = loop.time(), time.thread_time()
+            before, demand_before = loop.time(), demand()
             await asyncio.sleep(_LAG_PROBE_SECONDS)
             elapsed = loop.time() - before
             lag = max(0.0, elapsed - _LAG_PROBE_SECONDS)
             self._lag = 0.7 * self._lag + 0.3 * lag
-            busy = (time.thread_time() - cpu_before) / elapsed
+            busy = (demand() - demand_before) / elapsed
             self._busy = 0.7 * self._busy + 0.3 * busy
 
     def notify(self, runs: int = 1) -> None:
@@ -182,18 +265,23 @@ class EmbeddedDispatcher:
         """Stop claiming; give running executions `grace_seconds` to finish, then cancel."""
         self._stopping = True
         self._wake(len(self._idle_workers))
-        if self._lag_probe is not None:
-            self._lag_probe.cancel()
-        if not self._workers:
-            return
-        _, pending = await asyncio.wait(self._workers, timeout=grace_seconds)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if pending:
-            log.info("%d executions interrupted; they resume at the next start", len(pending))
+        for task in (self._lag_probe, self._reclaimer):
+            if task is not None:
+                task.cancel()
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if pending:
+                log.info(
+                    "%d executions interrupted: they resume elsewhere or at the next start",
+                    len(pending),
+                )
+        if self.marks is not None:
+            self.marks.release()  # what it left running is taken back by the others
 
     async def _work(self) -> None:
         while not self._stopping:
@@ -217,7 +305,7 @@ class EmbeddedDispatcher:
 
     async def claim(self) -> tuple[str, str, str] | None:
         """Claim the next runnable execution, if any: (tenant id, execution id, lease)."""
-        lease = lease_id()
+        lease = lease_id(self._token)
         async with self.db.write_inline() as conn:
             row = await queue.claim_next(conn, lease, now_ms())
         self._taken(row is not None)

@@ -82,6 +82,7 @@ def _iso_second(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
-def lease_id() -> str:
-    """A token for one claim of an execution (see `store/queue.py`)."""
-    return execution_id()
+def lease_id(holder: str = "") -> str:
+    """A token for one claim of an execution (see `store/queue.py`), 21 characters that
+    start with `holder`'s (the claiming process's token on SQLite: `store/lock.py`)."""
+    return holder + execution_id()[len(holder) :]

@@ -57,6 +57,15 @@ class Settings(BaseSettings):
         "(127.0.0.0/8, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7, ::1). "
         "Link-local and cloud-metadata addresses are refused whatever this says.",
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="How many processes `solder serve` runs, each serving the API and "
+        "running executions (uvicorn's supervisor starts them on one socket and restarts "
+        "one that dies). On SQLite they share the file and take turns to write: one "
+        "process per core, for the cores a single one cannot use (bench/RESULTS.md).",
+    )
     worker_concurrency: int = Field(
         default=8,
         ge=1,

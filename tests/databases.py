@@ -138,7 +138,9 @@ def stored_bytes(data_dir: Path) -> dict[str, bytes]:
     logs = b"\n".join(stored_logs(data_dir).values())
     if not on_postgres():
         files = {
-            f.name: f.read_bytes() for f in data_dir.iterdir() if f.name.startswith("solder.db")
+            f.name: f.read_bytes()
+            for f in data_dir.iterdir()
+            if f.name.startswith("solder.db") and f.is_file()  # not solder.db.processes/
         }
         return {**files, "log documents": logs}
     from solder.store.schema import metadata

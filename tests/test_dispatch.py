@@ -5,6 +5,9 @@ only then (backpressure)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -307,3 +310,31 @@ def test_a_waiting_execution_is_never_woken_before_it_is_due(
     assert len(woken) == 200
     early = [(at, then) for at, then in woken if then < at]
     assert early == [], f"{len(early)} of 200 woken before they were due"
+
+
+@pytest.mark.skipif(
+    not Path("/proc/thread-self/schedstat").exists(), reason="Linux's schedstat only"
+)
+def test_a_loop_waiting_for_a_core_counts_as_busy() -> None:
+    """Processes sharing the cores: the time a thread waits for one is demand too, which
+    its CPU time alone hides (then backpressure never started: tests/test_processes.py)."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    mask = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(hog.pid, {min(mask)})
+        os.sched_setaffinity(0, {min(mask)})  # this thread now shares one core with it
+        demand = dispatch._Demand()
+        wall, cpu, wanted = time.monotonic(), time.thread_time(), demand()
+        while time.monotonic() - wall < 0.5:
+            pass
+        wall, cpu, wanted = (
+            time.monotonic() - wall,
+            time.thread_time() - cpu,
+            demand() - wanted,
+        )
+    finally:
+        os.sched_setaffinity(0, mask)
+        hog.kill()
+        hog.wait()
+    assert cpu < 0.8 * wall, "the core was shared: this thread ran part of the time"
+    assert wanted > 0.9 * wall, "running or waiting to run, it wanted the core throughout"

@@ -32,7 +32,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         not databases.on_postgres(),
-        reason="PostgreSQL only (SOLDER_TEST_DATABASE=postgres): SQLite has one process",
+        reason="PostgreSQL only (SOLDER_TEST_DATABASE=postgres): workers and their "
+        "heartbeat (SQLite's processes: test_processes.py)",
     ),
 ]
 

@@ -21,14 +21,18 @@ def create_app(
     dev: bool = False,
     worker: bool = True,
     shortcuts: bool = True,
+    supervised: bool = False,
 ) -> FastAPI:
     """The ASGI application; starting it migrates the database and starts the workers
     (none with `worker=False`, PostgreSQL only: `solder worker` processes run them).
 
     `shortcuts=False` leaves out the shortcuts that serve the hottest requests (a logs
     page, a run) before FastAPI's routing: every request then goes through the routes,
-    which answer the same (the tests compare the two)."""
-    solder = Solder(settings or Settings(), worker=worker)
+    which answer the same (the tests compare the two).
+
+    `supervised`: one of the processes of `solder serve --processes` (its supervisor
+    holds the SQLite database's serve lock)."""
+    solder = Solder(settings or Settings(), worker=worker, supervised=supervised)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -293,6 +293,33 @@ async def crash_running(conn: Conn) -> int:
     return result.rowcount
 
 
+async def running(conn: Conn) -> list[tuple[str, str, str]]:
+    """Embedded dispatch: the executions running now, (tenant id, id, lease) each."""
+    # The pending index's condition word for word, as in the claim: only it is read.
+    pending = executions.c.status.in_([literal_column(f"'{status}'") for status in UNFINISHED])
+    result = await conn.execute(
+        select(executions.c.tenant_id, executions.c.id, executions.c.lease).where(
+            pending, executions.c.status == "running"
+        )
+    )
+    return [(row.tenant_id, row.id, row.lease or "") for row in result]
+
+
+async def crash_claim(conn: Conn, tenant_id: str, execution_id: str, lease: str) -> bool:
+    """Embedded dispatch: mark an execution crashed if it still runs under `lease`, the
+    claim of a process that died; whether it did."""
+    result = await conn.execute(
+        update(executions)
+        .where(
+            *_one(tenant_id, execution_id),
+            executions.c.status == "running",
+            executions.c.lease == lease,
+        )
+        .values(status="crashed", lease=None, claimed_at=None)
+    )
+    return result.rowcount > 0
+
+
 async def crash(conn: Conn, tenant_id: str, execution_id: str) -> None:
     """Mark one running execution crashed: its worker died (its job is run again)."""
     await conn.execute(
