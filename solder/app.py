@@ -51,6 +51,7 @@ class Solder:
             settings.database_url,
             sqlite_synchronous=settings.sqlite_synchronous,
             pool_size=settings.database_pool_size,
+            shared=supervised,
         )
         if not worker and self.db.is_sqlite:
             raise ValueError("on SQLite the server runs its executions itself")

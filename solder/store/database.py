@@ -76,8 +76,15 @@ class Database:
     """The async engine and the transactions every query runs in."""
 
     def __init__(
-        self, database_url: str, *, sqlite_synchronous: str = "normal", pool_size: int = 10
+        self,
+        database_url: str,
+        *,
+        sqlite_synchronous: str = "normal",
+        pool_size: int = 10,
+        shared: bool = False,
     ) -> None:
+        """`shared`: a SQLite file that other serving processes write to as well
+        (`solder serve --processes`)."""
         async_url, self.sync_url = _urls(database_url)
         self.is_sqlite = async_url.get_backend_name() == "sqlite"
         sqlite_file = self.sqlite_file = _sqlite_file(async_url)
@@ -134,11 +141,12 @@ class Database:
         # And the processes serving one file (`solder serve --processes`) queue on a lock
         # file: SQLite's own lock is not a queue but a retry every few milliseconds, which
         # a process writing without pause keeps taking first. Two processes on it ended
-        # 78 runs a second where one alone ended 500; queued here, 645 (bench/RESULTS.md).
+        # 78 runs a second where one alone ended 513; queued here, 654 (bench/RESULTS.md).
+        # A process alone does without it.
         self._file_lock = (
-            None
-            if sqlite_file is None
-            else FileLock(sqlite_file.with_name(sqlite_file.name + ".write-lock"))
+            FileLock(sqlite_file.with_name(sqlite_file.name + ".write-lock"))
+            if sqlite_file is not None and shared
+            else None
         )
 
     @asynccontextmanager
@@ -212,13 +220,20 @@ class Database:
                 self._checkpoints = asyncio.create_task(
                     self._checkpoint_forever(writer), name="solder-checkpoints"
                 )
-            async with self._writing():
+            # The file lock without `_writing`'s layer: this is the hot path.
+            async with self._write_lock:
+                shared = self._file_lock
+                if shared is not None:
+                    await shared.acquire()
                 try:
                     with writer.transaction() as conn:
                         yield conn
                     return
                 except Busy:
                     pass  # nothing was run: write below, waiting for the other process
+                finally:
+                    if shared is not None:
+                        shared.release()
         async with self.write() as conn:
             yield conn
 
