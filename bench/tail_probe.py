@@ -14,7 +14,9 @@ records the server with py-spy through the open loop (speedscope's format, idle 
 kept, so that the samples make a timeline); bench/timeline.py reads it. `--cpu` prints
 the cores each part of the machine used through the open loop, 10 s at a time: the
 server, its children (the compaction's training and recompressing), the upstream, the
-load generator, py-spy, and everything else.
+load generator, py-spy, and everything else. `SOLDER_PROCESSES=2` serves with
+`solder serve --processes 2`: `--profile` records its first process, `--cpu` counts them
+all as the server.
 
 To measure another version of Solder, run this from that version's work tree (with
 it on `PYTHONPATH` for the child processes): the server starts as `python -m solder`,
@@ -47,7 +49,7 @@ ROLES = {  # a word of a process's command line: its part
 }
 
 
-def cpu_by_role(server: int) -> dict[str, float]:
+def cpu_by_role(servers: set[int]) -> dict[str, float]:
     """CPU seconds used so far by each part of the machine (the processes alive now)."""
     spent: dict[str, float] = collections.defaultdict(float)
     for entry in Path("/proc").iterdir():
@@ -57,7 +59,7 @@ def cpu_by_role(server: int) -> dict[str, float]:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        role = "server" if int(entry.name) == server else None
+        role = "server" if int(entry.name) in servers else None
         role = role or next((part for word, part in ROLES.items() if word in command), None)
         if role:
             spent[role] += cpu_seconds(int(entry.name))
@@ -69,15 +71,15 @@ class CpuWatch(threading.Thread):
     """Each part's cores, window by window (a process that ends mid-window loses that
     window's share; the machine's total counts it)."""
 
-    def __init__(self, server: int) -> None:
+    def __init__(self, servers: set[int]) -> None:
         super().__init__(daemon=True)
-        self.server, self.stopped = server, threading.Event()
+        self.servers, self.stopped = servers, threading.Event()
         self.windows: list[dict[str, float]] = []
 
     def run(self) -> None:
-        before, seen = cpu_by_role(self.server), time.monotonic()
+        before, seen = cpu_by_role(self.servers), time.monotonic()
         while not self.stopped.wait(TAIL_WINDOW_SECONDS):
-            now, at = cpu_by_role(self.server), time.monotonic()
+            now, at = cpu_by_role(self.servers), time.monotonic()
             cores = {
                 role: max(0.0, now[role] - before.get(role, now[role])) / (at - seen)
                 for role in now
@@ -117,6 +119,9 @@ with (
     bench = Bench(stack, Path(tmp))
     if closed_first:
         print(f"closed loop first: {bench.closed(closed_first).rate:,.0f} runs/s")
+    # The process profiled: `solder serve`, or the first of `solder serve --processes`'.
+    pids = stack.server_pids()
+    serving = pids.get("solder serve") or pids["process 1"]
     spy = None
     if args.profile:
         py_spy = shutil.which("py-spy", path=Path(sys.executable).parent) or shutil.which("py-spy")
@@ -125,13 +130,13 @@ with (
         # Not blocking: the server is not stopped for each sample, so its latency stays its own.
         spy = subprocess.Popen(
             [
-                *(py_spy, "record", "--pid", str(stack.server_pids()["solder serve"])),
+                *(py_spy, "record", "--pid", str(serving)),
                 *("--rate", str(PROFILE_HZ), "--idle", "--nonblocking", "--format", "speedscope"),
                 *("--duration", str(round(seconds)), "--output", str(args.profile)),
             ],
             stdout=subprocess.DEVNULL,
         )
-    watch = CpuWatch(stack.server_pids()["solder serve"]) if args.cpu else None
+    watch = CpuWatch(set(pids.values())) if args.cpu else None
     if watch is not None:
         watch.start()
     latency = bench.open(rate, seconds)

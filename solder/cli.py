@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 import uvicorn
@@ -27,11 +27,10 @@ from solder.store.database import Database
 from solder.store.lock import AlreadyServing, ServeLock
 from solder.supervisor import (
     SUPERVISOR_ENV,
-    Supervisor,
+    become,
     listening_socket,
     orphaned,
     say_ready,
-    serving_command,
 )
 
 if TYPE_CHECKING:
@@ -163,7 +162,7 @@ def serve(
     except (PluginError, SecretKeyError) as exc:
         raise _fail(str(exc)) from None
     if settings.processes > 1 and not supervised:
-        raise typer.Exit(_supervise(settings, db, worker=worker))
+        _supervise(settings, db, lock, worker=worker)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -200,9 +199,11 @@ def serve(
         )
 
 
-def _supervise(settings: Settings, db: Database, *, worker: bool) -> int:
-    """`serve --processes N`: migrate, then start and watch N serving processes
-    (`solder/supervisor.py`), this one holding the port meanwhile."""
+def _supervise(
+    settings: Settings, db: Database, lock: ServeLock | None, *, worker: bool
+) -> NoReturn:
+    """`serve --processes N`: hold the port, migrate, then become the supervisor of N
+    serving processes (`solder/supervisor.py`), keeping the port and the serve lock."""
     try:
         held = listening_socket(settings.host, settings.port, listen=False)
     except OSError as exc:
@@ -210,21 +211,20 @@ def _supervise(settings: Settings, db: Database, *, worker: bool) -> int:
             f"could not listen on {settings.host}:{settings.port} ({exc.strerror}): is "
             "another process using it? Choose another with --port or SOLDER_PORT."
         ) from None
-    with held:
-        db.migrate()
-        env = {
-            **os.environ,
-            "SOLDER_HOST": settings.host,
-            "SOLDER_PORT": str(held.getsockname()[1]),  # the port chosen, if it was 0
-            "SOLDER_PROCESSES": str(settings.processes),
-        }
-        supervisor = Supervisor(
-            serving_command(worker=worker),
-            env,
-            settings.processes,
-            grace_seconds=settings.shutdown_grace_seconds,
-        )
-        return supervisor.run()
+    db.migrate()
+    # The processes read their settings from the environment, as this one did.
+    os.environ.update(
+        SOLDER_HOST=settings.host,
+        SOLDER_PORT=str(held.getsockname()[1]),  # the port chosen, if it was 0
+        SOLDER_PROCESSES=str(settings.processes),
+    )
+    keep = [held.fileno(), *([] if lock is None else [lock.fileno()])]
+    become(
+        settings.processes,
+        grace_seconds=settings.shutdown_grace_seconds,
+        worker=worker,
+        keep=keep,
+    )
 
 
 async def _supervised(server: uvicorn.Server) -> None:

@@ -7,10 +7,13 @@ new connections over the N sockets evenly. With one socket shared by all (uvicor
 opening 32 at once got them all on one process, which saturated while the other idled
 (bench/RESULTS.md, scenario 2).
 
-The supervisor serves nothing. It holds the database's serve lock for the group
-(`store/lock.py`) and the port (bound, not listening: a process restarted binds it
-again), starts the processes, starts another when one dies, and stops them all on
-SIGTERM or SIGINT, giving each its grace to finish what it runs. A process that dies
+The supervisor serves nothing. `solder serve` checks what it can (the settings, the
+port, the database, which it migrates), then becomes the supervisor (`exec`): this
+module alone, with the standard library only, 13 MB of memory instead of the 114 the
+command had grown to. It holds the database's serve lock for the group (`store/lock.py`)
+and the port (bound, not listening: a process restarted binds it again), both open
+across the `exec`, starts the processes, starts another when one dies, and stops them
+all on SIGTERM or SIGINT, giving each its grace to finish what it runs. A process that dies
 before it says it serves (a byte on a pipe) is taken for a broken start (a bad setting,
 say) that would fail again: the supervisor then stops the others and exits with its
 status.
@@ -18,6 +21,7 @@ status.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -28,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 log = logging.getLogger("solder.supervisor")
 
@@ -132,7 +137,8 @@ class Supervisor:
         self._stop.set()
 
     def _supervise(self) -> int:
-        log.info("starting %d serving processes", self.count)
+        where = f"{self.env.get('SOLDER_HOST', '127.0.0.1')}:{self.env.get('SOLDER_PORT', '8000')}"
+        log.info("starting %d serving processes on http://%s", self.count, where)
         self._children = [_Child(self.command, self.env) for _ in range(self.count)]
         status = 0
         while not self._stop.wait(_POLL_SECONDS):
@@ -180,3 +186,37 @@ class Supervisor:
 def serving_command(*, worker: bool) -> list[str]:
     """The command line of one supervised serving process."""
     return [sys.executable, "-m", "solder", "serve", *([] if worker else ["--no-worker"])]
+
+
+def become(count: int, *, grace_seconds: float, worker: bool, keep: Sequence[int]) -> NoReturn:
+    """Replace this process with the supervisor of `count` serving processes, keeping the
+    file descriptors `keep` open (the serve lock, the port). Does not return."""
+    for fd in keep:
+        os.set_inheritable(fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    arguments = ["--processes", str(count), "--grace", str(grace_seconds)]
+    if not worker:
+        arguments.append("--no-worker")
+    os.execv(sys.executable, [sys.executable, "-m", "solder.supervisor", *arguments])  # noqa: S606
+    raise AssertionError("unreachable: execv replaces the process or raises")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="solder serve --processes", description=__doc__)
+    parser.add_argument("--processes", type=int, required=True)
+    parser.add_argument("--grace", type=float, required=True)
+    parser.add_argument("--no-worker", action="store_true")
+    options = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    supervisor = Supervisor(
+        serving_command(worker=not options.no_worker),
+        os.environ,
+        options.processes,
+        grace_seconds=options.grace,
+    )
+    sys.exit(supervisor.run())
+
+
+if __name__ == "__main__":
+    main()

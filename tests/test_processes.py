@@ -131,6 +131,9 @@ def test_the_processes_end_with_their_supervisor(tmp_path: Path) -> None:
     env = environment(tmp_path)
     group = ServeProcess(env, tmp_path / "serve.log", "--processes", "2")
     children = serving_processes(group.process.pid, 2)
+    status = Path(f"/proc/{group.process.pid}/status").read_text()
+    rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+    assert rss_kb < 40_000, "the supervisor is the standard library alone, not the server"
     group.kill()  # SIGKILL: the supervisor cannot stop them itself
     deadline = time.monotonic() + TIMEOUT
     while not all(gone(pid) for pid in children) and time.monotonic() < deadline:

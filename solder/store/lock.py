@@ -49,6 +49,11 @@ class ServeLock:
             ) from None
         self._fd = fd
 
+    def fileno(self) -> int:
+        """The lock file's descriptor, while held (the lock lives as long as it is open)."""
+        assert self._fd is not None, "not held"
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
