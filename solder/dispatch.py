@@ -50,7 +50,7 @@ _RECLAIM_SECONDS = 5.0
 # the cores (`solder serve --processes`), a loop waiting for a core is as saturated as one
 # running: counted by its CPU time alone, two processes on two cores looked 75 % busy,
 # and accepted 1,300 runs a second while they ended 400 (bench/RESULTS.md); so the time
-# the thread spent ready to run, waiting for a core, counts too (`_demand`).
+# the thread spent ready to run, waiting for a core, counts too (`_Demand`).
 _QUEUED_PER_WORKER = 1
 _MAX_WAIT_SECONDS = 1.0
 _LAG_PROBE_SECONDS = 0.05

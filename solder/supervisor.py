@@ -155,7 +155,7 @@ class Supervisor:
                         child.process.pid,
                         code,
                     )
-                    status = code or 1
+                    status = code if code > 0 else 1  # not a signal's negative number
                     self._stop.set()
                     break
                 log.warning(
