@@ -169,7 +169,7 @@ class EmbeddedDispatcher:
         dead = [
             (tenant_id, execution_id, lease)
             for tenant_id, execution_id, lease in running
-            if not self.marks.alive(lease[: ProcessMarks.TOKEN_LENGTH])
+            if not self.marks.alive((lease or "")[: ProcessMarks.TOKEN_LENGTH])
         ]
         crashed = 0
         if dead:

@@ -62,9 +62,10 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="How many processes `solder serve` runs, each serving the API and "
-        "running executions (uvicorn's supervisor starts them on one socket and restarts "
-        "one that dies). On SQLite they share the file and take turns to write: one "
-        "process per core, for the cores a single one cannot use (bench/RESULTS.md).",
+        "running executions, each with its own socket on the port (SO_REUSEPORT); a "
+        "supervisor restarts one that dies. On SQLite they share the file and take turns "
+        "to write: one process per core, for the cores a single one cannot use "
+        "(bench/RESULTS.md).",
     )
     worker_concurrency: int = Field(
         default=8,

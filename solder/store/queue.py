@@ -118,6 +118,12 @@ async def insert_execution(conn: Reader, *, started_at: int | None = None, **val
     return started
 
 
+def _pending() -> Any:
+    """The pending index's own condition, word for word: SQLite uses a partial index only
+    for a query that repeats it (else it walks every finished execution, oldest first)."""
+    return executions.c.status.in_([literal_column(f"'{status}'") for status in UNFINISHED])
+
+
 def _claim_statement() -> Prepared:
     """Embedded dispatch: mark the oldest runnable execution running under `lease`.
 
@@ -126,13 +132,10 @@ def _claim_statement() -> Prepared:
     each time skipping the row it just locked, and so claim several executions at once.
     """
     runnable = or_(*(executions.c.status == status for status in RUNNABLE))
-    # The pending index's own condition, word for word: SQLite uses a partial index only
-    # for a query that repeats it (else it walks every finished execution, oldest first).
-    pending = executions.c.status.in_([literal_column(f"'{status}'") for status in UNFINISHED])
     oldest = (
         select(executions.c.tenant_id, executions.c.id)
         .where(
-            pending,
+            _pending(),
             runnable,
             or_(executions.c.wake_at.is_(None), executions.c.wake_at <= bindparam("claimed_at")),
         )
@@ -293,19 +296,18 @@ async def crash_running(conn: Conn) -> int:
     return result.rowcount
 
 
-async def running(conn: Conn) -> list[tuple[str, str, str]]:
-    """Embedded dispatch: the executions running now, (tenant id, id, lease) each."""
-    # The pending index's condition word for word, as in the claim: only it is read.
-    pending = executions.c.status.in_([literal_column(f"'{status}'") for status in UNFINISHED])
+async def running(conn: Conn) -> list[tuple[str, str, str | None]]:
+    """Embedded dispatch: the executions running now, (tenant id, id, lease) each (through
+    the pending index only)."""
     result = await conn.execute(
         select(executions.c.tenant_id, executions.c.id, executions.c.lease).where(
-            pending, executions.c.status == "running"
+            _pending(), executions.c.status == "running"
         )
     )
-    return [(row.tenant_id, row.id, row.lease or "") for row in result]
+    return [(row.tenant_id, row.id, row.lease) for row in result]
 
 
-async def crash_claim(conn: Conn, tenant_id: str, execution_id: str, lease: str) -> bool:
+async def crash_claim(conn: Conn, tenant_id: str, execution_id: str, lease: str | None) -> bool:
     """Embedded dispatch: mark an execution crashed if it still runs under `lease`, the
     claim of a process that died; whether it did."""
     result = await conn.execute(
@@ -313,7 +315,7 @@ async def crash_claim(conn: Conn, tenant_id: str, execution_id: str, lease: str)
         .where(
             *_one(tenant_id, execution_id),
             executions.c.status == "running",
-            executions.c.lease == lease,
+            executions.c.lease.is_(None) if lease is None else executions.c.lease == lease,
         )
         .values(status="crashed", lease=None, claimed_at=None)
     )
