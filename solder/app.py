@@ -9,8 +9,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import httpx
-
 from solder import executions
 from solder.compaction import Compaction
 from solder.connectors import Connector, registry
@@ -20,6 +18,7 @@ from solder.dispatch import Dispatcher, EmbeddedDispatcher
 from solder.engine import Engine
 from solder.executions import Idempotency
 from solder.keys import Tenant
+from solder.network import HttpClient
 from solder.retention import Retention
 from solder.schedule import Scheduler
 from solder.settings import Settings
@@ -56,16 +55,11 @@ class Solder:
         if not worker and self.db.is_sqlite:
             raise ValueError("on SQLite the server runs its executions itself")
         self.connectors: Mapping[str, Connector] = registry()
-        # Redirects are not followed: each hop would need the address check again.
-        # Every worker keeps its connection alive between calls (httpx keeps 20 by
-        # default: with more workers calling one API, each call past 20 reconnected).
+        # Every worker keeps its connection alive between calls.
         concurrency = concurrency or settings.worker_concurrency
-        self.http = httpx.AsyncClient(
-            follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=max(100, concurrency),
-                max_keepalive_connections=max(20, concurrency),
-            ),
+        self.http = HttpClient(
+            allow_private=settings.http_allow_private_networks,
+            connections=max(100, concurrency),
         )
         self.box = Box.from_settings(settings)
         self.dictionaries = Dictionaries(self.db, enabled=settings.log_dictionaries)
@@ -133,7 +127,7 @@ class Solder:
             await self.scheduler.stop()
             await self.dispatcher.stop(self.settings.shutdown_grace_seconds)
             await self.dictionaries.stop()
-        await self.http.aclose()
+        await self.http.close()
         if self._serve_lock is not None:
             self._serve_lock.release()
         await self.db.dispose()

@@ -239,10 +239,10 @@ async def _supervised(server: uvicorn.Server) -> None:
 
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    # httpx logs every URL it calls (query strings may hold secrets); alembic its plugins.
-    # procrastinate logs every job's start and end; Solder logs what matters of them.
-    # psycopg's pool logs every connection it hands out.
-    for noisy in ("httpx", "httpcore", "alembic", "procrastinate", "psycopg"):
+    # An HTTP client's debug logs name the URLs it calls (query strings may hold
+    # secrets); alembic logs its plugins. procrastinate logs every job's start and end;
+    # Solder logs what matters of them. psycopg's pool logs every connection it hands out.
+    for noisy in ("aiohttp", "alembic", "procrastinate", "psycopg"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 
 from solder import logs
@@ -34,6 +33,7 @@ from solder.dictionaries import Dictionaries
 from solder.errors import Unavailable
 from solder.expressions import ExpressionError, resolve
 from solder.ids import item_id, now_ms
+from solder.network import HttpClient
 from solder.settings import Settings
 from solder.store import codec, queue
 from solder.store import queries as q
@@ -92,7 +92,7 @@ class Engine:
         self,
         db: Database,
         settings: Settings,
-        http: httpx.AsyncClient,
+        http: HttpClient,
         connectors: Mapping[str, Connector],
         credentials_for: CredentialsFor | None = None,
         dictionaries: Dictionaries | None = None,

@@ -1,10 +1,20 @@
-"""Which addresses the `http` connector may call (server-side request forgery guard)."""
+"""Which addresses connectors may call (server-side request forgery guard), and the HTTP
+client that calls only those."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
+
+from solder import __version__
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -66,3 +76,136 @@ async def check_host(host: str, port: int, *, allow_private: bool) -> None:
         raise HostNotFound(f"cannot resolve {host}: {exc.strerror or exc}") from exc
     for info in infos:
         check_address(ipaddress.ip_address(info[4][0]), allow_private=allow_private)
+
+
+def check_literal(host: str, *, allow_private: bool) -> bool:
+    """Check `host` if it is an IP address (raising AddressRefused); False for a name."""
+    try:
+        literal: IPAddress = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    check_address(literal, allow_private=allow_private)
+    return True
+
+
+class CheckedResolver(AbstractResolver):
+    """Resolves host names for `HttpClient`, refusing a name if any address may not be called.
+
+    The addresses checked are the ones the client connects to: no second lookup, so a
+    name whose DNS answer changes (DNS rebinding) cannot slip an address past the check.
+    """
+
+    def __init__(self, *, allow_private: bool) -> None:
+        self._inner = ThreadedResolver()
+        self._allow_private = allow_private
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            found = await self._inner.resolve(host, port, family)
+        except OSError as exc:
+            raise HostNotFound(f"cannot resolve {host}: {exc.strerror or exc}") from exc
+        for result in found:
+            check_address(ipaddress.ip_address(result["host"]), allow_private=self._allow_private)
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class HttpFailed(Exception):
+    """The request did not get an answer: refused or reset connection, TLS, protocol error."""
+
+
+class ResponseTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the response is larger than {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    """Case-insensitive."""
+    body: bytes
+
+
+class HttpClient:
+    """The HTTP client that connectors share: keep-alive connections to any API (aiohttp).
+
+    It connects only to addresses that pass `check_address`: an IP address in a URL is
+    checked before the request, a host name as it resolves (`CheckedResolver`). Redirects
+    are not followed (each hop would need the check again), proxies from the environment
+    are not used (a proxy resolves names itself, past the check), and certificates are
+    verified against the system's store.
+    """
+
+    def __init__(self, *, allow_private: bool, connections: int) -> None:
+        self._allow_private = allow_private
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Made on first use: aiohttp binds a session to the running event loop.
+        connector = aiohttp.TCPConnector(
+            limit=self._connections,
+            resolver=CheckedResolver(allow_private=self._allow_private),
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers={"User-Agent": f"Solder/{__version__}"},
+            # A body the block gives as text goes without a Content-Type it did not set.
+            skip_auto_headers=("Content-Type",),
+            timeout=aiohttp.ClientTimeout(total=None),
+            trust_env=False,
+        )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        wait_limit: float,
+        limit: int,
+    ) -> Response:
+        """The answer to one request, its body read up to `limit` bytes (decompressed).
+
+        `wait_limit` (seconds) bounds connecting and each wait for the server's data.
+        Raises AddressRefused, HostNotFound, TimeoutError, HttpFailed or ResponseTooLarge.
+        """
+        assert url.host is not None
+        check_literal(url.host, allow_private=self._allow_private)
+        session = self._session or self._open()
+        try:
+            async with session.request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=None, connect=wait_limit, sock_read=wait_limit),
+            ) as answer:
+                if answer.content_length is not None and answer.content_length > limit:
+                    raise ResponseTooLarge(limit)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in answer.content.iter_any():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ResponseTooLarge(limit)
+                    chunks.append(chunk)
+                return Response(answer.status, answer.headers, b"".join(chunks))
+        except TimeoutError:
+            raise  # aiohttp's timeouts are client errors too
+        except aiohttp.ClientError as exc:
+            raise HttpFailed(str(exc) or type(exc).__name__) from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,11 +1,11 @@
 """What a run costs the server beyond its work: here, modules looked for on every run.
 
 Python does not remember an import that failed: `import x` of a missing `x` searches
-every entry of `sys.path` again, a `stat` each. httpcore 1.0 imports `sniffio` that way
-on every lock and event it sets up, several times an `http` block's call (encode/httpcore
-discussion #1102), and anyio stopped bringing `sniffio` along in 4.11: that search was
-9 % of the server's CPU under scenario 2's load (bench/RESULTS.md). Solder depends on
-`sniffio` for it; this test finds that regression, and any other like it.
+every entry of `sys.path` again, a `stat` each. httpcore 1.0, the `http` block's client
+until aiohttp, imported `sniffio` that way on every lock and event it set up (encode/
+httpcore discussion #1102), and once anyio stopped bringing `sniffio` along that search
+was 9 % of the server's CPU under scenario 2's load (bench/RESULTS.md). This test finds
+any regression like it.
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
-import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from solder.expressions import has_template
+from solder.network import HttpClient
 from solder.settings import Settings
 
 REDACTED = "[redacted]"
@@ -44,7 +44,7 @@ class RunContext:
     """What a connector may use while it runs one block."""
 
     settings: Settings
-    http: httpx.AsyncClient
+    http: HttpClient
     execution_id: str
     user: Mapping[str, Any]
     credential: CredentialLookup = no_credentials

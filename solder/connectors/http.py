@@ -8,10 +8,11 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlencode
 
-import httpx
 import orjson
 from pydantic import Field
+from yarl import URL
 
 from solder.connectors import (
     REDACTED,
@@ -21,7 +22,7 @@ from solder.connectors import (
     ConnectorConfig,
     RunContext,
 )
-from solder.network import AddressRefused, HostNotFound, check_host
+from solder.network import AddressRefused, HostNotFound, HttpFailed, ResponseTooLarge
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # Headers and query parameters whose values are secrets: never shown in a log's inputs.
@@ -61,66 +62,70 @@ class HttpConnector(Connector):
 
     async def run(self, config: HttpConfig, ctx: RunContext) -> BlockResult:
         try:
-            url = httpx.URL(config.url)
-        except httpx.InvalidURL as exc:
+            url = URL(config.url)
+        except ValueError as exc:
             raise BlockFailed(f"url is not a valid URL: {exc}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise BlockFailed(
                 f"url must be an absolute http(s) URL, got {redact_url(config.url)!r}"
             )
-        try:
-            await check_host(
-                url.host,
-                url.port or (443 if url.scheme == "https" else 80),
-                allow_private=ctx.settings.http_allow_private_networks,
-            )
-        except AddressRefused as exc:
-            raise BlockFailed(f"refused to call {url.host}: {exc}") from exc
-        except HostNotFound as exc:
-            raise BlockFailed(str(exc), retryable=True) from exc
-        shown = redact_url(str(url))
         timeout = (config.timeoutMs or ctx.settings.http_timeout_ms) / 1000
         headers = dict(config.headers)
         params = {k: _query_value(v) for k, v in config.query.items()}
         if config.credential is not None:
             authorize(await ctx.credential(config.credential), headers, params, ctx.secrets)
-        # Merged by hand: httpx replaces a URL's own query string when given `params`.
-        url = url.copy_merge_params(params)
-        request = ctx.http.build_request(
-            config.method,
-            url,
-            headers=headers,
-            content=None if config.body is None else _body(config.body),
-            timeout=timeout,
-        )
-        if config.body is not None and not isinstance(config.body, str | bytes):
-            request.headers.setdefault("content-type", "application/json")
+        url = with_params(url, params)
+        shown = redact_url(str(url))
+        body = None if config.body is None else _body(config.body)
+        typed = any(name.lower() == "content-type" for name in headers)
+        if body is not None and not isinstance(config.body, str | bytes) and not typed:
+            headers["Content-Type"] = "application/json"
         try:
-            status, answered, content = await _send(
-                ctx, request, ctx.settings.http_max_response_bytes
+            answer = await ctx.http.request(
+                config.method,
+                url,
+                headers=headers,
+                body=body,
+                wait_limit=timeout,
+                limit=ctx.settings.http_max_response_bytes,
             )
-        except httpx.TimeoutException as exc:
+        except AddressRefused as exc:
+            raise BlockFailed(f"refused to call {url.host}: {exc}") from exc
+        except HostNotFound as exc:
+            raise BlockFailed(str(exc), retryable=True) from exc
+        except TimeoutError as exc:
             raise BlockFailed(
                 f"{config.method} {shown} timed out after {timeout:g} s", retryable=True
             ) from exc
-        except httpx.HTTPError as exc:
+        except HttpFailed as exc:
             raise BlockFailed(f"{config.method} {shown} failed: {exc}", retryable=True) from exc
-        except _TooLarge as exc:
+        except ResponseTooLarge as exc:
             raise BlockFailed(
                 f"{config.method} {shown} answered more than {exc.limit} bytes "
                 "(SOLDER_HTTP_MAX_RESPONSE_BYTES)",
                 app_actions=1,
             ) from None
-        item = {"json": _response_body(content), "statusCode": status}
+        status = answer.status
+        item = {"json": _response_body(answer.body), "statusCode": status}
         if status >= 400:
             raise BlockFailed(
                 f"{config.method} {shown} answered HTTP {status}",
                 items=[item],
                 app_actions=1,
                 retryable=status == 429 or status >= 500,
-                retry_after_ms=retry_after_ms(answered) if status in (429, 503) else None,
+                retry_after_ms=retry_after_ms(answer.headers) if status in (429, 503) else None,
             )
         return BlockResult([[item]], app_actions=1)
+
+
+def with_params(url: URL, params: Mapping[str, str | list[str]]) -> URL:
+    """`url` with `params` added to its own query string, encoded as HTML forms do."""
+    if not params:
+        return url
+    extra = urlencode(params, doseq=True)
+    own = url.raw_query_string
+    base = str(url.with_query(None).with_fragment(None))
+    return URL(f"{base}?{own}&{extra}" if own else f"{base}?{extra}", encoded=True)
 
 
 def authorize(
@@ -146,13 +151,13 @@ def authorize(
         else:
             params[credential["name"]] = credential["key"]
             # As it travels in the URL, which the other app's error pages like to quote.
-            secrets.add(str(httpx.QueryParams({"k": credential["key"]}))[2:])
+            secrets.add(urlencode({"k": credential["key"]})[2:])
         secrets.add(credential["key"])
     else:
         raise BlockFailed(f"the http connector cannot use a {kind!r} credential")
 
 
-def retry_after_ms(headers: httpx.Headers) -> int | None:
+def retry_after_ms(headers: Mapping[str, str]) -> int | None:
     """A `Retry-After` header (seconds, or an HTTP date) in milliseconds."""
     value = headers.get("retry-after")
     if value is None:
@@ -171,19 +176,18 @@ def _secret_header(name: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """`url` with user info and the values of secret-looking query parameters hidden."""
+    """`url` for people to read, its user info and secret-looking query values hidden."""
     try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
+        parsed = URL(url)
+    except ValueError:
         return REDACTED
-    if parsed.userinfo:
-        parsed = parsed.copy_with(username=REDACTED, password=None)
-    if not parsed.query:
-        return str(parsed)
-    params = [
-        (k, REDACTED if _SECRET_NAME.search(k) else v) for k, v in parsed.params.multi_items()
-    ]
-    return str(parsed.copy_with(params=params))
+    if parsed.user is not None or parsed.password is not None:
+        parsed = parsed.with_user(REDACTED).with_password(None)
+    if parsed.raw_query_string:
+        parsed = parsed.with_query(
+            [(k, REDACTED if _SECRET_NAME.search(k) else v) for k, v in parsed.query.items()]
+        )
+    return parsed.human_repr()
 
 
 def _query_value(value: Any) -> str | list[str]:
@@ -204,29 +208,6 @@ def _body(body: Any) -> bytes:
     if isinstance(body, str):
         return body.encode()
     return orjson.dumps(body)
-
-
-class _TooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-
-
-async def _send(
-    ctx: RunContext, request: httpx.Request, limit: int
-) -> tuple[int, httpx.Headers, bytes]:
-    """Status and body of the response, reading no more than `limit` bytes of it."""
-    response = await ctx.http.send(request, stream=True)
-    try:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise _TooLarge(limit)
-            chunks.append(chunk)
-        return response.status_code, response.headers, b"".join(chunks)
-    finally:
-        await response.aclose()
 
 
 def _response_body(content: bytes) -> Any:
