@@ -124,6 +124,10 @@ class EchoHandler(BaseHTTPRequestHandler):
 
 def serve_upstream(port: int) -> None:
     ThreadingHTTPServer.daemon_threads = True
+    # The standard library listens with a backlog of 5: more clients connecting at once
+    # than that overflow it, and a connection the client took as made could wait for an
+    # answer until its timeout (30 s, seen with 32 at once).
+    ThreadingHTTPServer.request_queue_size = 128
     ThreadingHTTPServer(("127.0.0.1", port), EchoHandler).serve_forever()
 
 

@@ -38,6 +38,13 @@ class Reply:
 Route = Callable[[Request], Reply]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The standard library's backlog of 5 overflows when more clients connect at once,
+    # and a connection the client took as made can then wait until its timeout.
+    request_queue_size = 128
+
+
 class Upstream:
     """Answers each path with a route (a function of the request); records every request."""
 
@@ -84,8 +91,7 @@ class Upstream:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
