@@ -251,8 +251,9 @@ class InlineWriter:
 
     A step's write (check the lease, insert the step, commit) costs some 0.1 ms here,
     and about 2 ms through aiosqlite's thread on a busy server (bench/RESULTS.md). The
-    transaction never suspends, so one connection serves every writer of the process
-    in turn (the caller holds the process's write lock). It never waits either: when
+    writers' statements never suspend, so one connection serves every writer of the
+    process (`Database.write_inline` shares each transaction among the writers of one
+    turn of the event loop). It never waits either: when
     another process holds the write lock, `transaction` raises `Busy` and the caller
     writes through a connection that may wait. Committing never checkpoints the WAL
     here (that writes the database file and syncs it): `checkpoint` does, in a thread.
@@ -263,8 +264,9 @@ class InlineWriter:
         self._synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
 
-    @contextmanager
-    def transaction(self) -> Iterator[InlineConnection]:
+    def begin(self) -> sqlite3.Connection:
+        """The connection, in a write transaction begun now; Busy if another process
+        holds the write lock. The caller commits or rolls it back."""
         conn = self._conn or self._open()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -272,13 +274,7 @@ class InlineWriter:
             if "locked" in str(exc).lower() or "busy" in str(exc).lower():
                 raise Busy from exc
             raise
-        try:
-            yield InlineConnection(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        return conn
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
