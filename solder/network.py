@@ -61,13 +61,9 @@ def check_address(address: IPAddress, *, allow_private: bool) -> None:
 
 
 async def check_host(host: str, port: int, *, allow_private: bool) -> None:
-    """Resolve `host` and refuse it if any of its addresses may not be called."""
-    try:
-        literal: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        literal = None
-    if literal is not None:
-        check_address(literal, allow_private=allow_private)
+    """Resolve `host` and refuse it if any of its addresses may not be called (for a
+    connector that connects by other means than `HttpClient`, which checks by itself)."""
+    if check_literal(host, allow_private=allow_private):
         return
     loop = asyncio.get_running_loop()
     try:

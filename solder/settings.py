@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         description="How many processes `solder serve` runs, each serving the API and "
         "running executions, each with its own socket on the port (SO_REUSEPORT); a "
         "supervisor restarts one that dies. On SQLite they share the file and take turns "
-        "to write: one process per core, for the cores a single one cannot use "
+        "to write: at most one per core, and only where one leaves cores free "
         "(bench/RESULTS.md).",
     )
     worker_concurrency: int = Field(
