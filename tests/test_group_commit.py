@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from solder.errors import Unavailable
 from solder.store.database import Database
 from solder.store.prepared import DriverConnection, Reader
 
@@ -141,3 +142,39 @@ def test_writers_after_a_cancelled_one_go_on(tmp_path: Path, shared: bool) -> No
 
     on_sqlite(path, body, shared)
     assert committed(path) == [2]
+
+
+@both_modes
+def test_when_sqlite_ends_the_transaction_no_writer_in_it_is_told_it_was_written(
+    tmp_path: Path, shared: bool
+) -> None:
+    """SQLite rolls a transaction back by itself on some errors (a full disk, an I/O
+    error); here a writer does it. Every writer that shared it is told it failed."""
+    path = tmp_path / "solder.db"
+
+    async def write(db: Database, n: int) -> None:
+        async with db.write_inline() as conn:
+            await execute(conn, "INSERT INTO notes (n, by) VALUES (:n, 'w')", {"n": n})
+
+    async def fault(db: Database) -> None:
+        async with db.write_inline() as conn:
+            await execute(conn, "ROLLBACK", {})
+
+    async def body(db: Database) -> list[Any]:
+        return list(
+            await asyncio.gather(
+                write(db, 0), write(db, 1), fault(db), write(db, 3), return_exceptions=True
+            )
+        )
+
+    outcomes = on_sqlite(path, body, shared)
+
+    rows = committed(path)
+    told = {n: outcomes[i] for i, n in ((0, 0), (1, 1), (3, 3))}
+    assert {n for n, outcome in told.items() if outcome is None} == set(rows)
+    assert all(isinstance(o, Unavailable) for n, o in told.items() if n not in rows)
+    assert isinstance(outcomes[2], sqlite3.Error)
+    assert 3 in rows, "the writers after it write in a transaction of their own"
+    # Alone, the two before it shared its transaction; of several processes, each
+    # writer commits its own.
+    assert rows == ([0, 1, 3] if shared else [3])

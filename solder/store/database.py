@@ -242,18 +242,26 @@ class Database:
             if group is not None:
                 joined = group.conn
                 group.active += 1
-                joined.execute("SAVEPOINT writer")
                 try:
-                    yield InlineConnection(joined)
-                except BaseException:
                     try:
-                        joined.execute("ROLLBACK TO writer")
-                        joined.execute("RELEASE writer")
-                    except sqlite3.Error:  # SQLite ended the transaction (e.g. disk full)
+                        joined.execute("SAVEPOINT writer")
+                    except sqlite3.Error:
                         group.broken = True
-                    raise
-                else:
-                    joined.execute("RELEASE writer")
+                        raise
+                    try:
+                        yield InlineConnection(joined)
+                    except BaseException:
+                        try:
+                            joined.execute("ROLLBACK TO writer")
+                            joined.execute("RELEASE writer")
+                        except sqlite3.Error:  # SQLite ended the transaction (a full disk)
+                            group.broken = True
+                        raise
+                    try:
+                        joined.execute("RELEASE writer")
+                    except sqlite3.Error:
+                        group.broken = True
+                        raise
                 finally:
                     group.active -= 1
                     if group.due and not group.active:
