@@ -121,7 +121,8 @@ def elapsed(since: float) -> str:
 
 # Solder as in production, for the scenarios that run workflows (runs.py,
 # engine_overhead.py): `solder serve` on SQLite; on PostgreSQL `solder serve --no-worker`
-# and `solder worker` processes, each database made for the run and dropped after it.
+# and `solder worker` processes (with no workers, `solder serve` runs its own), each
+# database made for the run and dropped after it.
 
 BENCH_TENANT = "bench"
 STALL_SECONDS = 30.0  # no execution ended for this long: Solder is stuck
@@ -323,7 +324,13 @@ def solder_stack(
             sqlite = backend == "SQLite"
             api = start(
                 "serve",
-                [*SOLDER, "serve", "--port", str(port), *([] if sqlite else ["--no-worker"])],
+                [
+                    *SOLDER,
+                    "serve",
+                    "--port",
+                    str(port),
+                    *(["--no-worker"] if workers and not sqlite else []),
+                ],
                 lambda: answers_http(f"{base}/health"),
             )
             started = []

@@ -38,6 +38,7 @@ from solder.settings import Settings
 from solder.store import codec, queue
 from solder.store import queries as q
 from solder.store.database import Database
+from solder.store.prepared import Row
 
 log = logging.getLogger("solder.engine")
 
@@ -74,8 +75,16 @@ class _Run:
     """The value the latest block produced: what branch and delay pass on."""
     iteration: list[int] = field(default_factory=list)
     pending: list[dict[str, Any]] = field(default_factory=list)
-    """Steps of pure blocks not written yet: they go with the next step written."""
+    """Steps not written yet: of pure blocks, which go with the next step written, and
+    of the latest call (`call_pending`)."""
     pending_since: float = 0.0
+    call_pending: bool = False
+    """The latest block's step is pending and it called out: it is written before any
+    other block starts, or with the execution's end when it was the last (`_record`)."""
+    execution: Mapping[str, Any] = field(default_factory=dict)
+    """The execution's row as the run began: what its log shows of it never changes."""
+    written: list[dict[str, Any]] = field(default_factory=list)
+    """The steps this run wrote: with `recorded` and `pending`, the whole log so far."""
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -108,14 +117,17 @@ class Engine:
         """Told when an execution starts waiting, with when it wants to run again."""
         self._definitions: dict[tuple[str, str, int], Definition] = {}
 
-    async def run(self, tenant_id: str, execution_id: str, lease: str) -> None:
-        """Run (or resume) an execution claimed under `lease` until it ends or waits.
+    async def run(
+        self, tenant_id: str, execution_id: str, lease: str, taken: Row | None = None
+    ) -> None:
+        """Run (or resume) an execution claimed under `lease` until it ends or waits;
+        `taken`: the execution as its claim read it (`queries.execution_to_run`), if it did.
 
         Every write checks the lease: once the execution is given to another worker (this
         one was presumed dead), nothing more is written from here.
         """
         async with self.db.read_inline() as conn:
-            execution = await q.execution(conn, tenant_id, execution_id)
+            execution = taken or await q.execution_to_run(conn, tenant_id, execution_id)
             if execution is None or execution["status"] != "running":
                 return
             if execution["lease"] != lease:
@@ -123,13 +135,12 @@ class Engine:
             definition = await self._definition(
                 conn, tenant_id, execution["workflow_id"], execution["workflow_version"]
             )
-            user = await q.user_by_id(conn, tenant_id, execution["user_id"])
             recorded = {s["seq"]: s for s in await q.execution_steps(conn, tenant_id, execution_id)}
         if definition is None:
             await self.fail(tenant_id, execution_id, lease, "workflow version is gone")
             return
         trigger = orjson.loads(execution["trigger_data"])
-        user_view = {"userId": execution["user_id"], "username": user and user["username"]}
+        user_view = {"userId": execution["user_id"], "username": execution["username"]}
         lookup = (
             self.credentials_for(tenant_id, execution["user_id"])
             if self.credentials_for
@@ -145,6 +156,7 @@ class Engine:
             execution["wake_at"],
             execution["wait_started_at"],
             current=trigger,
+            execution=execution,
         )
         try:
             stop = await self._run_blocks(run, definition.blocks)
@@ -154,18 +166,18 @@ class Engine:
             log.exception("execution %s stopped by an internal error", execution_id)
             stop = Stop(message=f"internal error: {exc!r}")
         if stop is None:
-            await self._finish(tenant_id, execution_id, lease, "succeeded", None, None, run.pending)
+            await self._end(run, "succeeded", None, None)
         elif not stop.halt:
-            await self._finish(
-                tenant_id, execution_id, lease, "failed", stop.block, stop.message, run.pending
-            )
+            await self._end(run, "failed", stop.block, stop.message)
 
-    async def run_or_fail(self, tenant_id: str, execution_id: str, lease: str) -> None:
+    async def run_or_fail(
+        self, tenant_id: str, execution_id: str, lease: str, taken: Row | None = None
+    ) -> None:
         """`run`, what a worker calls: an unexpected error ends the execution as failed,
         with the error in its log. `Unavailable` (the database) is raised: the execution
         is left as it was, to resume after its last finished step."""
         try:
-            await self.run(tenant_id, execution_id, lease)
+            await self.run(tenant_id, execution_id, lease, taken)
         except Unavailable:
             log.warning("database unreachable while running execution %s", execution_id)
             raise
@@ -179,6 +191,8 @@ class Engine:
 
     async def _run_blocks(self, run: _Run, blocks: Sequence[Block]) -> Stop | None:
         for block in blocks:
+            if run.call_pending and not await self._flush(run):
+                return Stop(halt=True)  # the execution was ended or erased meanwhile
             if block.connector == "branch":
                 stop = await self._branch(run, block)
             elif block.connector == "loop":
@@ -227,7 +241,9 @@ class Engine:
                     return False
             if waited:
                 await queue.clear_wait(conn, run.tenant_id, run.execution_id)
+        run.written.extend(steps)
         run.pending.clear()
+        run.call_pending = False
         return True
 
     def _after(self, run: _Run, block: Block, step: Mapping[Any, Any] | None) -> Stop | None:
@@ -432,12 +448,21 @@ class Engine:
         # chain of pure blocks costs one write, not one each; the wait is bounded, so a
         # long chain still shows in the live log.
         clock = asyncio.get_running_loop().time()
+        if not run.pending:
+            run.pending_since = clock
         if self._pure(block):
-            if not run.pending:
-                run.pending_since = clock
             if len(run.pending) < _MAX_PENDING and clock - run.pending_since < _MAX_PENDING_SECONDS:
                 run.pending.append(step)
                 return step
+        elif block.connector != "delay":
+            # A call's step is durable before the next block starts (`_run_blocks` writes
+            # it then); when no block follows, it goes with the execution's end, in the
+            # same commit. Either way a crash before that commit runs the call again, as
+            # a crash before its own commit would: one write saved on every run whose
+            # last block calls out.
+            run.pending.append(step)
+            run.call_pending = True
+            return step
         return step if await self._flush(run, step, waited=block.connector == "delay") else None
 
     async def _definition(
@@ -453,6 +478,38 @@ class Engine:
             self._definitions[key] = from_document(orjson.loads(row["definition"]), self.connectors)
         return self._definitions[key]
 
+    async def _end(
+        self, run: _Run, status: str, error_block: str | None, error_message: str | None
+    ) -> None:
+        """Write the end of the execution `run` ran and its whole log document, in one
+        statement, if it still runs under the run's lease.
+
+        The log is built from the steps in hand: the ones recorded when the run began, the
+        ones it wrote, and the pending ones, which go straight into the log. While the
+        lease holds, no one else writes a step of it (`queue.record_step`).
+        """
+        steps = sorted(
+            [*run.recorded.values(), *run.written, *run.pending], key=lambda step: int(step["seq"])
+        )
+        ended = {**run.execution, "status": status, "stopped_at": now_ms()}
+        log = codec.pack(
+            orjson.dumps(logs.render(ended, steps)),
+            self.dictionaries.current(run.tenant_id) if self.dictionaries else None,
+        )
+        async with self.db.write_inline(single=True) as conn:
+            await queue.end(
+                conn,
+                run.tenant_id,
+                run.execution_id,
+                run.lease,
+                status=status,
+                stopped_at=ended["stopped_at"],
+                error_block=error_block,
+                error_message=error_message,
+                app_actions=sum(step["app_actions"] for step in steps),
+                log=log,
+            )
+
     async def _finish(
         self,
         tenant_id: str,
@@ -461,21 +518,15 @@ class Engine:
         status: str,
         error_block: str | None,
         error_message: str | None,
-        pending: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        """Write the execution's end and its whole log document, in one transaction.
-
-        The `pending` steps (of pure blocks, not written yet) go straight into the log.
+        """Write the execution's end and its whole log document, in one transaction, from
+        the steps recorded (a run that failed outside of its blocks has no steps in hand).
         """
         async with self.db.write_inline() as conn:
             execution = await queue.holding(conn, tenant_id, execution_id, lease)
             if execution is None:
                 return
-            steps: Sequence[Mapping[str, Any]] = await q.execution_steps(
-                conn, tenant_id, execution_id
-            )
-            if pending:
-                steps = sorted([*steps, *pending], key=lambda step: int(step["seq"]))
+            steps = await q.execution_steps(conn, tenant_id, execution_id)
             ended = {**execution, "status": status, "stopped_at": now_ms()}
             await queue.finish(
                 conn,

@@ -21,11 +21,14 @@ import contextlib
 import logging
 import os
 import socket
+from typing import Any
 
+import psycopg
 from procrastinate import App, PsycopgConnector
 from procrastinate.exceptions import JobAborted
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from psycopg_pool import AsyncConnectionPool
 
 from solder.engine import Engine
 from solder.errors import Unavailable
@@ -56,6 +59,25 @@ class _RunAgain(BaseRetryStrategy):
         return None
 
 
+def _queue_pool(**kwargs: Any) -> AsyncConnectionPool:
+    """procrastinate's pool, without the check it asks for at each checkout.
+
+    The check is a round trip (an empty statement) before each of procrastinate's own:
+    fetching a job, finishing it, a heartbeat. What it guards against is a connection
+    the server dropped; when the server goes away, procrastinate's listener loses its
+    connection too, the worker stops, and `_work_forever` starts it again on a new pool.
+    Solder's own pools do without it for the same reason (`store/prepared.py`).
+    """
+    kwargs["check"] = None
+    return AsyncConnectionPool(**kwargs)
+
+
+async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
+    # Each of procrastinate's statements is one call of its own SQL functions: in
+    # autocommit it is one round trip, not three (BEGIN, the call, COMMIT).
+    await conn.set_autocommit(True)
+
+
 class QueueWorker:
     """A procrastinate worker running executions, with the sweeper that rescues crashed ones."""
 
@@ -70,6 +92,8 @@ class QueueWorker:
                 min_size=1,
                 max_size=concurrency + 3,  # + fetching, heartbeats, finishing jobs
                 kwargs={"connect_timeout": 5},
+                configure=_autocommit,
+                pool_factory=_queue_pool,
             )
         )
         self.app.task(name=jobs.TASK, queue=jobs.QUEUE, retry=_RunAgain())(self.run_job)
@@ -110,9 +134,10 @@ class QueueWorker:
         """The task: claim the execution under a new lease and run it."""
         lease = lease_id()
         async with self.db.write_inline(single=True) as conn:
-            if not await queue.take(conn, tenant_id, execution_id, lease, now_ms()):
-                return  # already finished (or erased): nothing to do
-        await self.engine.run_or_fail(tenant_id, execution_id, lease)
+            taken = await queue.take(conn, tenant_id, execution_id, lease, now_ms())
+        if taken is None:
+            return  # already finished (or erased): nothing to do
+        await self.engine.run_or_fail(tenant_id, execution_id, lease, taken)
 
     async def sweep(self) -> int:
         """Requeue the jobs of dead workers (their executions `crashed`), and give any

@@ -1,5 +1,6 @@
 """Steps of pure blocks (`transform`, `branch`, `loop`) are written with the next step
-written, or with the execution's end: what the log shows must not change for it.
+written, or with the execution's end: what the log shows must not change for it. A
+call's step is written before the next block starts, or with the end when it is last.
 
 That they show in a live log before a block that calls out starts is
 test_logs_pagination's `test_running_execution_shows_finished_blocks_and_no_stop`.
@@ -12,7 +13,11 @@ from typing import Any
 import pytest
 
 from solder import engine
-from tests.conftest import Api
+from solder.store import queue
+from tests import databases
+from tests.conftest import Api, Server
+from tests.runs import echo_n
+from tests.upstream import Upstream
 
 ITEMS = 2_500  # more than the engine keeps unwritten (1,000): some are written mid-run
 
@@ -88,3 +93,55 @@ def test_an_internal_error_keeps_the_steps_of_pure_blocks_before_it(
 
     assert log["status"] == "failed"
     assert [result["data"][0][0]["json"] for result in log["results"][1:]] == [1, "boom"]
+
+
+def test_a_calls_step_is_written_before_the_next_block_and_the_last_with_the_end(
+    server: Server, api: Api, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream.route("/count", echo_n)
+    data_dir = server.settings.data_dir
+    seen_by_pure_block: list[list[object]] = []
+    real_value = engine._block_value
+
+    def look_at_the_steps(outputs: Any) -> Any:
+        value = real_value(outputs)
+        if value == "look":  # while the pure block after the first call runs
+            steps = databases.rows(data_dir, "SELECT seq FROM steps ORDER BY seq")
+            seen_by_pure_block.append([seq for (seq,) in steps])
+        return value
+
+    written_one_by_one: list[int] = []
+    real_record = queue.record_step
+
+    async def record_step(conn: Any, lease: str, **step: Any) -> bool:
+        written_one_by_one.append(step["seq"])
+        return await real_record(conn, lease, **step)
+
+    monkeypatch.setattr(engine, "_block_value", look_at_the_steps)
+    monkeypatch.setattr(queue, "record_step", record_step)
+    call = {"connector": "http", "config": {"url": f"{upstream.base_url}/count?n=1"}}
+    user_id, workflow_id = api.install(
+        {
+            "name": "calls",
+            "trigger": {"type": "webhook"},
+            "blocks": [
+                {"name": "first", **call},
+                {"name": "look", "connector": "transform", "config": {"expression": "look"}},
+                {"name": "last", **call},
+            ],
+        }
+    )
+    execution_id = api.run(user_id, workflow_id)
+
+    log = api.wait_for(workflow_id, execution_id)
+
+    assert log["status"] == "succeeded"
+    assert seen_by_pure_block == [[0, 1]], "the first call's step was durable before it ran"
+    assert [result["data"][0][0]["json"] for result in log["results"][1:]] == [
+        {"n": 1},
+        "look",
+        {"n": 1},
+    ]
+    assert len(upstream.requests) == 2
+    assert written_one_by_one == [1, 2], "the last call's step went with the end"
+    assert databases.rows(data_dir, "SELECT seq FROM steps") == [], "and the steps were dropped"

@@ -264,6 +264,56 @@ async def installation(conn: Reader, tenant_id: str, workflow_id: str, user_id: 
     )
 
 
+# A webhook run's target, read in one statement: the user's active installation of the
+# workflow, and its version's definition, when both are named by id and the version is
+# triggered by a webhook. Anything else (a name, a missing row, an inactive one) is read
+# again step by step, which says what is wrong (`executions.run_workflow`).
+_WEBHOOK_TARGET = Prepared(
+    select(installations.c.version, workflow_versions.c.definition)
+    .select_from(
+        installations.join(
+            users,
+            and_(
+                users.c.tenant_id == installations.c.tenant_id,
+                users.c.id == installations.c.user_id,
+            ),
+        )
+        .join(
+            workflows,
+            and_(
+                workflows.c.tenant_id == installations.c.tenant_id,
+                workflows.c.id == installations.c.workflow_id,
+            ),
+        )
+        .join(
+            workflow_versions,
+            and_(
+                workflow_versions.c.tenant_id == installations.c.tenant_id,
+                workflow_versions.c.workflow_id == installations.c.workflow_id,
+                workflow_versions.c.version == installations.c.version,
+            ),
+        )
+    )
+    .where(
+        installations.c.tenant_id == bindparam("tenant_id"),
+        installations.c.workflow_id == bindparam("workflow_id"),
+        installations.c.user_id == bindparam("user_id"),
+        installations.c.active.is_(True),
+        workflow_versions.c.trigger_type == "webhook",
+    )
+)
+
+
+async def webhook_target(
+    conn: Reader, tenant_id: str, workflow_id: str, user_id: str
+) -> Row | None:
+    """The installed version and its definition, if the user (by id) has the workflow (by
+    id) active and that version is triggered by a webhook; else None."""
+    return await fetch_one(
+        conn, _WEBHOOK_TARGET, tenant_id=tenant_id, workflow_id=workflow_id, user_id=user_id
+    )
+
+
 async def insert_installation(conn: Conn, **values: Any) -> None:
     await conn.execute(insert(installations).values(**values))
 
@@ -408,6 +458,27 @@ _EXECUTION = Prepared(
 
 async def execution(conn: Reader, tenant_id: str, execution_id: str) -> Row | None:
     return await fetch_one(conn, _EXECUTION, tenant_id=tenant_id, id=execution_id)
+
+
+_EXECUTION_TO_RUN = Prepared(
+    select(*numbers.COLUMNS, users.c.username)
+    .select_from(
+        numbers.WITH_IDS.outerjoin(
+            users,
+            and_(
+                users.c.tenant_id == executions.c.tenant_id,
+                users.c.id == user_numbers.c.user_id,
+            ),
+        )
+    )
+    .where(executions.c.tenant_id == bindparam("tenant_id"), executions.c.id == bindparam("id"))
+)
+
+
+async def execution_to_run(conn: Reader, tenant_id: str, execution_id: str) -> Row | None:
+    """The execution, with its user's username (None if the user is gone): what the
+    engine starts a run from."""
+    return await fetch_one(conn, _EXECUTION_TO_RUN, tenant_id=tenant_id, id=execution_id)
 
 
 _EXECUTION_STEPS = Prepared(
