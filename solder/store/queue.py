@@ -400,8 +400,10 @@ _END = Prepared(
     .add_cte(
         delete(steps)
         .where(
+            # By the key, not joined to `ended`: a join may be planned as a scan of steps.
             steps.c.tenant_id == bindparam("tenant_id"),
-            steps.c.execution_id.in_(select(_ENDED.c.id)),
+            steps.c.execution_id == bindparam("id"),
+            exists(select(_ENDED.c.id)),
         )
         .cte("dropped")
     ),

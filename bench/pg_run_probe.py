@@ -1,0 +1,139 @@
+"""What a run of scenario 2 costs on PostgreSQL: CPU by process, and the database's work.
+
+    .venv/bin/python bench/pg_run_probe.py [--seconds 20] [--workers 2] [--rate R]
+        [--postgres-url postgresql://postgres@127.0.0.1:5432]
+
+Starts scenario 2's stack on PostgreSQL (`solder serve --no-worker` and `--workers`
+`solder worker` processes, bench/common.py's `solder_stack`), warms it up, then runs a
+closed loop of 32 clients for `--seconds` (or, with `--rate`, an open loop at that
+rate). Per run accepted, over the load and the drain of its backlog: the CPU of each of
+Solder's processes and of all of PostgreSQL's (the server's processes, found as the
+`postgres` user's; the VACUUM after the load included), the transactions and rows of
+the benchmark's database (`pg_stat_database`), each table's inserts, updates, deletes
+and scans (`pg_stat_user_tables`), and the WAL written (`pg_stat_wal`: the whole
+server's). A probe for bench/RESULTS.md, not part of `make bench`.
+
+To see the statements themselves, one run at a time: `ALTER ROLE postgres SET
+log_statement = 'all'` before the stack starts (its connections take it), and `RESET`
+after; the server's log then lists each statement with the connection's process id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from common import solder_stack
+from rich.console import Console
+from rich.table import Table
+from runs import CLIENTS, Bench
+from scale_out import cpu_seconds
+
+Stats = tuple[list[Any], dict[str, list[Any]], list[Any]]
+
+
+def postgres_cpu() -> float:
+    """CPU seconds of every process of the `postgres` user (the server and its backends)."""
+    found = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True, check=False)
+    return sum(cpu_seconds(int(pid)) for pid in found.stdout.split())
+
+
+def stats(url: str) -> Stats:
+    with psycopg.connect(url, autocommit=True) as conn:
+        database = conn.execute(
+            "SELECT xact_commit, xact_rollback, tup_returned, tup_fetched, tup_inserted,"
+            " tup_updated, tup_deleted FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        tables = {
+            row[0]: list(row[1:])
+            for row in conn.execute(
+                "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del,"
+                " coalesce(seq_scan, 0), coalesce(idx_scan, 0) FROM pg_stat_user_tables"
+            )
+        }
+        wal = conn.execute("SELECT wal_records, wal_bytes FROM pg_stat_wal").fetchone()
+    assert database is not None
+    assert wal is not None
+    return list(database), tables, list(wal)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rate", type=float, help="an open loop at this rate, not a closed one")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("SOLDER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432"),
+    )
+    options = parser.parse_args()
+    console = Console()
+    with (
+        tempfile.TemporaryDirectory(prefix="solder-bench-probe-") as workdir,
+        solder_stack(
+            "PostgreSQL",
+            options.postgres_url,
+            Path(workdir),
+            workers=options.workers,
+            upstream=True,
+        ) as stack,
+    ):
+        bench = Bench(stack, Path(workdir))
+        bench.closed(3.0)
+        pids = stack.server_pids()
+        solder_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        postgres_before, stats_before = postgres_cpu(), stats(stack.database_url)
+        if options.rate:
+            latency = bench.open(options.rate, options.seconds)
+            runs, how = latency.executions, f"open loop at {options.rate:,.0f}/s"
+            done = f"p50 {latency.p50:.0f} ms, p99 {latency.p99:.0f} ms"
+        else:
+            window = bench.closed(options.seconds)
+            runs, how = window.accepted, f"closed loop of {CLIENTS} clients"
+            done = (
+                f"{window.rate:,.0f} completed a second in the window, "
+                f"{window.accepted / window.seconds:,.0f} accepted"
+            )
+        solder_cpu = {name: cpu_seconds(pid) - solder_before[name] for name, pid in pids.items()}
+        postgres = postgres_cpu() - postgres_before
+        stats_after = stats(stack.database_url)
+
+    console.print(f"{how}, {options.seconds:.0f} s: {runs:,} runs; {done}")
+    cpu = Table("process", "CPU a run accepted")
+    for name, seconds in solder_cpu.items():
+        cpu.add_row(name, f"{seconds * 1000 / runs:.2f} ms")
+    cpu.add_row("PostgreSQL (all its processes)", f"{postgres * 1000 / runs:.2f} ms")
+    console.print(cpu)
+    names = ("commits", "rollbacks", "rows returned", "rows fetched", "inserts", "updates")
+    deltas = [after - before for before, after in zip(stats_before[0], stats_after[0], strict=True)]
+    console.print(
+        "database, a run: "
+        + ", ".join(
+            f"{name} {delta / runs:.2f}" for name, delta in zip(names, deltas, strict=False)
+        )
+        + f", deletes {deltas[6] / runs:.2f}"
+    )
+    tables = Table(
+        "table", "inserts", "updates", "of which HOT", "deletes", "seq scans", "index scans"
+    )
+    for name in sorted(stats_after[1]):
+        before = stats_before[1].get(name, [0] * 6)
+        changed = [after - was for was, after in zip(before, stats_after[1][name], strict=True)]
+        if any(changed):
+            tables.add_row(name, *(f"{value / runs:.2f}" for value in changed))
+    console.print(tables)
+    records, size = (
+        after - before for before, after in zip(stats_before[2], stats_after[2], strict=True)
+    )
+    console.print(
+        f"WAL a run (whole server): {records / runs:.1f} records, {float(size) / runs:,.0f} bytes"
+    )
+
+
+if __name__ == "__main__":
+    main()
