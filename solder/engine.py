@@ -492,10 +492,7 @@ class Engine:
             [*run.recorded.values(), *run.written, *run.pending], key=lambda step: int(step["seq"])
         )
         ended = {**run.execution, "status": status, "stopped_at": now_ms()}
-        log = codec.pack(
-            orjson.dumps(logs.render(ended, steps)),
-            self.dictionaries.current(run.tenant_id) if self.dictionaries else None,
-        )
+        log = self._log(run.tenant_id, ended, steps)
         async with self.db.write_inline(single=True) as conn:
             await queue.end(
                 conn,
@@ -528,20 +525,27 @@ class Engine:
                 return
             steps = await q.execution_steps(conn, tenant_id, execution_id)
             ended = {**execution, "status": status, "stopped_at": now_ms()}
-            await queue.finish(
+            await queue.end(
                 conn,
                 tenant_id,
                 execution_id,
+                lease,
                 status=status,
                 stopped_at=ended["stopped_at"],
                 error_block=error_block,
                 error_message=error_message,
                 app_actions=sum(s["app_actions"] for s in steps),
-                log=codec.pack(
-                    orjson.dumps(logs.render(ended, steps)),
-                    self.dictionaries.current(tenant_id) if self.dictionaries else None,
-                ),
+                log=self._log(tenant_id, ended, steps),
             )
+
+    def _log(
+        self, tenant_id: str, ended: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]
+    ) -> bytes:
+        """The ended execution's log document, compressed as it is stored."""
+        return codec.pack(
+            orjson.dumps(logs.render(ended, steps)),
+            self.dictionaries.current(tenant_id) if self.dictionaries else None,
+        )
 
 
 def _text(value: Any) -> str:

@@ -79,7 +79,7 @@ async def enqueue(
 ) -> str:
     """Record a queued execution and its trigger step; the dispatcher picks it up."""
     new_id = execution_id()
-    now = await queue.insert_execution(
+    await queue.insert_execution(
         conn,
         tenant_id=tenant.id,
         id=new_id,
@@ -90,19 +90,13 @@ async def enqueue(
         trigger_id=trigger_id,
         trigger_data=trigger_data,
         rerun_of=rerun_of,
-    )
-    trigger_item = f'[[{{"json":{trigger_data},"id":"{item_id()}"}}]]'
-    await q.insert_step(
-        conn,
-        tenant_id=tenant.id,
-        execution_id=new_id,
-        seq=0,
-        connector_id=trigger_id,
-        block_name="trigger",
-        started_at=now,
-        stopped_at=now_ms(),
-        data=trigger_item,
-        inputs="{}",
+        trigger={
+            "seq": 0,
+            "connector_id": trigger_id,
+            "block_name": "trigger",
+            "data": f'[[{{"json":{trigger_data},"id":"{item_id()}"}}]]',
+            "inputs": "{}",
+        },
     )
     return new_id
 

@@ -6,6 +6,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
+
+from solder import engine
 from tests import databases
 from tests.conftest import Api, Server, api_client
 from tests.upstream import Reply, Request, Upstream
@@ -314,3 +317,35 @@ def test_an_output_too_big_for_json_fails_the_block_cleanly(api: Api) -> None:
     assert log["status"] == "failed"
     assert "cannot be stored as JSON" in log["results"][1]["error"]["message"]
     assert log["inputs"][1]["data"] == {"expression": huge}
+
+
+def test_an_error_outside_the_blocks_ends_the_run_failed_with_its_trigger_logged(
+    server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user_id, workflow_id = api.install(
+        {
+            "name": "broken engine",
+            "trigger": {"type": "webhook"},
+            "blocks": [{"name": "a", "connector": "transform", "config": {"expression": "1"}}],
+        }
+    )
+
+    def no_definition(*_args: Any) -> Any:  # a fault in the engine before any block runs
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(engine, "from_document", no_definition)
+    execution_id = api.run(user_id, workflow_id, {"n": 7})
+
+    log = api.wait_for(workflow_id, execution_id)
+
+    assert log["status"] == "failed"
+    assert [result["data"][0][0]["json"] for result in log["results"]] == [{"n": 7}]
+    data_dir = server.settings.data_dir
+    assert (
+        databases.rows(data_dir, f"SELECT seq FROM steps WHERE execution_id = '{execution_id}'")
+        == []
+    )
+    [(message,)] = databases.rows(
+        data_dir, f"SELECT error_message FROM executions WHERE id = '{execution_id}'"
+    )
+    assert "injected" in str(message)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from solder.store.prepared import Reader
+from solder.store.prepared import Prepared, Reader, fetch_one
 
 TASK = "solder.run_execution"
 QUEUE = "executions"
@@ -29,41 +30,44 @@ def _on_postgres(conn: Reader) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-async def defer(
-    conn: Reader, tenant_id: str, execution_id: str, *, at_ms: int | None = None
-) -> int | None:
-    """Defer the job of a queued execution, to run no sooner than `at_ms` (ms since the
-    epoch); its id, for the execution's `job_id` (None on SQLite: no job).
+def defer_params(tenant_id: str, execution_id: str, *, at_ms: int | None = None) -> dict[str, Any]:
+    """The parameters of `DEFER` for the job of a queued execution, to run no sooner than
+    `at_ms` (ms since the epoch).
 
     The job's lock is the execution: procrastinate does not run two jobs with one lock at
     once. (A worker wrongly presumed dead may still be running the execution's previous
     job; the lease keeps it from writing.)
     """
-    if not _on_postgres(conn):
-        return None
-    at = None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC)
-    args = orjson.dumps({"tenant_id": tenant_id, "execution_id": execution_id}).decode()
-    params = {
+    return {
         "queue": QUEUE,
         "task": TASK,
         "lock": f"execution:{tenant_id}:{execution_id}",
-        "args": args,
-        "at": at,
+        "args": orjson.dumps({"tenant_id": tenant_id, "execution_id": execution_id}).decode(),
+        "at": None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC),
     }
-    if isinstance(conn, AsyncConnection):
-        result = await conn.exec_driver_sql(_DEFER, params)
-        job_id: int = result.scalar_one()
-    else:
-        job_id = (await conn.rows(_DEFER, params))[0]["job_id"]
-    return job_id
 
 
-# psycopg's own parameter style: this runs on the driver, through SQLAlchemy or not.
-_DEFER = (
+# procrastinate's own function; a query of its own, or a part of a larger one
+# (`queue.insert_execution`).
+DEFER = (
     "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
-    "%(queue)s, %(task)s, 0, %(lock)s, NULL, CAST(%(args)s AS jsonb), %(at)s"
+    ":queue, :task, 0, :lock, NULL, CAST(:args AS jsonb), :at"
     ")::procrastinate_job_to_defer_v1])) AS job_id"
 )
+_DEFER = Prepared(text(DEFER))
+
+
+async def defer(
+    conn: Reader, tenant_id: str, execution_id: str, *, at_ms: int | None = None
+) -> int | None:
+    """Defer the job of a queued execution (`defer_params`); its id, for the execution's
+    `job_id` (None on SQLite: no job)."""
+    if not _on_postgres(conn):
+        return None
+    deferred = await fetch_one(conn, _DEFER, **defer_params(tenant_id, execution_id, at_ms=at_ms))
+    assert deferred is not None
+    job_id: int = deferred["job_id"]
+    return job_id
 
 
 async def stalled(

@@ -444,9 +444,12 @@ async def claim_tick(
 _INSERT_STEP = Prepared(insert(steps).values({c.name: bindparam(c.name) for c in steps.c}))
 
 
+STEP_DEFAULTS: dict[str, Any] = {"error": None, "meta": None, "app_actions": 0}
+
+
 async def insert_step(conn: Reader, **values: Any) -> None:
     """Record a finished step."""
-    await execute(conn, _INSERT_STEP, **{"error": None, "meta": None, "app_actions": 0, **values})
+    await execute(conn, _INSERT_STEP, **{**STEP_DEFAULTS, **values})
 
 
 _EXECUTION = Prepared(

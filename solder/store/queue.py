@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.ids import now_ms
-from solder.store import jobs, numbers
+from solder.store import jobs, numbers, queries
 from solder.store.prepared import Prepared, Reader, Row, execute, fetch, fetch_one
 from solder.store.schema import executions, steps, user_numbers, users, workflow_numbers
 
@@ -60,62 +60,97 @@ _QUEUED = (
 # writers queue on the first row rather than deadlock. The row stays locked to the end
 # of the transaction, so positions are taken in the order executions are committed, and
 # one that rolls back gives its positions back. Both rows come back with their numbers.
-_NEXT_POSITIONS = Prepared(
-    text(
-        "INSERT INTO log_listings"
-        " (workflow_number, user_number, last_position, deleted, deleted_top)"
-        " VALUES ((SELECT number FROM workflow_numbers"
-        " WHERE tenant_id = :tenant_id AND workflow_id = :workflow_id), 0, 1, 0, 0),"
-        " ((SELECT number FROM workflow_numbers"
-        " WHERE tenant_id = :tenant_id AND workflow_id = :workflow_id),"
-        " (SELECT number FROM user_numbers WHERE tenant_id = :tenant_id AND user_id = :user_id),"
-        " 1, 0, 0)"
-        " ON CONFLICT (workflow_number, user_number)"
-        " DO UPDATE SET last_position = log_listings.last_position + 1"
-        " RETURNING workflow_number, user_number, last_position"
+_POSITIONS = (
+    "INSERT INTO log_listings"
+    " (workflow_number, user_number, last_position, deleted, deleted_top)"
+    " VALUES ((SELECT number FROM workflow_numbers"
+    " WHERE tenant_id = :tenant_id AND workflow_id = :workflow_id), 0, 1, 0, 0),"
+    " ((SELECT number FROM workflow_numbers"
+    " WHERE tenant_id = :tenant_id AND workflow_id = :workflow_id),"
+    " (SELECT number FROM user_numbers WHERE tenant_id = :tenant_id AND user_id = :user_id),"
+    " 1, 0, 0)"
+    " ON CONFLICT (workflow_number, user_number)"
+    " DO UPDATE SET last_position = log_listings.last_position + 1"
+    " RETURNING workflow_number, user_number, last_position"
+)
+_NEXT_POSITIONS = Prepared(text(_POSITIONS))
+# On PostgreSQL the execution's job is deferred by the same statement: one round trip.
+_NEXT_POSITIONS_AND_JOB = Prepared(
+    text(  # two constants of this code, no value: the values are bound
+        f"WITH job AS MATERIALIZED ({jobs.DEFER})"  # noqa: S608
+        f" {_POSITIONS}, (SELECT job_id FROM job) AS job_id"
     )
 )
 
-_INSERT_EXECUTION = Prepared(
-    insert(executions).values(
-        {
-            name: bindparam(name)
-            for name in (
-                *_QUEUED,
-                "workflow_number",
-                "user_number",
-                "workflow_position",
-                "user_position",
-            )
-        }
-    )
+_EXECUTION_VALUES: dict[str, Any] = {
+    name: bindparam(name)
+    for name in (*_QUEUED, "workflow_number", "user_number", "workflow_position", "user_position")
+}
+_INSERT_EXECUTION = Prepared(insert(executions).values(_EXECUTION_VALUES))
+# On PostgreSQL the execution and its trigger step are one statement (the step's
+# parameters are named `step_...`); SQLite has no writes in WITH: two.
+_INSERT_EXECUTION_AND_STEP = Prepared(
+    insert(steps)
+    .values({c.name: bindparam(f"step_{c.name}") for c in steps.c})
+    .add_cte(insert(executions).values(_EXECUTION_VALUES).cte("queued"))
 )
 
 
-async def insert_execution(conn: Reader, *, started_at: int | None = None, **values: Any) -> int:
+async def insert_execution(
+    conn: Reader, *, trigger: dict[str, Any], started_at: int | None = None, **values: Any
+) -> int:
     """Record a queued execution (`tenant_id`, `id`, `workflow_id`, `user_id`, ...) at the
-    next positions of its workflow's and its user's logs pages, and on PostgreSQL its job,
-    in the caller's transaction; its start time (now, unless `started_at`).
+    next positions of its workflow's and its user's logs pages, its `trigger` step (the
+    columns of `steps` but the execution's and the times), and on PostgreSQL its job, in
+    the caller's transaction; its start time (now, unless `started_at`).
 
     The positions are taken before the start time is read: on PostgreSQL taking them waits
     for any other transaction that took the workflow's to end, so that start times follow
-    positions. The job is deferred before, so that the row is held one statement less.
+    positions. The job is deferred by the same statement, and the execution and its
+    trigger step written by one more: the workflow's row is held two round trips (the
+    second statement and COMMIT).
     """
-    job_id = await jobs.defer(conn, values["tenant_id"], values["id"])
     ids = {name: values.pop(name) for name in ("workflow_id", "user_id")}
-    taken = await fetch(conn, _NEXT_POSITIONS, tenant_id=values["tenant_id"], **ids)
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        taken = await fetch(
+            conn,
+            _NEXT_POSITIONS_AND_JOB,
+            tenant_id=values["tenant_id"],
+            **ids,
+            **jobs.defer_params(values["tenant_id"], values["id"]),
+        )
+        job_id = taken[0]["job_id"]
+    else:
+        job_id = None
+        taken = await fetch(conn, _NEXT_POSITIONS, tenant_id=values["tenant_id"], **ids)
     listing = {row["user_number"] == 0: row for row in taken}
     of_workflow, of_user = listing[True], listing[False]
     started = now_ms() if started_at is None else started_at
-    await execute(
-        conn,
-        _INSERT_EXECUTION,
-        **{"rerun_of": None, **values, "started_at": started, "job_id": job_id},
-        workflow_number=of_workflow["workflow_number"],
-        user_number=of_user["user_number"],
-        workflow_position=of_workflow["last_position"],
-        user_position=of_user["last_position"],
-    )
+    execution = {
+        "rerun_of": None,
+        **values,
+        "started_at": started,
+        "job_id": job_id,
+        "workflow_number": of_workflow["workflow_number"],
+        "user_number": of_user["user_number"],
+        "workflow_position": of_workflow["last_position"],
+        "user_position": of_user["last_position"],
+    }
+    step = {
+        **queries.STEP_DEFAULTS,
+        **trigger,
+        "tenant_id": values["tenant_id"],
+        "execution_id": values["id"],
+        "started_at": started,
+        "stopped_at": now_ms(),
+    }
+    if postgres:
+        steps_of = {f"step_{name}": value for name, value in step.items()}
+        await execute(conn, _INSERT_EXECUTION_AND_STEP, **execution, **steps_of)
+    else:
+        await execute(conn, _INSERT_EXECUTION, **execution)
+        await queries.insert_step(conn, **step)
     return started
 
 
@@ -383,15 +418,19 @@ _ENDING: dict[str, Any] = {
         for name in ("status", "stopped_at", "error_block", "error_message", "app_actions", "log")
     },
 }
-_RUNNING = (
-    executions.c.tenant_id == bindparam("tenant_id"),
-    executions.c.id == bindparam("id"),
-    executions.c.status == "running",
+# The end of an execution still running under the lease (its parameter is not named
+# `lease`: that is a column the end sets).
+_END_HELD = (
+    update(executions)
+    .where(
+        executions.c.tenant_id == bindparam("tenant_id"),
+        executions.c.id == bindparam("id"),
+        executions.c.status == "running",
+        executions.c.lease == bindparam("held"),
+    )
+    .values(**_ENDING)
 )
-_FINISH = Prepared(update(executions).where(*_RUNNING).values(**_ENDING))
-# (The lease's parameter is not named `lease`: that is the column the end sets.)
-_END_HELD = update(executions).where(*_RUNNING, executions.c.lease == bindparam("held"))
-_ENDED = _END_HELD.values(**_ENDING).returning(executions.c.id).cte("ended")
+_ENDED = _END_HELD.returning(executions.c.id).cte("ended")
 # On PostgreSQL one statement, so one round trip in autocommit: the end, and the steps
 # dropped only if it was written. SQLite has no writes in WITH: the end, then the drop.
 _END = Prepared(
@@ -407,41 +446,13 @@ _END = Prepared(
         )
         .cte("dropped")
     ),
-    sqlite=_END_HELD.values(**_ENDING),
+    sqlite=_END_HELD,
 )
 _DROP_STEPS = Prepared(
     delete(steps).where(
         steps.c.tenant_id == bindparam("tenant_id"), steps.c.execution_id == bindparam("id")
     )
 )
-
-
-async def finish(
-    conn: Reader,
-    tenant_id: str,
-    execution_id: str,
-    *,
-    status: str,
-    stopped_at: int,
-    error_block: str | None,
-    error_message: str | None,
-    app_actions: int,
-    log: bytes,
-) -> None:
-    """Record an execution's end, its log document included, and drop its steps."""
-    await execute(
-        conn,
-        _FINISH,
-        tenant_id=tenant_id,
-        id=execution_id,
-        status=status,
-        stopped_at=stopped_at,
-        error_block=error_block,
-        error_message=error_message,
-        app_actions=app_actions,
-        log=log,
-    )
-    await execute(conn, _DROP_STEPS, tenant_id=tenant_id, id=execution_id)
 
 
 async def end(
