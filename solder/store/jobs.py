@@ -20,14 +20,10 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from solder.store.prepared import Prepared, Reader, fetch_one
+from solder.store.prepared import Prepared, Reader, fetch_one, on_postgres
 
 TASK = "solder.run_execution"
 QUEUE = "executions"
-
-
-def _on_postgres(conn: Reader) -> bool:
-    return conn.dialect.name == "postgresql"
 
 
 def defer_params(tenant_id: str, execution_id: str, *, at_ms: int | None = None) -> dict[str, Any]:
@@ -62,7 +58,7 @@ async def defer(
 ) -> int | None:
     """Defer the job of a queued execution (`defer_params`); its id, for the execution's
     `job_id` (None on SQLite: no job)."""
-    if not _on_postgres(conn):
+    if not on_postgres(conn):
         return None
     deferred = await fetch_one(conn, _DEFER, **defer_params(tenant_id, execution_id, at_ms=at_ms))
     assert deferred is not None

@@ -156,6 +156,11 @@ Reader = AsyncConnection | DriverConnection
 """What a prepared statement runs on: any transaction's connection, or a driver's."""
 
 
+def on_postgres(conn: Reader) -> bool:
+    """Whether `conn` is PostgreSQL's (else SQLite's), whichever kind of connection it is."""
+    return conn.dialect.name == "postgresql"
+
+
 async def fetch(conn: Reader, statement: Prepared, **params: Any) -> list[Row]:
     """The rows of a prepared statement, as dicts of column name to driver value."""
     if isinstance(conn, DriverConnection):

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.ids import now_ms
 from solder.store import jobs, numbers, queries
-from solder.store.prepared import Prepared, Reader, Row, execute, fetch, fetch_one
+from solder.store.prepared import Prepared, Reader, Row, execute, fetch, fetch_one, on_postgres
 from solder.store.schema import executions, steps, user_numbers, users, workflow_numbers
 
 Conn = AsyncConnection
@@ -111,7 +111,7 @@ async def insert_execution(
     second statement and COMMIT).
     """
     ids = {name: values.pop(name) for name in ("workflow_id", "user_id")}
-    postgres = conn.dialect.name == "postgresql"
+    postgres = on_postgres(conn)
     if postgres:
         taken = await fetch(
             conn,
@@ -481,7 +481,7 @@ async def end(
         "app_actions": app_actions,
         "log": log,
     }
-    if conn.dialect.name == "postgresql":
+    if on_postgres(conn):
         ended = await fetch_one(conn, _END, **params)
         return ended is not None and ended["ended"] == 1
     if await execute(conn, _END, **params) != 1:
