@@ -118,16 +118,25 @@ class Engine:
         self._definitions: dict[tuple[str, str, int], Definition] = {}
 
     async def run(
-        self, tenant_id: str, execution_id: str, lease: str, taken: Row | None = None
+        self,
+        tenant_id: str,
+        execution_id: str,
+        lease: str,
+        taken: tuple[Row, Sequence[Row]] | None = None,
     ) -> None:
         """Run (or resume) an execution claimed under `lease` until it ends or waits;
-        `taken`: the execution as its claim read it (`queries.execution_to_run`), if it did.
+        `taken`: the execution and its stored steps as its claim read them
+        (`queue.take`), if it did.
 
         Every write checks the lease: once the execution is given to another worker (this
         one was presumed dead), nothing more is written from here.
         """
         async with self.db.read_inline() as conn:
-            execution = taken or await q.execution_to_run(conn, tenant_id, execution_id)
+            if taken is None:
+                execution = await q.execution_to_run(conn, tenant_id, execution_id)
+                stored = None
+            else:
+                execution, stored = taken
             if execution is None or execution["status"] != "running":
                 return
             if execution["lease"] != lease:
@@ -135,7 +144,9 @@ class Engine:
             definition = await self._definition(
                 conn, tenant_id, execution["workflow_id"], execution["workflow_version"]
             )
-            recorded = {s["seq"]: s for s in await q.execution_steps(conn, tenant_id, execution_id)}
+            if stored is None:
+                stored = await q.execution_steps(conn, tenant_id, execution_id)
+        recorded = {s["seq"]: s for s in logs.with_trigger(execution, stored)}
         if definition is None:
             await self.fail(tenant_id, execution_id, lease, "workflow version is gone")
             return
@@ -171,7 +182,11 @@ class Engine:
             await self._end(run, "failed", stop.block, stop.message)
 
     async def run_or_fail(
-        self, tenant_id: str, execution_id: str, lease: str, taken: Row | None = None
+        self,
+        tenant_id: str,
+        execution_id: str,
+        lease: str,
+        taken: tuple[Row, Sequence[Row]] | None = None,
     ) -> None:
         """`run`, what a worker calls: an unexpected error ends the execution as failed,
         with the error in its log. `Unavailable` (the database) is raised: the execution
@@ -523,7 +538,9 @@ class Engine:
             execution = await queue.holding(conn, tenant_id, execution_id, lease)
             if execution is None:
                 return
-            steps = await q.execution_steps(conn, tenant_id, execution_id)
+            steps = logs.with_trigger(
+                execution, await q.execution_steps(conn, tenant_id, execution_id)
+            )
             ended = {**execution, "status": status, "stopped_at": now_ms()}
             await queue.end(
                 conn,

@@ -12,7 +12,7 @@ from solder import keys, logs, users, workflows
 from solder.cursors import Cursor
 from solder.dictionaries import Dictionaries
 from solder.errors import InvalidRequest, LogUnreadable, NotFound
-from solder.ids import OBJECT_ID, execution_id, iso_ms, item_id, now_ms
+from solder.ids import OBJECT_ID, execution_id, iso_ms, now_ms
 from solder.keys import Tenant
 from solder.store import queries as q
 from solder.store import queue
@@ -77,7 +77,7 @@ async def enqueue(
     trigger_data: str,
     rerun_of: str | None = None,
 ) -> str:
-    """Record a queued execution and its trigger step; the dispatcher picks it up."""
+    """Record a queued execution; the dispatcher picks it up."""
     new_id = execution_id()
     await queue.insert_execution(
         conn,
@@ -90,13 +90,6 @@ async def enqueue(
         trigger_id=trigger_id,
         trigger_data=trigger_data,
         rerun_of=rerun_of,
-        trigger={
-            "seq": 0,
-            "connector_id": trigger_id,
-            "block_name": "trigger",
-            "data": f'[[{{"json":{trigger_data},"id":"{item_id()}"}}]]',
-            "inputs": "{}",
-        },
     )
     return new_id
 
@@ -296,7 +289,11 @@ async def _live_log(
         for row in rows
         if row["step_seq"] is not None
     ]
-    return orjson.dumps(logs.render({**execution, "status": now["status"]}, steps))
+    trigger = {"tenant_id": tenant_id, "trigger_id": now["trigger_id"]}
+    execution = {**execution, **trigger, "trigger_data": now["trigger_data"]}
+    return orjson.dumps(
+        logs.render({**execution, "status": now["status"]}, logs.with_trigger(execution, steps))
+    )
 
 
 async def errors(

@@ -5,7 +5,8 @@ The shape is pinned by contract/seed-logs-response.json (tests/test_golden_log.p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -13,6 +14,47 @@ import orjson
 from solder.ids import iso_ms
 
 TERMINAL = ("succeeded", "failed", "canceled")
+
+# The namespace of the trigger items' ids (version 5 UUIDs of their execution's id).
+_TRIGGER_ITEMS = uuid.UUID("5d1de7a2-4f0e-4c4b-9a53-7c0e6d2b1f38")
+
+
+def trigger_step(execution: Mapping[Any, Any]) -> dict[str, Any]:
+    """An unfinished execution's first step, its trigger's, as its row gives it: the
+    payload as one item, at the execution's start.
+
+    It is not stored: the row holds the trigger (`trigger_id`, `trigger_data`) until the
+    execution ends, and its log holds it after. The item's id comes from the execution's,
+    so that every read of the log shows the same one.
+    """
+    return {
+        "tenant_id": execution["tenant_id"],
+        "execution_id": execution["id"],
+        "seq": 0,
+        "connector_id": execution["trigger_id"],
+        "block_name": "trigger",
+        "started_at": execution["started_at"],
+        "stopped_at": execution["started_at"],
+        "data": f'[[{{"json":{execution["trigger_data"]},'
+        f'"id":"{uuid.uuid5(_TRIGGER_ITEMS, execution["id"])}"}}]]',
+        "inputs": "{}",
+        "error": None,
+        "meta": None,
+        "app_actions": 0,
+    }
+
+
+def with_trigger(
+    execution: Mapping[Any, Any], steps: Sequence[Mapping[Any, Any]]
+) -> list[Mapping[Any, Any]]:
+    """An unfinished execution's stored `steps` (in order) with its trigger's first.
+
+    Executions queued by an earlier Solder stored their trigger's step (seq 0): theirs
+    is kept.
+    """
+    if steps and steps[0]["seq"] == 0:
+        return list(steps)
+    return [trigger_step(execution), *steps]
 
 
 def render(execution: Mapping[Any, Any], steps: Iterable[Mapping[Any, Any]]) -> dict[str, Any]:

@@ -101,13 +101,6 @@ def test_an_execution_rolled_back_leaves_no_job(api_only: Server, api: Api) -> N
                     trigger_id="trigger",
                     trigger_data="{}",
                     started_at=now_ms(),
-                    trigger={
-                        "seq": 0,
-                        "connector_id": "trigger",
-                        "block_name": "trigger",
-                        "data": '[[{"json":{},"id":"item"}]]',
-                        "inputs": "{}",
-                    },
                 )
                 assert len(jobs_of(api_only)) == 1, "uncommitted: not seen by workers"
                 raise RuntimeError("the request fails after queueing")

@@ -500,6 +500,8 @@ _LIVE_LOG = Prepared(
         executions.c.log,
         executions.c.status,
         executions.c.stopped_at,
+        executions.c.trigger_id,
+        executions.c.trigger_data,
         *(column.label(f"step_{column.name}") for column in steps.c),
     )
     .select_from(
@@ -517,7 +519,8 @@ _LIVE_LOG = Prepared(
 
 async def live_log(conn: Reader, tenant_id: str, execution_id: str) -> list[Row]:
     """An unfinished execution as it is now: its log, status and stop (in case it has
-    just ended), each beside one of its recorded steps (`step_*`, in order; null if none).
+    just ended) and its trigger, each beside one of its recorded steps (`step_*`, in
+    order; null if none).
 
     One statement, so one snapshot even outside a transaction: the steps of an execution
     are dropped when it ends and its log is stored.

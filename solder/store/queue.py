@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.ids import now_ms
-from solder.store import jobs, numbers, queries
+from solder.store import jobs, numbers
 from solder.store.prepared import Prepared, Reader, Row, execute, fetch, fetch_one, on_postgres
 from solder.store.schema import executions, steps, user_numbers, users, workflow_numbers
 
@@ -87,32 +87,22 @@ _EXECUTION_VALUES: dict[str, Any] = {
     for name in (*_QUEUED, "workflow_number", "user_number", "workflow_position", "user_position")
 }
 _INSERT_EXECUTION = Prepared(insert(executions).values(_EXECUTION_VALUES))
-# On PostgreSQL the execution and its trigger step are one statement (the step's
-# parameters are named `step_...`); SQLite has no writes in WITH: two.
-_INSERT_EXECUTION_AND_STEP = Prepared(
-    insert(steps)
-    .values({c.name: bindparam(f"step_{c.name}") for c in steps.c})
-    .add_cte(insert(executions).values(_EXECUTION_VALUES).cte("queued"))
-)
 
 
-async def insert_execution(
-    conn: Reader, *, trigger: dict[str, Any], started_at: int | None = None, **values: Any
-) -> int:
+async def insert_execution(conn: Reader, *, started_at: int | None = None, **values: Any) -> int:
     """Record a queued execution (`tenant_id`, `id`, `workflow_id`, `user_id`, ...) at the
-    next positions of its workflow's and its user's logs pages, its `trigger` step (the
-    columns of `steps` but the execution's and the times), and on PostgreSQL its job, in
-    the caller's transaction; its start time (now, unless `started_at`).
+    next positions of its workflow's and its user's logs pages, and on PostgreSQL its job,
+    in the caller's transaction; its start time (now, unless `started_at`).
 
+    Its trigger's step is not stored: the row holds the trigger (`logs.trigger_step`).
     The positions are taken before the start time is read: on PostgreSQL taking them waits
     for any other transaction that took the workflow's to end, so that start times follow
-    positions. The job is deferred by the same statement, and the execution and its
-    trigger step written by one more: the workflow's row is held two round trips (the
-    second statement and COMMIT).
+    positions. The job is deferred by the same statement, and the execution written by
+    one more: the workflow's row is held two round trips (the second statement and
+    COMMIT).
     """
     ids = {name: values.pop(name) for name in ("workflow_id", "user_id")}
-    postgres = on_postgres(conn)
-    if postgres:
+    if on_postgres(conn):
         taken = await fetch(
             conn,
             _NEXT_POSITIONS_AND_JOB,
@@ -127,30 +117,20 @@ async def insert_execution(
     listing = {row["user_number"] == 0: row for row in taken}
     of_workflow, of_user = listing[True], listing[False]
     started = now_ms() if started_at is None else started_at
-    execution = {
-        "rerun_of": None,
-        **values,
-        "started_at": started,
-        "job_id": job_id,
-        "workflow_number": of_workflow["workflow_number"],
-        "user_number": of_user["user_number"],
-        "workflow_position": of_workflow["last_position"],
-        "user_position": of_user["last_position"],
-    }
-    step = {
-        **queries.STEP_DEFAULTS,
-        **trigger,
-        "tenant_id": values["tenant_id"],
-        "execution_id": values["id"],
-        "started_at": started,
-        "stopped_at": now_ms(),
-    }
-    if postgres:
-        steps_of = {f"step_{name}": value for name, value in step.items()}
-        await execute(conn, _INSERT_EXECUTION_AND_STEP, **execution, **steps_of)
-    else:
-        await execute(conn, _INSERT_EXECUTION, **execution)
-        await queries.insert_step(conn, **step)
+    await execute(
+        conn,
+        _INSERT_EXECUTION,
+        **{
+            "rerun_of": None,
+            **values,
+            "started_at": started,
+            "job_id": job_id,
+            "workflow_number": of_workflow["workflow_number"],
+            "user_number": of_user["user_number"],
+            "workflow_position": of_workflow["last_position"],
+            "user_position": of_user["last_position"],
+        },
+    )
     return started
 
 
@@ -214,36 +194,54 @@ _TAKEN = (
     .returning(*executions.c)
     .cte("taken")
 )
-# The claim, and what the engine reads to start the run (`queries.execution_to_run`), in
-# one statement: on PostgreSQL one round trip where there were three.
+# The claim, and what the engine reads to start the run (`queries.execution_to_run`, and
+# its steps, `step_*`: one row each, or one row of nulls), in one statement: on
+# PostgreSQL one round trip where there were four.
 _TAKE = Prepared(
     select(
         *(_TAKEN.c[c.name] for c in numbers.COLUMNS if c.table is executions),
         workflow_numbers.c.workflow_id,
         user_numbers.c.user_id,
         users.c.username,
-    ).select_from(
+        *(column.label(f"step_{column.name}") for column in steps.c),
+    )
+    .select_from(
         _TAKEN.join(workflow_numbers, workflow_numbers.c.number == _TAKEN.c.workflow_number)
         .join(user_numbers, user_numbers.c.number == _TAKEN.c.user_number)
         .outerjoin(
             users,
             and_(users.c.tenant_id == _TAKEN.c.tenant_id, users.c.id == user_numbers.c.user_id),
         )
+        .outerjoin(
+            steps,
+            and_(steps.c.tenant_id == _TAKEN.c.tenant_id, steps.c.execution_id == _TAKEN.c.id),
+        )
     )
+    .order_by(steps.c.seq)
 )
 
 
 async def take(
     conn: Reader, tenant_id: str, execution_id: str, lease: str, claimed_at: int
-) -> Row | None:
+) -> tuple[Row, list[Row]] | None:
     """procrastinate dispatch: claim the execution of the job this worker just fetched;
-    the execution as the engine starts from it, or None if it has ended (or is gone).
+    the execution as the engine starts from it and its stored steps (in order), or None
+    if it has ended (or is gone).
 
     A `running` one is taken over too: its job is being run again, so whoever ran it
     before is gone (procrastinate runs one job per lock at a time), and its lease ends.
     """
     params = {"tenant_id": tenant_id, "id": execution_id}
-    return await fetch_one(conn, _TAKE, **params, lease=lease, claimed_at=claimed_at)
+    rows = await fetch(conn, _TAKE, **params, lease=lease, claimed_at=claimed_at)
+    if not rows:
+        return None
+    execution = {k: v for k, v in rows[0].items() if not k.startswith("step_")}
+    stored = [
+        {k.removeprefix("step_"): v for k, v in row.items() if k.startswith("step_")}
+        for row in rows
+        if row["step_seq"] is not None
+    ]
+    return execution, stored
 
 
 _HOLDING = Prepared(
