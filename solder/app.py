@@ -25,7 +25,7 @@ from solder.settings import Settings
 from solder.store.database import Database
 from solder.store.lock import ServeLock
 from solder.store.prepared import Reader
-from solder.workers import QueueWorker
+from solder.workers import Backlog, QueueWorker
 
 log = logging.getLogger("solder")
 
@@ -78,6 +78,7 @@ class Solder:
             self.dispatcher = EmbeddedDispatcher(self.db, self.engine, concurrency)
         elif worker:
             self.dispatcher = QueueWorker(self.db, self.engine, settings, concurrency)
+        self.backlog = None if self.db.is_sqlite else Backlog(self.db, settings.queue_high_water)
         self.retention = Retention(self.db, settings)
         self.compaction = Compaction(
             self.db, settings, quiet=None if self.dispatcher is None else self.dispatcher.quiet
@@ -87,6 +88,13 @@ class Solder:
         # database's serve lock for them all.
         self.supervised = supervised
         self._serve_lock: ServeLock | None = None
+
+    async def _room(self) -> None:
+        """Return when another run may be accepted (backpressure)."""
+        if self.dispatcher is not None:
+            await self.dispatcher.room()
+        if self.backlog is not None:
+            await self.backlog.room()
 
     def _notify(self, runs: int = 1) -> None:
         if self.dispatcher is not None:
@@ -99,12 +107,24 @@ class Solder:
         action: Callable[[Reader], Awaitable[dict[str, Any]]],
     ) -> dict[str, Any]:
         """Run `action`, which queues executions, once per idempotency key; wake the workers."""
-        if self.dispatcher is not None:
-            await self.dispatcher.room()
+        await self._room()
         answer = await executions.once(self.db, tenant, idempotency, action)
         # An event starts a run for each workflow awaiting it: a worker is woken for each.
         started = answer.get("executionIds")
         self._notify(len(started) if isinstance(started, list) else 1)
+        return answer
+
+    async def accept_by_key(
+        self, key_hash: str, *, user_id: str, workflow_id: str, data: Any
+    ) -> dict[str, Any] | None:
+        """`executions.run_workflow_by_key`, as `accept` runs an action: after the
+        dispatcher has room, and waking a worker."""
+        await self._room()
+        answer = await executions.run_workflow_by_key(
+            self.db, key_hash, user_id=user_id, workflow_id=workflow_id, data=data
+        )
+        if answer is not None:
+            self._notify()
         return answer
 
     async def start(self) -> None:

@@ -74,6 +74,15 @@ class Settings(BaseSettings):
         description="How many executions one process runs at once: the embedded worker pool "
         "of `solder serve`, or each `solder worker` (its `--concurrency` overrides this).",
     )
+    queue_high_water: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="PostgreSQL: while this many accepted runs wait for a worker, "
+        "accepting another waits for the workers to take some, for at most a second "
+        "(then it is queued all the same). Keeps the queue, and each run's wait in it, "
+        "short when runs come in faster than the workers run them.",
+    )
     worker_timeout_seconds: float = Field(
         default=30.0,
         ge=1,

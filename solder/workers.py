@@ -39,6 +39,11 @@ from solder.store.database import Database
 
 log = logging.getLogger("solder.worker")
 
+# Backpressure (`Backlog`): how long one accept waits at most for the queue to shrink,
+# and how often the queue is counted while accepts wait.
+_MAX_WAIT_SECONDS = 1.0
+_COUNT_SECONDS = 0.05
+
 # A job fetch also happens on every NOTIFY; polling only catches delays that come due.
 _POLL_SECONDS = 1.0
 _MAX_RESTART_DELAY = 10.0
@@ -76,6 +81,47 @@ async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
     # Each of procrastinate's statements is one call of its own SQL functions: in
     # autocommit it is one round trip, not three (BEGIN, the call, COMMIT).
     await conn.set_autocommit(True)
+
+
+class Backlog:
+    """Backpressure for the processes that accept runs on PostgreSQL: while
+    `SOLDER_QUEUE_HIGH_WATER` runs already wait for a worker, accepting one more waits
+    for the workers to take some, for at most _MAX_WAIT_SECONDS (then it is queued all
+    the same: workers that are down do not stop the API).
+
+    Without it the API, which is cheaper than a run, queued runs faster than workers ran
+    them, and each job fetch, whose cost grows with the queue, made the workers slower
+    still (bench/RESULTS.md, scenario 2). The queue is counted at most every
+    _COUNT_SECONDS, once for all the accepts waiting meanwhile, and only while they wait.
+    """
+
+    def __init__(self, db: Database, high_water: int) -> None:
+        self.db = db
+        self.high_water = high_water
+        self._count: asyncio.Future[int] | None = None
+        self._counted_at = 0.0
+
+    async def room(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _MAX_WAIT_SECONDS
+        while await self._waiting() >= self.high_water:
+            if loop.time() >= deadline:
+                return
+            await asyncio.sleep(_COUNT_SECONDS)
+
+    async def _waiting(self) -> int:
+        loop = asyncio.get_running_loop()
+        count = self._count
+        if count is None or (count.done() and loop.time() - self._counted_at >= _COUNT_SECONDS):
+            self._counted_at = loop.time()
+            count = self._count = asyncio.ensure_future(self._read())
+        return await asyncio.shield(count)
+
+    async def _read(self) -> int:
+        # The database unreachable: `Unavailable`, and the accept is refused (503) after
+        # this one look, as it is when the key's lookup is its first.
+        async with self.db.read_inline() as conn:
+            return await jobs.waiting(conn, self.high_water)
 
 
 class QueueWorker:

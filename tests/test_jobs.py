@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from solder import workers
 from solder.app import Solder
 from solder.ids import now_ms
 from solder.store import queue
@@ -38,8 +39,9 @@ WORKFLOW = {
 
 @pytest.fixture
 def api_only(make_server: Callable[..., Server]) -> Server:
-    """A server that queues runs and runs none (`solder serve --no-worker`)."""
-    return make_server(worker=False, worker_timeout_seconds=1)
+    """A server that queues runs and runs none (`solder serve --no-worker`); its
+    backpressure never waits (no worker takes the runs it queues)."""
+    return make_server(worker=False, worker_timeout_seconds=1, queue_high_water=1_000_000)
 
 
 @pytest.fixture
@@ -193,3 +195,45 @@ def test_a_backlog_met_with_stale_statistics_is_fetched_by_lock_through_an_index
         plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + _FETCH_CANDIDATE))
 
     assert "solder_procrastinate_jobs_lock_idx" in plan, plan
+
+
+def test_accepting_waits_while_the_queue_is_at_its_high_water_mark(
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backpressure: with as many runs waiting as `SOLDER_QUEUE_HIGH_WATER`, accepting
+    waits until a worker takes one; and with no worker at all, a run is still accepted
+    once the wait is up (workers that are down do not stop the API)."""
+    server = make_server(worker=False, queue_high_water=2)
+    with api_client(server) as api:
+        user_id, workflow_id = api.install(WORKFLOW)
+        first, second = (api.run(user_id, workflow_id, {"n": n}) for n in (1, 2))
+        third = api.run(user_id, workflow_id, {"n": 3})  # after the longest wait: queued
+        assert [row[2] for row in jobs_of(server)] == [first, second, third]
+
+    monkeypatch.setattr(workers, "_MAX_WAIT_SECONDS", 60.0)
+
+    async def wait_for_room() -> None:
+        db = Database(server.settings.database_url)
+        try:
+            backlog = workers.Backlog(db, high_water=3)
+            waiting = asyncio.create_task(backlog.room())
+            await asyncio.sleep(0.5)
+            assert not waiting.done(), "three runs wait: no room for a fourth"
+            # A worker takes one of them.
+            databases.execute(
+                server.settings.data_dir,
+                "UPDATE procrastinate_jobs SET status = 'doing'"
+                " WHERE id = (SELECT min(id) FROM procrastinate_jobs)",
+            )
+            await asyncio.wait_for(waiting, timeout=10)
+            # Runs parked until later (a `delay` block) wait for no worker: not counted.
+            databases.execute(
+                server.settings.data_dir,
+                "UPDATE procrastinate_jobs SET scheduled_at = now() + interval '1 hour'"
+                " WHERE status = 'todo'",
+            )
+            await asyncio.wait_for(workers.Backlog(db, high_water=1).room(), timeout=10)
+        finally:
+            await db.dispose()
+
+    asyncio.run(wait_for_room())

@@ -14,6 +14,8 @@ import pytest
 
 from solder import keys
 from solder.errors import Unavailable
+from solder.store import queries
+from tests import databases
 from tests.conftest import TIMEOUT, Api, Server, api_client
 
 
@@ -31,6 +33,7 @@ WEBHOOK = {
 }
 ON_SIGNUP = {**WEBHOOK, "name": "On signup", "trigger": {"type": "event", "event": "signup"}}
 RUN = {"userId": "ada", "workflowName": "Welcome", "data": {"n": 1}}
+BY_IDS = {"userId": "<ada>", "workflowId": "<welcome>", "data": {"n": 2}}
 EVENT = {"event": "signup", "userId": "ada", "data": {"plan": "pro"}}
 JSON = {"content-type": "application/json"}
 NO_KEY = {"authorization": ""}
@@ -86,7 +89,24 @@ REQUESTS: list[tuple[str, bytes, dict[str, str]]] = [
     ("/run/event", orjson.dumps(EVENT), {**JSON, **WRONG_KEY}),
     ("/run/event", orjson.dumps(EVENT), {**JSON, "idempotency-key": "event-once"}),
     ("/run/event", orjson.dumps(EVENT), {**JSON, "idempotency-key": "event-once"}),
+    # By ids, as clients send them: the key is looked up with the target in one read.
+    ("/run/workflow", orjson.dumps(BY_IDS), JSON),
+    ("/run/workflow", orjson.dumps({**BY_IDS, "workflowName": "On signup"}), JSON),
+    ("/run/workflow", orjson.dumps(BY_IDS), {**JSON, "idempotency-key": "ids-once"}),
+    ("/run/workflow", orjson.dumps(BY_IDS), {**JSON, "idempotency-key": "ids-once"}),
+    ("/run/workflow", orjson.dumps(BY_IDS), {**JSON, **NO_KEY}),
+    ("/run/workflow", orjson.dumps(BY_IDS), {**JSON, **WRONG_KEY}),
+    ("/run/workflow", orjson.dumps(BY_IDS), {**JSON, "authorization": "bearer <revoked>"}),
+    ("/run/workflow", orjson.dumps(BY_IDS), {**JSON, "authorization": "bearer <globex>"}),
+    ("/run/workflow", orjson.dumps({**BY_IDS, "workflowId": "<on-signup>"}), JSON),
+    ("/run/workflow", orjson.dumps({**BY_IDS, "workflowId": "<inactive>"}), JSON),
+    ("/run/workflow", orjson.dumps({**BY_IDS, "workflowId": "0" * 24}), JSON),
+    ("/run/workflow", orjson.dumps({**BY_IDS, "userId": "f" * 24}), JSON),
+    ("/run/workflow", orjson.dumps({**BY_IDS, "data": {"deep": _deep(120)}}), JSON),
+    ("/run/workflow", orjson.dumps({**BY_IDS, "data": {"deep": _deep(120)}}), WRONG_KEY),
 ]
+# Each server's own ids and keys, by its URL, for the placeholders above.
+_OWN: dict[str, dict[str, str]] = {}
 
 # The ids a run answer holds, which differ between servers: one, or a list of them.
 _IDS = re.compile(rb'("executionIds?":)(\[[^\]]*\]|"[^"]*")')
@@ -96,19 +116,30 @@ _IDS = re.compile(rb'("executionIds?":)(\[[^\]]*\]|"[^"]*")')
 def twins(make_server: Callable[..., Server]) -> Iterator[tuple[Api, Api]]:
     """Two servers alike, one with the shortcuts and one without, each with a user `ada`
     who has a webhook workflow `Welcome` and one awaiting the event `signup`."""
-    with (
-        api_client(make_server()) as fast,
-        api_client(make_server(shortcuts=False)) as routed,
-    ):
-        for api in (fast, routed):
+    servers = make_server(), make_server(shortcuts=False)
+    with api_client(servers[0]) as fast, api_client(servers[1]) as routed:
+        for server, api in zip(servers, (fast, routed), strict=True):
             user_id = api.create_user("ada")
-            for definition in (WEBHOOK, ON_SIGNUP):
-                api.activate(user_id, api.create_workflow(definition))
+            own = {"<ada>": user_id, "<globex>": server.new_key("globex")}
+            for name, definition in (("<welcome>", WEBHOOK), ("<on-signup>", ON_SIGNUP)):
+                own[name] = api.create_workflow(definition)
+                api.activate(user_id, own[name])
+            own["<inactive>"] = api.create_workflow({**WEBHOOK, "name": "Inactive"})
+            own["<revoked>"] = revoked = server.new_key("acme")
+            databases.execute(
+                server.settings.data_dir,
+                f"UPDATE api_keys SET revoked_at = 1 WHERE key_hash = '{keys.hash_key(revoked)}'",
+            )
+            _OWN[str(api.base_url)] = own
         yield fast, routed
 
 
 def answer(api: Api, path: str, body: bytes, headers: dict[str, str]) -> tuple[Any, ...]:
     """What a client sees of an answer, its ids (which differ between servers) masked."""
+    own = _OWN.get(str(api.base_url), {})
+    for placeholder, value in own.items():
+        body = body.replace(placeholder.encode(), value.encode())
+        headers = {name: sent.replace(placeholder, value) for name, sent in headers.items()}
     sent = dict(api.headers)
     if "authorization" in headers:
         sent.pop("authorization")
@@ -118,8 +149,15 @@ def answer(api: Api, path: str, body: bytes, headers: dict[str, str]) -> tuple[A
         response.status_code,
         response.headers.get("content-type"),
         response.headers.get("x-api-version"),
-        _IDS.sub(_masked, response.content),
+        _own_masked(_IDS.sub(_masked, response.content), own),
     )
+
+
+def _own_masked(content: bytes, own: dict[str, str]) -> bytes:
+    """The server's own ids in an answer (an error naming the user, say) as placeholders."""
+    for placeholder, value in own.items():
+        content = content.replace(value.encode(), placeholder.encode())
+    return content
 
 
 def _masked(match: re.Match[bytes]) -> bytes:
@@ -184,23 +222,30 @@ def _all_logs(api: Api, workflow_id: str) -> list[dict[str, Any]]:
         page += 1
 
 
+@pytest.mark.parametrize("by_ids", [False, True])
 @pytest.mark.parametrize("shortcuts", [True, False])
 def test_a_run_while_the_database_is_down_is_a_503_after_one_look(
-    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch, shortcuts: bool
+    make_server: Callable[..., Server],
+    monkeypatch: pytest.MonkeyPatch,
+    shortcuts: bool,
+    by_ids: bool,
 ) -> None:
     """Each look waits for the database (its pool's timeout, 5 s on PostgreSQL): a run
-    request is refused after one, with or without the shortcut."""
+    request is refused after one, with or without the shortcut, by names or by ids."""
     server = make_server(shortcuts=shortcuts)
     with api_client(server) as api:
-        api.activate(api.create_user("ada"), api.create_workflow(WEBHOOK))
+        user_id, workflow_id = api.create_user("ada"), api.create_workflow(WEBHOOK)
+        api.activate(user_id, workflow_id)
         looks: list[str] = []
 
-        async def unreachable(_: Any, key: str) -> Any:
-            looks.append(key)
+        async def unreachable(*args: Any) -> Any:
+            looks.append(repr(args))
             raise Unavailable("the database is unavailable; retry shortly")
 
         monkeypatch.setattr(keys, "authenticate", unreachable)
-        response = api.post("/run/workflow", content=orjson.dumps(RUN), headers=JSON)
+        monkeypatch.setattr(queries, "keyed_webhook_target", unreachable)
+        run = {**RUN, "userId": user_id, "workflowId": workflow_id} if by_ids else RUN
+        response = api.post("/run/workflow", content=orjson.dumps(run), headers=JSON)
     assert response.status_code == 503
     assert response.json() == {
         "error": "unavailable",
@@ -208,3 +253,34 @@ def test_a_run_while_the_database_is_down_is_a_503_after_one_look(
         "status": 503,
     }
     assert len(looks) == 1
+
+
+def test_a_run_by_ids_looks_its_key_up_with_its_target(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual request: one read finds the key's tenant and the target; a bad key is
+    still refused as the routes refuse it."""
+    with api_client(server) as api:
+        user_id, workflow_id = api.create_user("ada"), api.create_workflow(WEBHOOK)
+        api.activate(user_id, workflow_id)
+        looked_up: list[str] = []
+        real = keys.authenticate
+
+        async def authenticate(conn: Any, key: str) -> Any:
+            looked_up.append(key)
+            return await real(conn, key)
+
+        monkeypatch.setattr(keys, "authenticate", authenticate)
+        run = {"userId": user_id, "workflowId": workflow_id, "data": {"n": 3}}
+        accepted = api.post("/run/workflow", content=orjson.dumps(run), headers=JSON)
+        assert accepted.status_code == 200, accepted.text
+        assert looked_up == [], "no lookup of the key alone"
+        log = api.wait_for(workflow_id, accepted.json()["executionId"])
+        assert log["results"][0]["data"][0][0]["json"] == {"n": 3}
+
+        refused = api.post(
+            "/run/workflow", content=orjson.dumps(run), headers={**JSON, **WRONG_KEY}
+        )
+        assert refused.status_code == 401
+        assert refused.json()["message"] == "unknown or revoked API key"
+        assert len(api.logs(workflow_id)) == 1, "the refused run queued nothing"

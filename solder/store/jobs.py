@@ -66,6 +66,21 @@ async def defer(
     return job_id
 
 
+_WAITING = Prepared(
+    text(
+        "SELECT count(*) AS waiting FROM (SELECT 1 FROM procrastinate_jobs"
+        " WHERE queue_name = :queue AND status = 'todo'"
+        " AND (scheduled_at IS NULL OR scheduled_at <= now()) LIMIT :cap) AS due"
+    )
+)
+
+
+async def waiting(conn: Reader, cap: int) -> int:
+    """How many runs wait for a worker now (due jobs not taken), counted up to `cap`."""
+    row = await fetch_one(conn, _WAITING, queue=QUEUE, cap=cap)
+    return 0 if row is None else int(row["waiting"])
+
+
 async def stalled(
     conn: AsyncConnection, dead_after_seconds: float
 ) -> Sequence[tuple[int, str, str]]:

@@ -268,39 +268,38 @@ async def installation(conn: Reader, tenant_id: str, workflow_id: str, user_id: 
 # workflow, and its version's definition, when both are named by id and the version is
 # triggered by a webhook. Anything else (a name, a missing row, an inactive one) is read
 # again step by step, which says what is wrong (`executions.run_workflow`).
+# A user's (by id) active installation of a workflow (by id) triggered by a webhook.
+_TARGET = (
+    installations.join(
+        users,
+        and_(users.c.tenant_id == installations.c.tenant_id, users.c.id == installations.c.user_id),
+    )
+    .join(
+        workflows,
+        and_(
+            workflows.c.tenant_id == installations.c.tenant_id,
+            workflows.c.id == installations.c.workflow_id,
+        ),
+    )
+    .join(
+        workflow_versions,
+        and_(
+            workflow_versions.c.tenant_id == installations.c.tenant_id,
+            workflow_versions.c.workflow_id == installations.c.workflow_id,
+            workflow_versions.c.version == installations.c.version,
+        ),
+    )
+)
+_TARGET_WHERE = (
+    installations.c.workflow_id == bindparam("workflow_id"),
+    installations.c.user_id == bindparam("user_id"),
+    installations.c.active.is_(True),
+    workflow_versions.c.trigger_type == "webhook",
+)
 _WEBHOOK_TARGET = Prepared(
     select(installations.c.version, workflow_versions.c.definition)
-    .select_from(
-        installations.join(
-            users,
-            and_(
-                users.c.tenant_id == installations.c.tenant_id,
-                users.c.id == installations.c.user_id,
-            ),
-        )
-        .join(
-            workflows,
-            and_(
-                workflows.c.tenant_id == installations.c.tenant_id,
-                workflows.c.id == installations.c.workflow_id,
-            ),
-        )
-        .join(
-            workflow_versions,
-            and_(
-                workflow_versions.c.tenant_id == installations.c.tenant_id,
-                workflow_versions.c.workflow_id == installations.c.workflow_id,
-                workflow_versions.c.version == installations.c.version,
-            ),
-        )
-    )
-    .where(
-        installations.c.tenant_id == bindparam("tenant_id"),
-        installations.c.workflow_id == bindparam("workflow_id"),
-        installations.c.user_id == bindparam("user_id"),
-        installations.c.active.is_(True),
-        workflow_versions.c.trigger_type == "webhook",
-    )
+    .select_from(_TARGET)
+    .where(installations.c.tenant_id == bindparam("tenant_id"), *_TARGET_WHERE)
 )
 
 
@@ -311,6 +310,43 @@ async def webhook_target(
     id) active and that version is triggered by a webhook; else None."""
     return await fetch_one(
         conn, _WEBHOOK_TARGET, tenant_id=tenant_id, workflow_id=workflow_id, user_id=user_id
+    )
+
+
+# The same, found from an API key (its hash): the request's tenant and its target in one
+# read, for the usual run request (`executions.run_workflow_by_key`).
+_KEYED_WEBHOOK_TARGET = Prepared(
+    select(
+        tenants.c.id.label("tenant_id"),
+        tenants.c.name.label("tenant_name"),
+        installations.c.version,
+        workflow_versions.c.definition,
+    )
+    .select_from(
+        api_keys.join(tenants, tenants.c.id == api_keys.c.tenant_id).join(
+            _TARGET, installations.c.tenant_id == api_keys.c.tenant_id
+        )
+    )
+    .where(
+        api_keys.c.key_hash == bindparam("key_hash"),
+        api_keys.c.revoked_at.is_(None),
+        *_TARGET_WHERE,
+    )
+)
+
+
+async def keyed_webhook_target(
+    conn: Reader, key_hash: str, workflow_id: str, user_id: str
+) -> Row | None:
+    """The tenant of the active API key whose hash is `key_hash` (`tenant_id`,
+    `tenant_name`) and, as `webhook_target` gives them, the installed version and its
+    definition; None if the key is unknown or revoked, or there is no such target."""
+    return await fetch_one(
+        conn,
+        _KEYED_WEBHOOK_TARGET,
+        key_hash=key_hash,
+        workflow_id=workflow_id,
+        user_id=user_id,
     )
 
 

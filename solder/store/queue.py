@@ -74,19 +74,31 @@ _POSITIONS = (
     " RETURNING workflow_number, user_number, last_position"
 )
 _NEXT_POSITIONS = Prepared(text(_POSITIONS))
-# On PostgreSQL the execution's job is deferred by the same statement: one round trip.
-_NEXT_POSITIONS_AND_JOB = Prepared(
-    text(  # two constants of this code, no value: the values are bound
-        f"WITH job AS MATERIALIZED ({jobs.DEFER})"  # noqa: S608
-        f" {_POSITIONS}, (SELECT job_id FROM job) AS job_id"
-    )
-)
 
 _EXECUTION_VALUES: dict[str, Any] = {
     name: bindparam(name)
     for name in (*_QUEUED, "workflow_number", "user_number", "workflow_position", "user_position")
 }
 _INSERT_EXECUTION = Prepared(insert(executions).values(_EXECUTION_VALUES))
+# On PostgreSQL all of it is one statement: the positions, the job deferred, and the
+# execution, whose start time PostgreSQL reads once the positions are taken (their rows
+# locked). In autocommit it is one round trip, and the rows are held only while it runs.
+_QUEUE_ON_POSTGRES = Prepared(
+    text(  # constants of this code, no value: the values are bound
+        f"WITH job AS MATERIALIZED ({jobs.DEFER}), positions AS ({_POSITIONS})"  # noqa: S608
+        " INSERT INTO executions (tenant_id, id, workflow_version, status, trigger_id,"
+        " trigger_data, rerun_of, started_at, job_id, workflow_number, user_number,"
+        " workflow_position, user_position)"
+        " SELECT :tenant_id, :id, :workflow_version, :status, :trigger_id, :trigger_data,"
+        " :rerun_of, coalesce(CAST(:started_at AS BIGINT),"
+        " CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT)),"
+        " (SELECT job_id FROM job), of_workflow.workflow_number, of_user.user_number,"
+        " of_workflow.last_position, of_user.last_position"
+        " FROM positions AS of_workflow JOIN positions AS of_user"
+        " ON of_workflow.user_number = 0 AND of_user.user_number <> 0"
+        " RETURNING started_at"
+    )
+)
 
 
 async def insert_execution(conn: Reader, *, started_at: int | None = None, **values: Any) -> int:
@@ -95,25 +107,25 @@ async def insert_execution(conn: Reader, *, started_at: int | None = None, **val
     in the caller's transaction; its start time (now, unless `started_at`).
 
     Its trigger's step is not stored: the row holds the trigger (`logs.trigger_step`).
-    The positions are taken before the start time is read: on PostgreSQL taking them waits
+    The start time is read once the positions are taken: on PostgreSQL taking them waits
     for any other transaction that took the workflow's to end, so that start times follow
-    positions. The job is deferred by the same statement, and the execution written by
-    one more: the workflow's row is held two round trips (the second statement and
-    COMMIT).
+    positions. On PostgreSQL one statement (`_QUEUE_ON_POSTGRES`), which may run alone in
+    autocommit; on SQLite, which has no writes in `WITH`, two.
     """
-    ids = {name: values.pop(name) for name in ("workflow_id", "user_id")}
+    values.setdefault("rerun_of", None)
     if on_postgres(conn):
-        taken = await fetch(
+        queued = await fetch_one(
             conn,
-            _NEXT_POSITIONS_AND_JOB,
-            tenant_id=values["tenant_id"],
-            **ids,
+            _QUEUE_ON_POSTGRES,
+            **values,
+            started_at=started_at,
             **jobs.defer_params(values["tenant_id"], values["id"]),
         )
-        job_id = taken[0]["job_id"]
-    else:
-        job_id = None
-        taken = await fetch(conn, _NEXT_POSITIONS, tenant_id=values["tenant_id"], **ids)
+        assert queued is not None
+        started: int = queued["started_at"]
+        return started
+    ids = {name: values.pop(name) for name in ("workflow_id", "user_id")}
+    taken = await fetch(conn, _NEXT_POSITIONS, tenant_id=values["tenant_id"], **ids)
     listing = {row["user_number"] == 0: row for row in taken}
     of_workflow, of_user = listing[True], listing[False]
     started = now_ms() if started_at is None else started_at
@@ -121,10 +133,9 @@ async def insert_execution(conn: Reader, *, started_at: int | None = None, **val
         conn,
         _INSERT_EXECUTION,
         **{
-            "rerun_of": None,
             **values,
             "started_at": started,
-            "job_id": job_id,
+            "job_id": None,
             "workflow_number": of_workflow["workflow_number"],
             "user_number": of_user["user_number"],
             "workflow_position": of_workflow["last_position"],
