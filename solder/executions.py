@@ -123,6 +123,18 @@ async def run_workflow(
                 "not by a webhook; it cannot be run with POST /run/workflow"
             )
         user_id, workflow_id = user["id"], workflow["id"]
+    return await _queue_run(conn, tenant, workflow_id, user_id, target, data)
+
+
+async def _queue_run(
+    conn: q.Reader,
+    tenant: Tenant,
+    workflow_id: str,
+    user_id: str,
+    target: Mapping[str, Any],
+    data: Any,
+) -> dict[str, Any]:
+    """Queue a webhook run of `target` (the installed `version` and its `definition`)."""
     new_id = await enqueue(
         conn,
         tenant,
@@ -151,16 +163,8 @@ async def run_workflow_by_key(
         target = await q.keyed_webhook_target(conn, key_hash, workflow_id, user_id)
         if target is None:
             return None
-        new_id = await enqueue(
-            conn,
-            Tenant(target["tenant_id"], target["tenant_name"]),
-            workflow_id=workflow_id,
-            user_id=user_id,
-            version=target["version"],
-            trigger_id=workflows.trigger_id(target["definition"]),
-            trigger_data=orjson.dumps(data).decode(),
-        )
-    return {"message": "success", "executionId": new_id}
+        tenant = Tenant(target["tenant_id"], target["tenant_name"])
+        return await _queue_run(conn, tenant, workflow_id, user_id, target, data)
 
 
 async def run_event(
@@ -317,8 +321,8 @@ async def _live_log(
         for row in rows
         if row["step_seq"] is not None
     ]
-    trigger = {"tenant_id": tenant_id, "trigger_id": now["trigger_id"]}
-    execution = {**execution, **trigger, "trigger_data": now["trigger_data"]}
+    trigger = {name: now[name] for name in ("trigger_id", "trigger_data")}
+    execution = {**execution, "tenant_id": tenant_id, **trigger}
     return orjson.dumps(
         logs.render({**execution, "status": now["status"]}, logs.with_trigger(execution, steps))
     )

@@ -40,7 +40,7 @@ from solder.store.database import Database
 log = logging.getLogger("solder.worker")
 
 # Backpressure (`Backlog`): how long one accept waits at most for the queue to shrink,
-# and how often the queue is counted while accepts wait.
+# and how often the queue is counted while runs are accepted.
 _MAX_WAIT_SECONDS = 1.0
 _COUNT_SECONDS = 0.05
 
@@ -92,7 +92,7 @@ class Backlog:
     Without it the API, which is cheaper than a run, queued runs faster than workers ran
     them, and each job fetch, whose cost grows with the queue, made the workers slower
     still (bench/RESULTS.md, scenario 2). The queue is counted at most every
-    _COUNT_SECONDS, once for all the accepts waiting meanwhile, and only while they wait.
+    _COUNT_SECONDS, once for all the accepts meanwhile.
     """
 
     def __init__(self, db: Database, high_water: int) -> None:

@@ -80,9 +80,9 @@ _EXECUTION_VALUES: dict[str, Any] = {
     for name in (*_QUEUED, "workflow_number", "user_number", "workflow_position", "user_position")
 }
 _INSERT_EXECUTION = Prepared(insert(executions).values(_EXECUTION_VALUES))
-# On PostgreSQL all of it is one statement: the positions, the job deferred, and the
-# execution, whose start time PostgreSQL reads once the positions are taken (their rows
-# locked). In autocommit it is one round trip, and the rows are held only while it runs.
+# On PostgreSQL all of it is one statement, one round trip: the positions, the job
+# deferred, and the execution, whose start time PostgreSQL reads once the positions are
+# taken (their rows locked to the end of the transaction).
 _QUEUE_ON_POSTGRES = Prepared(
     text(  # constants of this code, no value: the values are bound
         f"WITH job AS MATERIALIZED ({jobs.DEFER}), positions AS ({_POSITIONS})"  # noqa: S608
@@ -109,8 +109,8 @@ async def insert_execution(conn: Reader, *, started_at: int | None = None, **val
     Its trigger's step is not stored: the row holds the trigger (`logs.trigger_step`).
     The start time is read once the positions are taken: on PostgreSQL taking them waits
     for any other transaction that took the workflow's to end, so that start times follow
-    positions. On PostgreSQL one statement (`_QUEUE_ON_POSTGRES`), which may run alone in
-    autocommit; on SQLite, which has no writes in `WITH`, two.
+    positions. On PostgreSQL one statement (`_QUEUE_ON_POSTGRES`); on SQLite, which has no
+    writes in `WITH`, two.
     """
     values.setdefault("rerun_of", None)
     if on_postgres(conn):
