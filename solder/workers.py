@@ -40,9 +40,12 @@ from solder.store.database import Database
 log = logging.getLogger("solder.worker")
 
 # Backpressure (`Backlog`): how long one accept waits at most for the queue to shrink,
-# and how often the queue is counted while runs are accepted.
+# and how often the queue is counted while runs are accepted: near the mark (half of it
+# or more), or far below it, where a count a run would cost a quiet API a round trip
+# each.
 _MAX_WAIT_SECONDS = 1.0
 _COUNT_SECONDS = 0.05
+_QUIET_COUNT_SECONDS = 1.0
 
 # A job fetch also happens on every NOTIFY; polling only catches delays that come due.
 _POLL_SECONDS = 1.0
@@ -92,7 +95,8 @@ class Backlog:
     Without it the API, which is cheaper than a run, queued runs faster than workers ran
     them, and each job fetch, whose cost grows with the queue, made the workers slower
     still (bench/RESULTS.md, scenario 2). The queue is counted at most every
-    _COUNT_SECONDS, once for all the accepts meanwhile.
+    _COUNT_SECONDS near the mark and every _QUIET_COUNT_SECONDS far below it, once for
+    all the accepts meanwhile.
     """
 
     def __init__(self, db: Database, high_water: int) -> None:
@@ -100,6 +104,7 @@ class Backlog:
         self.high_water = high_water
         self._count: asyncio.Future[int] | None = None
         self._counted_at = 0.0
+        self._last = 0
 
     async def room(self) -> None:
         loop = asyncio.get_running_loop()
@@ -112,7 +117,9 @@ class Backlog:
     async def _waiting(self) -> int:
         loop = asyncio.get_running_loop()
         count = self._count
-        if count is None or (count.done() and loop.time() - self._counted_at >= _COUNT_SECONDS):
+        fresh_for = _COUNT_SECONDS if 2 * self._last >= self.high_water else _QUIET_COUNT_SECONDS
+        stale = loop.time() - self._counted_at >= fresh_for
+        if count is None or (count.done() and (stale or count.exception() is not None)):
             self._counted_at = loop.time()
             count = self._count = asyncio.ensure_future(self._read())
         return await asyncio.shield(count)
@@ -121,7 +128,8 @@ class Backlog:
         # The database unreachable: `Unavailable`, and the accept is refused (503) after
         # this one look, as it is when the key's lookup is its first.
         async with self.db.read_inline() as conn:
-            return await jobs.waiting(conn, self.high_water)
+            self._last = await jobs.waiting(conn, self.high_water)
+        return self._last
 
 
 class QueueWorker:
