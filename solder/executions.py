@@ -316,11 +316,7 @@ async def _live_log(
     now = rows[0]
     if now["log"] is not None:
         return await dictionaries.unpack(conn, tenant_id, now["log"], execution["id"])
-    steps = [
-        {name.removeprefix("step_"): value for name, value in row.items()}
-        for row in rows
-        if row["step_seq"] is not None
-    ]
+    steps = q.joined_steps(rows)
     trigger = {name: now[name] for name in ("trigger_id", "trigger_data")}
     execution = {**execution, "tenant_id": tenant_id, **trigger}
     return orjson.dumps(

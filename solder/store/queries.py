@@ -553,6 +553,20 @@ _LIVE_LOG = Prepared(
 )
 
 
+def joined_steps(rows: Sequence[Row]) -> list[Row]:
+    """The steps in rows that carry one each as `step_*` columns beside their execution's
+    (`live_log`, `queue.take`): none where the execution has none (a row of nulls)."""
+    return [
+        {
+            name.removeprefix("step_"): value
+            for name, value in row.items()
+            if name.startswith("step_")
+        }
+        for row in rows
+        if row["step_seq"] is not None
+    ]
+
+
 async def live_log(conn: Reader, tenant_id: str, execution_id: str) -> list[Row]:
     """An unfinished execution as it is now: its log, status and stop (in case it has
     just ended) and its trigger, each beside one of its recorded steps (`step_*`, in

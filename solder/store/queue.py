@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.ids import now_ms
-from solder.store import jobs, numbers
+from solder.store import jobs, numbers, queries
 from solder.store.prepared import Prepared, Reader, Row, execute, fetch, fetch_one, on_postgres
 from solder.store.schema import executions, steps, user_numbers, users, workflow_numbers
 
@@ -247,12 +247,7 @@ async def take(
     if not rows:
         return None
     execution = {k: v for k, v in rows[0].items() if not k.startswith("step_")}
-    stored = [
-        {k.removeprefix("step_"): v for k, v in row.items() if k.startswith("step_")}
-        for row in rows
-        if row["step_seq"] is not None
-    ]
-    return execution, stored
+    return execution, queries.joined_steps(rows)
 
 
 _HOLDING = Prepared(
