@@ -8,6 +8,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,6 +50,9 @@ def api_only(make_server: Callable[..., Server]) -> Server:
 def api(api_only: Server) -> Iterator[Api]:
     with api_client(api_only) as client:
         yield client
+
+
+EVENTS = "SELECT type::text FROM procrastinate_events ORDER BY id"
 
 
 def jobs_of(server: Server) -> list[tuple[Any, ...]]:
@@ -116,13 +120,9 @@ def test_an_execution_rolled_back_leaves_no_job(api_only: Server, api: Api) -> N
     assert len(databases.rows(api_only.settings.data_dir, "SELECT id FROM executions")) == 1
 
 
-def test_a_dead_workers_execution_is_marked_crashed_then_resumed(
-    make_server: Callable[..., Server], api_only: Server, api: Api
-) -> None:
-    user_id, workflow_id = api.install(WORKFLOW)
-    execution_id = api.run(user_id, workflow_id, {"n": 21})
-    # A worker fetched the job, claimed the execution, and died: no heartbeat for an hour.
-    data_dir = api_only.settings.data_dir
+def taken_by_a_dead_worker(data_dir: Path) -> None:
+    """Every job fetched by a worker that then died (no heartbeat for an hour), and its
+    execution claimed."""
     databases.execute(
         data_dir,
         "WITH dead AS (INSERT INTO procrastinate_workers (last_heartbeat)"
@@ -130,6 +130,15 @@ def test_a_dead_workers_execution_is_marked_crashed_then_resumed(
         " UPDATE procrastinate_jobs SET status = 'doing', worker_id = (SELECT id FROM dead)",
     )
     databases.execute(data_dir, "UPDATE executions SET status = 'running', lease = 'dead'")
+
+
+def test_a_dead_workers_execution_is_marked_crashed_then_resumed(
+    make_server: Callable[..., Server], api_only: Server, api: Api
+) -> None:
+    user_id, workflow_id = api.install(WORKFLOW)
+    execution_id = api.run(user_id, workflow_id, {"n": 21})
+    data_dir = api_only.settings.data_dir
+    taken_by_a_dead_worker(data_dir)
     assert sweep(api_only) == 1
     [log] = api.logs(workflow_id)
     assert log["status"] == "crashed"
@@ -141,6 +150,31 @@ def test_a_dead_workers_execution_is_marked_crashed_then_resumed(
         log = resumed.wait_for(workflow_id, execution_id)
     assert log["status"] == "succeeded"
     assert log["results"][1]["data"][0][0]["json"] == 42
+
+
+def test_job_events_record_what_the_execution_does_not(
+    make_server: Callable[..., Server], api_only: Server, api: Api
+) -> None:
+    """A job deferred and started leaves no procrastinate event (the execution's row says
+    when it was accepted and claimed: migration 0011); its retry does, until it is done."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    execution_id = api.run(user_id, workflow_id, {"n": 3})
+    data_dir = api_only.settings.data_dir
+
+    def events() -> list[str]:
+        return [str(kind) for (kind,) in databases.rows(data_dir, EVENTS)]
+
+    assert events() == [], "deferred"
+    taken_by_a_dead_worker(data_dir)
+    assert events() == [], "started"
+    assert sweep(api_only) == 1
+    assert events() == ["scheduled", "deferred_for_retry"], "retried at once"
+
+    worker = make_server(data_dir=data_dir)
+    with api_client(worker) as resumed:
+        assert resumed.wait_for(workflow_id, execution_id)["status"] == "succeeded"
+    assert jobs_of(api_only) == []
+    assert events() == [], "deleted with the job"
 
 
 def test_an_execution_that_lost_its_job_gets_a_new_one(
