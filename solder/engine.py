@@ -115,6 +115,9 @@ class Engine:
         """Each tenant's log dictionary, kept in memory: None, the skeleton for all."""
         self.on_park: Callable[[int], None] = lambda _wake_at: None
         """Told when an execution starts waiting, with when it wants to run again."""
+        self.on_job_done: Callable[[int], None] = lambda _job: None
+        """Told when an execution's end also deleted the procrastinate job that ran it
+        (PostgreSQL): the worker has nothing left to record of that job."""
         self._definitions: dict[tuple[str, str, int], Definition] = {}
 
     async def run(
@@ -509,7 +512,7 @@ class Engine:
         ended = {**run.execution, "status": status, "stopped_at": now_ms()}
         log = self._log(run.tenant_id, ended, steps)
         async with self.db.write_inline(single=True) as conn:
-            await queue.end(
+            done = await queue.end(
                 conn,
                 run.tenant_id,
                 run.execution_id,
@@ -520,7 +523,10 @@ class Engine:
                 error_message=error_message,
                 app_actions=sum(step["app_actions"] for step in steps),
                 log=log,
+                job=run.execution.get("job_id"),
             )
+        if done.job is not None:
+            self.on_job_done(done.job)
 
     async def _finish(
         self,
@@ -542,7 +548,7 @@ class Engine:
                 execution, await q.execution_steps(conn, tenant_id, execution_id)
             )
             ended = {**execution, "status": status, "stopped_at": now_ms()}
-            await queue.end(
+            done = await queue.end(
                 conn,
                 tenant_id,
                 execution_id,
@@ -553,7 +559,10 @@ class Engine:
                 error_message=error_message,
                 app_actions=sum(s["app_actions"] for s in steps),
                 log=self._log(tenant_id, ended, steps),
+                job=execution.get("job_id"),
             )
+        if done.job is not None:
+            self.on_job_done(done.job)
 
     def _log(
         self, tenant_id: str, ended: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]

@@ -21,12 +21,14 @@ import contextlib
 import logging
 import os
 import socket
+from datetime import datetime
 from typing import Any
 
 import psycopg
-from procrastinate import App, PsycopgConnector
+from procrastinate import App, BaseConnector, PsycopgConnector
 from procrastinate.exceptions import JobAborted
-from procrastinate.jobs import Job
+from procrastinate.jobs import Job, Status
+from procrastinate.manager import JobManager
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from psycopg_pool import AsyncConnectionPool
 
@@ -65,6 +67,42 @@ class _RunAgain(BaseRetryStrategy):
         if isinstance(exception, Unavailable):
             return RetryDecision(retry_in={"seconds": 1})
         return None
+
+
+class _JobManager(JobManager):
+    """procrastinate's job manager, with nothing to record of a job whose execution's end
+    deleted it already (`queue.end`): that saves a round trip a run.
+
+    The end deletes the job in its own statement, so the two are committed together: no
+    finished execution keeps a job, and no job is deleted for a run that did not end.
+    procrastinate would then call its finish function on the job, which raises on a job
+    that is gone; `done` holds the jobs so deleted, each until procrastinate finishes it.
+    """
+
+    def __init__(self, connector: BaseConnector) -> None:
+        super().__init__(connector)
+        self.done: set[int] = set()
+
+    async def finish_job(self, job: Job, status: Status, delete_job: bool) -> None:
+        if not self._done(job):
+            await super().finish_job(job, status, delete_job)
+
+    async def retry_job(
+        self,
+        job: Job,
+        retry_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        lock: str | None = None,
+    ) -> None:
+        if not self._done(job):
+            await super().retry_job(job, retry_at, priority, queue, lock)
+
+    def _done(self, job: Job) -> bool:
+        if job.id not in self.done:
+            return False
+        self.done.discard(job.id)
+        return True
 
 
 def _queue_pool(**kwargs: Any) -> AsyncConnectionPool:
@@ -151,6 +189,8 @@ class QueueWorker:
             )
         )
         self.app.task(name=jobs.TASK, queue=jobs.QUEUE, retry=_RunAgain())(self.run_job)
+        self.app.job_manager = manager = _JobManager(self.app.connector)
+        engine.on_job_done = manager.done.add
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._sweeps_failing = False

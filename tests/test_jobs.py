@@ -5,6 +5,7 @@ job to an execution that lost its own."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -175,6 +176,65 @@ def test_job_events_record_what_the_execution_does_not(
         assert resumed.wait_for(workflow_id, execution_id)["status"] == "succeeded"
     assert jobs_of(api_only) == []
     assert events() == [], "deleted with the job"
+
+
+def test_a_run_ended_takes_its_job_with_it(
+    make_server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The execution's end deletes the job that ran it, in the same statement: no job is
+    left behind, and procrastinate, with nothing left to finish, has nothing to say."""
+    caplog.set_level(logging.WARNING)
+    server = make_server()
+    with api_client(server) as api:
+        user_id, workflow_id = api.install(WORKFLOW)
+        started = [api.run(user_id, workflow_id, {"n": n}) for n in range(5)]
+        ended = [api.wait_for(workflow_id, execution_id) for execution_id in started]
+    assert [log["status"] for log in ended] == ["succeeded"] * 5
+    assert jobs_of(server) == []
+    said = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.ERROR
+        or record.name.startswith(("procrastinate", "solder.worker"))
+    ]
+    assert said == [], "a job finished twice, or a worker restarted"
+
+
+def test_an_end_not_written_leaves_the_job_to_procrastinate(api_only: Server, api: Api) -> None:
+    """A worker that lost its execution (presumed dead, its lease ended) writes no end, and
+    so deletes no job: the job's own worker still finishes it."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    execution_id = api.run(user_id, workflow_id, {"n": 1})
+    data_dir = api_only.settings.data_dir
+    databases.execute(data_dir, "UPDATE procrastinate_jobs SET status = 'doing'")
+    databases.execute(data_dir, "UPDATE executions SET status = 'running', lease = 'mine'")
+    [(job_id, _, _, _)] = jobs_of(api_only)
+    [(tenant_id,)] = databases.rows(data_dir, "SELECT tenant_id FROM executions")
+
+    async def end(lease: str) -> queue.Ended:
+        db = Database(api_only.settings.database_url)
+        try:
+            async with db.write() as conn:
+                return await queue.end(
+                    conn,
+                    str(tenant_id),
+                    execution_id,
+                    lease,
+                    status="succeeded",
+                    stopped_at=now_ms(),
+                    error_block=None,
+                    error_message=None,
+                    app_actions=0,
+                    log=b"",
+                    job=int(str(job_id)),
+                )
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(end("theirs")) == queue.Ended(False, None)
+    assert [status for _, status, _, _ in jobs_of(api_only)] == ["doing"]
+    assert asyncio.run(end("mine")) == queue.Ended(True, job_id)
+    assert jobs_of(api_only) == []
 
 
 def test_an_execution_that_lost_its_job_gets_a_new_one(

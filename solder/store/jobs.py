@@ -17,13 +17,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import column, table, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.store.prepared import Prepared, Reader, fetch_one, on_postgres
 
 TASK = "solder.run_execution"
 QUEUE = "executions"
+
+# procrastinate's table, as far as Solder's statements name it (its schema is
+# procrastinate's: migration 0003).
+JOBS = table("procrastinate_jobs", column("id"), column("status"))
 
 
 def defer_params(tenant_id: str, execution_id: str, *, at_ms: int | None = None) -> dict[str, Any]:

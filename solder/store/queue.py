@@ -11,7 +11,7 @@ transaction (`store/jobs.py`); on SQLite the embedded dispatcher claims from thi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     and_,
@@ -435,12 +435,25 @@ _END_HELD = (
     .values(**_ENDING)
 )
 _ENDED = _END_HELD.returning(executions.c.id).cte("ended")
-# On PostgreSQL one statement, so one round trip in autocommit: the end, and the steps
-# dropped only if it was written. SQLite has no writes in WITH: the end, then the drop.
+# On PostgreSQL one statement, so one round trip in autocommit: the end; the steps
+# dropped and the job that ran it deleted, only if the end was written (procrastinate
+# is then told not to finish the job: workers.QueueWorker). SQLite has no writes in
+# WITH: the end, then the drop.
+_FINISHED = (
+    delete(jobs.JOBS)
+    .where(
+        jobs.JOBS.c.id == bindparam("job"),
+        jobs.JOBS.c.status == literal_column("'doing'"),
+        exists(select(_ENDED.c.id)),
+    )
+    .returning(jobs.JOBS.c.id)
+    .cte("finished")
+)
 _END = Prepared(
-    select(func.count().label("ended"))
-    .select_from(_ENDED)
-    .add_cte(
+    select(
+        select(func.count()).select_from(_ENDED).scalar_subquery().label("ended"),
+        select(_FINISHED.c.id).scalar_subquery().label("job"),
+    ).add_cte(
         delete(steps)
         .where(
             # By the key, not joined to `ended`: a join may be planned as a scan of steps.
@@ -459,6 +472,13 @@ _DROP_STEPS = Prepared(
 )
 
 
+class Ended(NamedTuple):
+    written: bool
+    """Whether the execution still ran under the lease (else nothing was written)."""
+    job: int | None = None
+    """The job that ran it, deleted with the end (PostgreSQL, when the end was given it)."""
+
+
 async def end(
     conn: Reader,
     tenant_id: str,
@@ -471,9 +491,11 @@ async def end(
     error_message: str | None,
     app_actions: int,
     log: bytes,
-) -> bool:
+    job: int | None = None,
+) -> Ended:
     """Record the end of an execution that runs under `lease`, its log document included,
-    and drop its steps; whether it still ran under the lease (else nothing is written)."""
+    and drop its steps; on PostgreSQL, also delete `job`, the procrastinate job running
+    it, while it is `doing`: a successful job's finish, in the same statement."""
     params = {
         "tenant_id": tenant_id,
         "id": execution_id,
@@ -486,9 +508,10 @@ async def end(
         "log": log,
     }
     if on_postgres(conn):
-        ended = await fetch_one(conn, _END, **params)
-        return ended is not None and ended["ended"] == 1
+        ended = await fetch_one(conn, _END, **params, job=job)
+        assert ended is not None
+        return Ended(ended["ended"] == 1, ended["job"])
     if await execute(conn, _END, **params) != 1:
-        return False
+        return Ended(False)
     await execute(conn, _DROP_STEPS, tenant_id=tenant_id, id=execution_id)
-    return True
+    return Ended(True)
