@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,9 +228,14 @@ class Engine:
         seq = run.next_seq()
         step = run.recorded.get(seq)
         if step is None:
-            if not self._pure(block) and not await self._flush(run):
-                return Stop(halt=True)  # the execution was ended or erased meanwhile
-            step = await self._call(run, seq, block)
+            if self._pure(block):
+                step = await self._call(run, seq, block)
+            else:
+                kept = _KeptSteps(self, run)
+                try:
+                    step = await self._call(run, seq, block, kept.written)
+                finally:
+                    kept.abandon()
         return self._after(run, block, step)
 
     def _pure(self, block: Block) -> bool:
@@ -376,8 +381,15 @@ class Engine:
     def _resolve(self, value: Any, run: _Run) -> Any:
         return resolve(value, run.context, self.settings.expression_timeout_ms)
 
-    async def _call(self, run: _Run, seq: int, block: Block) -> Mapping[Any, Any] | None:
-        """Run a connector block, with its retries, and record the step."""
+    async def _call(
+        self,
+        run: _Run,
+        seq: int,
+        block: Block,
+        kept_written: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Mapping[Any, Any] | None:
+        """Run a connector block, with its retries, and record the step; `kept_written`:
+        whether the steps kept before it were written (`_KeptSteps`), awaited first."""
         started = now_ms()
         resolved: Any = block.config
         outputs: list[list[Item]] = [[]]
@@ -414,6 +426,8 @@ class Engine:
             break
         shown = connector.redact(resolved) if connector else resolved
         meta = {"attempts": attempt, "lastError": errors[-1]} if errors else {}
+        if kept_written is not None and not await kept_written():
+            return None  # the execution was ended or erased meanwhile
         return await self._record(
             run, seq, block, started, outputs, shown, error, attempt, meta, app_actions
         )
@@ -572,6 +586,51 @@ class Engine:
             orjson.dumps(logs.render(ended, steps)),
             self.dictionaries.current(tenant_id) if self.dictionaries else None,
         )
+
+
+class _KeptSteps:
+    """The steps of pure blocks kept unwritten when a block that calls out starts: they are
+    written while the call runs once they have waited `_MAX_PENDING_SECONDS`, so a live log
+    shows what led to a long call. A call that returns sooner has its step kept with them,
+    and they are all written in one go (before the next block starts, or with the end):
+    one write where there were two.
+
+    A crash in the meantime runs the pure blocks again, which nobody saw, and the call
+    again, as a crash before the call's own write always did.
+    """
+
+    def __init__(self, engine: Engine, run: _Run) -> None:
+        self._writing: asyncio.Task[bool] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if run.pending:
+            loop = asyncio.get_running_loop()
+            waited = loop.time() - run.pending_since
+            self._timer = loop.call_later(
+                max(0.0, _MAX_PENDING_SECONDS - waited), self._write, engine, run
+            )
+
+    def _write(self, engine: Engine, run: _Run) -> None:
+        self._writing = asyncio.create_task(engine._flush(run))
+
+    async def written(self) -> bool:
+        """Once the call returned: whether the execution still runs under the lease, the
+        kept steps written if their time came (else they stay kept, to go with the call's)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        return True if self._writing is None else await self._writing
+
+    def abandon(self) -> None:
+        """The call was interrupted: write nothing more; a write under way ends by itself
+        (all or nothing), and its outcome is not waited for."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._writing is not None and not self._writing.done():
+            self._writing.add_done_callback(_retrieved)
+
+
+def _retrieved(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _text(value: Any) -> str:
