@@ -156,10 +156,16 @@ async def run_workflow_by_key(
     key, no such active installation, another trigger): the caller then asks again the
     usual way (`keys.authenticate`, `run_workflow`), which says what is wrong.
 
-    On PostgreSQL four round trips (BEGIN, the read, `queue.insert_execution`'s one
-    statement, COMMIT) where the usual way makes five.
+    On PostgreSQL two round trips, each statement its own transaction: the read, then
+    `queue.insert_execution`'s one statement. A transaction around them would add BEGIN
+    and COMMIT and guarantee nothing more at PostgreSQL's read committed: the write is
+    atomic by itself, and the read's snapshot is its statement's either way (a user
+    deleted between the two is the same race). Without COMMIT's round trip, the
+    workflow's listing row, which every accepted run of the workflow takes in turn, is
+    held for the statement alone, not until the API's event loop comes back to commit.
+    On SQLite a transaction as before (the loop turn's shared commit).
     """
-    async with db.write_inline() as conn:
+    async with db.write_inline(single=True) as conn:
         target = await q.keyed_webhook_target(conn, key_hash, workflow_id, user_id)
         if target is None:
             return None
