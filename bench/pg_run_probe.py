@@ -13,6 +13,12 @@ the benchmark's database (`pg_stat_database`), each table's inserts, updates, de
 and scans (`pg_stat_user_tables`), and the WAL written (`pg_stat_wal`: the whole
 server's). A probe for bench/RESULTS.md, not part of `make bench`.
 
+With `--against REV --pairs N`: N pairs in turns, REV's tree (a temporary git work tree)
+then this one, each pair the probe run once from each tree; a table of each pair's
+runs a second, their ratio, and each one's CPU a run and WAL. How two versions of the
+code are compared on this shared machine, whose speed moves from one minute to the
+next (bench/RESULTS.md).
+
 To see the statements themselves, one run at a time: `ALTER ROLE postgres SET
 log_statement = 'all'` before the stack starts (its connections take it), and `RESET`
 after; the server's log then lists each statement with the connection's process id.
@@ -22,13 +28,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from common import solder_stack
+from common import ROOT, solder_stack, work_tree
 from rich.console import Console
 from rich.table import Table
 from runs import CLIENTS, Bench
@@ -71,8 +79,13 @@ def main() -> None:
         "--postgres-url",
         default=os.environ.get("SOLDER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432"),
     )
+    parser.add_argument("--against", metavar="REV", help="pairs in turns: REV, then this tree")
+    parser.add_argument("--pairs", type=int, default=4)
     options = parser.parse_args()
     console = Console()
+    if options.against:
+        compare(console, options)
+        return
     with (
         tempfile.TemporaryDirectory(prefix="solder-bench-probe-") as workdir,
         solder_stack(
@@ -133,6 +146,49 @@ def main() -> None:
     console.print(
         f"WAL a run (whole server): {records / runs:.1f} records, {float(size) / runs:,.0f} bytes"
     )
+
+
+def probe_in(tree: Path, options: argparse.Namespace) -> tuple[float, list[float], str]:
+    """This probe run from `tree`'s code: runs a second; CPU a run (ms) of the API, the
+    workers together and PostgreSQL; WAL records a run."""
+    args = ["--seconds", str(options.seconds), "--workers", str(options.workers)]
+    args += ["--postgres-url", options.postgres_url]
+    env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "200"}
+    out = subprocess.run(
+        [sys.executable, str(tree / "bench" / "pg_run_probe.py"), *args],
+        cwd=tree,  # `python -m solder` then imports that tree's package
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = re.search(r"([\d,]+) completed a second", out)
+    if rate is None:
+        raise SystemExit(f"the probe in {tree} printed no rate:\n{out}")
+    cpu = {"API": 0.0, "worker": 0.0, "PostgreSQL": 0.0}
+    for name, ms in re.findall(r"│ (API|worker|PostgreSQL)[^│]*│ ([\d.]+) ms", out):
+        cpu[name] += float(ms)
+    wal = re.search(r"WAL a run \(whole server\): ([\d.]+) records", out)
+    return float(rate.group(1).replace(",", "")), list(cpu.values()), wal.group(1) if wal else "?"
+
+
+def compare(console: Console, options: argparse.Namespace) -> None:
+    table = Table(
+        "pair", "runs/s", "after ÷ before", "API ms a run", "workers", "PostgreSQL", "WAL records"
+    )
+    with work_tree(options.against) as before:
+        for pair in range(1, options.pairs + 1):
+            console.print(f"pair {pair} of {options.pairs}: {options.against}, then this tree")
+            old, old_cpu, old_wal = probe_in(before, options)
+            new, new_cpu, new_wal = probe_in(ROOT, options)
+            table.add_row(
+                str(pair),
+                f"{old:,.0f} → {new:,.0f}",
+                f"{new / old:.2f}",
+                *(f"{was:.2f} → {now:.2f}" for was, now in zip(old_cpu, new_cpu, strict=True)),
+                f"{old_wal} → {new_wal}",
+            )
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -252,8 +252,9 @@ class Engine:
         the execution no longer runs under the lease. `waited`: `step` is a delay's,
         which also clears the execution's wait.
 
-        Called before a block that calls out or waits, so that a live log shows what led
-        to it, and for every step that is not kept pending.
+        Called before a block starts after a call, before a delay's wait, while a call
+        runs once the kept steps have waited their bound (`_KeptSteps`), so that a live
+        log shows what led to it, and for every step that is not kept pending.
         """
         steps = [*run.pending, *([step] if step is not None else [])]
         if not steps:
