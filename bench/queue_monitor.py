@@ -8,11 +8,12 @@ waited.
 `record` samples, every `--every` seconds until interrupted, each benchmark database
 (`solder_bench_*`, made and dropped by bench/common.py): procrastinate's jobs by status,
 the unfinished executions by status, and the backends running a statement (their wait
-event, how long the statement has run, its start). `report` prints one line per sample
-from the ones before the queue first passes `--above` jobs waiting to the ones after it
-falls back: when, the jobs waiting and being run, and the statements on the CPU for
-more than 10 ms. Found the fetch planned from stale statistics (bench/RESULTS.md,
-scenario 2, 2026-12-05); a probe for RESULTS.md, not part of `make bench`.
+event, how long the statement has run, its start). `report` prints the longest queue of
+each 10 s, then one line per sample from the ones before the queue first passes
+`--above` jobs waiting to the ones after it falls back: when, the jobs waiting and being
+run, and the statements on the CPU for more than 10 ms. Found the fetch planned from
+stale statistics (bench/RESULTS.md, scenario 2, 2026-12-05); a probe for RESULTS.md,
+not part of `make bench`.
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ def report(path: Path, above: int) -> None:
         if count > above
         for near in range(max(0, at - 4), min(len(samples), at + 5))
     }
+    longest: dict[int, int] = {}  # the longest queue of each 10 s since the first sample
+    for sample, count in zip(samples, waiting, strict=True):
+        at = int(sample["t"] - samples[0]["t"]) // 10 * 10
+        longest[at] = max(longest.get(at, 0), count)
+    print("longest queue a 10 s (s since the start: jobs):")
+    print(" ".join(f"{at}:{count}" for at, count in sorted(longest.items())))
     if not shown:
         print(f"the queue never passed {above} jobs waiting ({len(samples)} samples)")
         return
