@@ -14,7 +14,8 @@ and scans (`pg_stat_user_tables`), and the WAL written (`pg_stat_wal`: the whole
 server's). A probe for bench/RESULTS.md, not part of `make bench`.
 
 With `--against REV --pairs N`: N pairs in turns, REV's tree (a temporary git work tree)
-then this one, each pair the probe run once from each tree; a table of each pair's
+and this one, REV first in odd pairs and this tree in even ones, each pair the probe
+run once from each tree; a table of each pair's
 runs a second, their ratio, and each one's CPU a run and WAL. How two versions of the
 code are compared on this shared machine, whose speed moves from one minute to the
 next (bench/RESULTS.md).
@@ -178,9 +179,15 @@ def compare(console: Console, options: argparse.Namespace) -> None:
     )
     with work_tree(options.against) as before:
         for pair in range(1, options.pairs + 1):
-            console.print(f"pair {pair} of {options.pairs}: {options.against}, then this tree")
-            old, old_cpu, old_wal = probe_in(before, options)
-            new, new_cpu, new_wal = probe_in(ROOT, options)
+            # In turns, as read_cpu_probe.py: REV first in odd pairs, this tree in even ones.
+            first = "this tree" if pair % 2 == 0 else options.against
+            console.print(f"pair {pair} of {options.pairs}: {first} first")
+            if pair % 2 == 0:
+                new, new_cpu, new_wal = probe_in(ROOT, options)
+                old, old_cpu, old_wal = probe_in(before, options)
+            else:
+                old, old_cpu, old_wal = probe_in(before, options)
+                new, new_cpu, new_wal = probe_in(ROOT, options)
             table.add_row(
                 str(pair),
                 f"{old:,.0f} → {new:,.0f}",
