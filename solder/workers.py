@@ -21,12 +21,14 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from procrastinate import App, BaseConnector, PsycopgConnector
 from procrastinate.exceptions import JobAborted
+from procrastinate.job_context import JobContext
 from procrastinate.jobs import Job, Status
 from procrastinate.manager import JobManager
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
@@ -70,18 +72,39 @@ class _RunAgain(BaseRetryStrategy):
 
 
 class _JobManager(JobManager):
-    """procrastinate's job manager, with nothing to record of a job whose execution's end
-    deleted it already (`queue.end`): that saves a round trip a run.
+    """procrastinate's job manager, with a round trip a run saved at each end of it.
 
-    The end deletes the job in its own statement, so the two are committed together: no
-    finished execution keeps a job, and no job is deleted for a run that did not end.
-    procrastinate would then call its finish function on the job, which raises on a job
-    that is gone; `done` holds the jobs so deleted, each until procrastinate finishes it.
+    - A job's fetch also claims its execution, in the same statement
+      (`queue.fetch_and_take`): `taken` holds, for each job fetched, the lease and what
+      the claim returned, until `QueueWorker.run_job` runs it (and claims it again if
+      that found nothing).
+    - Nothing is recorded of a job whose execution's end deleted it already
+      (`queue.end`). The end deletes the job in its own statement, so the two are
+      committed together: no finished execution keeps a job, and no job is deleted for a
+      run that did not end. procrastinate would then call its finish function on the
+      job, which raises on a job that is gone; `done` holds the jobs so deleted, each
+      until procrastinate finishes it.
     """
 
-    def __init__(self, connector: BaseConnector) -> None:
+    def __init__(self, connector: BaseConnector, db: Database) -> None:
         super().__init__(connector)
+        self.db = db
+        self.taken: dict[int, tuple[str, queue.Taken | None]] = {}
         self.done: set[int] = set()
+
+    async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Job | None:
+        lease = lease_id()
+        async with self.db.write_inline(single=True) as conn:
+            fetched = await queue.fetch_and_take(
+                conn, None if queues is None else list(queues), worker_id, lease, now_ms()
+            )
+        if fetched is None:
+            return None
+        row, taken = fetched
+        job = Job.from_row(row)
+        assert job.id is not None
+        self.taken[job.id] = (lease, taken)
+        return job
 
     async def finish_job(self, job: Job, status: Status, delete_job: bool) -> None:
         if not self._done(job):
@@ -99,6 +122,7 @@ class _JobManager(JobManager):
             await super().retry_job(job, retry_at, priority, queue, lock)
 
     def _done(self, job: Job) -> bool:
+        self.taken.pop(job.id or 0, None)  # a job procrastinate did not run (it stopped)
         if job.id not in self.done:
             return False
         self.done.discard(job.id)
@@ -188,9 +212,11 @@ class QueueWorker:
                 pool_factory=_queue_pool,
             )
         )
-        self.app.task(name=jobs.TASK, queue=jobs.QUEUE, retry=_RunAgain())(self.run_job)
-        self.app.job_manager = manager = _JobManager(self.app.connector)
-        engine.on_job_done = manager.done.add
+        self.app.task(name=jobs.TASK, queue=jobs.QUEUE, retry=_RunAgain(), pass_context=True)(
+            self.run_job
+        )
+        self.app.job_manager = self.jobs = _JobManager(self.app.connector, db)
+        engine.on_job_done = self.jobs.done.add
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._sweeps_failing = False
@@ -224,11 +250,21 @@ class QueueWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def run_job(self, tenant_id: str, execution_id: str) -> None:
-        """The task: claim the execution under a new lease and run it."""
-        lease = lease_id()
-        async with self.db.write_inline(single=True) as conn:
-            taken = await queue.take(conn, tenant_id, execution_id, lease, now_ms())
+    async def run_job(self, context: JobContext, tenant_id: str, execution_id: str) -> None:
+        """The task: run the execution claimed under a new lease when its job was fetched
+        (`_JobManager.fetch_job`), or claim it now if that claim found nothing.
+
+        It finds nothing when the execution has ended, and also when the execution was
+        committed after the fetch's statement began: procrastinate's fetch function,
+        which sees the job, reads in a snapshot of its own, newer than the statement's.
+        The claim here then sees it.
+        """
+        assert context.job is not None
+        lease, taken = self.jobs.taken.pop(context.job.id or 0, ("", None))
+        if taken is None:
+            lease = lease_id()
+            async with self.db.write_inline(single=True) as conn:
+                taken = await queue.take(conn, tenant_id, execution_id, lease, now_ms())
         if taken is None:
             return  # already finished (or erased): nothing to do
         await self.engine.run_or_fail(tenant_id, execution_id, lease, taken)

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from procrastinate.job_context import JobContext
 
 from solder import workers
 from solder.app import Solder
 from solder.ids import now_ms
 from solder.store import queue
 from solder.store.database import Database
+from solder.store.jobs import QUEUE
 from solder.workers import QueueWorker
 from tests import databases
 from tests.conftest import Api, Server, api_client
@@ -198,6 +200,64 @@ def test_a_run_ended_takes_its_job_with_it(
         or record.name.startswith(("procrastinate", "solder.worker"))
     ]
     assert said == [], "a job finished twice, or a worker restarted"
+
+
+def test_a_jobs_fetch_claims_its_execution(api_only: Server, api: Api) -> None:
+    """One statement fetches the job and claims its execution. A claim that finds nothing
+    is made again when the job runs: the execution may have been committed after the
+    fetch's statement began (procrastinate's fetch function reads in a newer snapshot
+    than the statement's), which this test stands in for by hiding the execution."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    first = api.run(user_id, workflow_id, {"n": 1})
+    second = api.run(user_id, workflow_id, {"n": 2})
+    data_dir = api_only.settings.data_dir
+
+    def executions() -> dict[str, tuple[Any, Any]]:
+        found = databases.rows(data_dir, "SELECT id, status, lease FROM executions")
+        return {str(id_): (status, lease) for id_, status, lease in found}
+
+    async def run() -> None:
+        solder = Solder(api_only.settings)
+        assert isinstance(solder.dispatcher, QueueWorker)
+        manager = solder.dispatcher.jobs
+        [(worker_id,)] = databases.rows(
+            data_dir, "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id"
+        )
+        try:
+            job = await manager.fetch_job([QUEUE], int(str(worker_id)))
+            assert job is not None
+            assert job.task_kwargs["execution_id"] == first
+            lease, taken = manager.taken[job.id or 0]
+            assert taken is not None
+            assert executions() == {first: ("running", lease), second: ("queued", None)}
+
+            databases.execute(data_dir, f"UPDATE executions SET id = 'x' WHERE id = '{second}'")
+            hidden = await manager.fetch_job([QUEUE], int(str(worker_id)))
+            assert hidden is not None
+            assert hidden.task_kwargs["execution_id"] == second
+            assert manager.taken[hidden.id or 0][1] is None, "nothing claimed"
+            databases.execute(data_dir, f"UPDATE executions SET id = '{second}' WHERE id = 'x'")
+
+            for fetched in (job, hidden):
+                context = JobContext(
+                    app=solder.dispatcher.app,
+                    job=fetched,
+                    start_timestamp=time.time(),
+                    abort_reason=lambda: None,
+                )
+                kwargs = fetched.task_kwargs
+                await solder.dispatcher.run_job(
+                    context, str(kwargs["tenant_id"]), str(kwargs["execution_id"])
+                )
+            assert manager.taken == {}
+        finally:
+            await solder.db.dispose()
+
+    asyncio.run(run())
+    assert [api.wait_for(workflow_id, id_)["status"] for id_ in (first, second)] == [
+        "succeeded",
+        "succeeded",
+    ]
 
 
 def test_an_end_not_written_leaves_the_job_to_procrastinate(api_only: Server, api: Api) -> None:

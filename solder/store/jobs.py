@@ -18,9 +18,10 @@ from typing import Any
 
 import orjson
 from sqlalchemy import column, table, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from solder.store.prepared import Prepared, Reader, fetch_one, on_postgres
+from solder.store.prepared import Prepared, Reader, Row, fetch_one, on_postgres
 
 TASK = "solder.run_execution"
 QUEUE = "executions"
@@ -28,6 +29,42 @@ QUEUE = "executions"
 # procrastinate's table, as far as Solder's statements name it (its schema is
 # procrastinate's: migration 0003).
 JOBS = table("procrastinate_jobs", column("id"), column("status"))
+
+# procrastinate's job fetch (`procrastinate_fetch_job_v2`, the statement procrastinate's
+# `JobManager.fetch_job` runs), as a CTE, for a statement that also claims the job's
+# execution (`queue.fetch_and_take`). Its columns are `FETCHED_PREFIX` and the name of
+# the job's column procrastinate reads (`procrastinate.jobs.Job.from_row`).
+_JOB_COLUMNS = (
+    "id",
+    "status",
+    "task_name",
+    "priority",
+    "lock",
+    "queueing_lock",
+    "args",
+    "scheduled_at",
+    "queue_name",
+    "attempts",
+    "worker_id",
+)
+FETCHED_PREFIX = "fetched_"
+FETCHED = (
+    text(
+        f"SELECT {', '.join(_JOB_COLUMNS)}"  # noqa: S608 (names, not values)
+        " FROM procrastinate_fetch_job_v2(CAST(:queues AS varchar[]), :worker_id)"
+    )
+    .columns(*(column(name, JSONB) if name == "args" else column(name) for name in _JOB_COLUMNS))
+    .cte("job")
+    .prefix_with("MATERIALIZED")
+)
+FETCHED_COLUMNS = tuple(FETCHED.c[name].label(FETCHED_PREFIX + name) for name in _JOB_COLUMNS)
+
+
+def fetched(row: Row) -> Row | None:
+    """The job's own row in a row of a statement over `FETCHED`; None if none was due."""
+    if row[FETCHED_PREFIX + "id"] is None:
+        return None
+    return {name: row[FETCHED_PREFIX + name] for name in _JOB_COLUMNS}
 
 
 def defer_params(tenant_id: str, execution_id: str, *, at_ms: int | None = None) -> dict[str, Any]:

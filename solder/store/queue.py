@@ -25,6 +25,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -194,47 +195,68 @@ async def claim_next(conn: Reader, lease: str, claimed_at: int) -> Row | None:
     return await fetch_one(conn, _CLAIM, lease=lease, claimed_at=claimed_at)
 
 
-_TAKEN = (
-    update(executions)
-    .where(
-        executions.c.tenant_id == bindparam("tenant_id"),
-        executions.c.id == bindparam("id"),
-        or_(*(executions.c.status == status for status in UNFINISHED)),
+def _taken(tenant_id: Any, execution_id: Any) -> Any:
+    """The claim of an unfinished execution under a new lease, as a CTE of its row."""
+    return (
+        update(executions)
+        .where(
+            executions.c.tenant_id == tenant_id,
+            executions.c.id == execution_id,
+            or_(*(executions.c.status == status for status in UNFINISHED)),
+        )
+        .values(status="running", claimed_at=bindparam("claimed_at"), lease=bindparam("lease"))
+        .returning(*executions.c)
+        .cte("taken")
     )
-    .values(status="running", claimed_at=bindparam("claimed_at"), lease=bindparam("lease"))
-    .returning(*executions.c)
-    .cte("taken")
-)
-# The claim, and what the engine reads to start the run (`queries.execution_to_run`, and
-# its steps, `step_*`: one row each, or one row of nulls), in one statement: on
-# PostgreSQL one round trip where there were four.
-_TAKE = Prepared(
-    select(
-        *(_TAKEN.c[c.name] for c in numbers.COLUMNS if c.table is executions),
+
+
+def _to_run(taken: Any) -> tuple[list[Any], Any]:
+    """What the engine reads to start the run taken (`queries.execution_to_run`, and its
+    steps, `step_*`: one row each, or one row of nulls): columns and the join."""
+    columns = [
+        *(taken.c[c.name] for c in numbers.COLUMNS if c.table is executions),
         workflow_numbers.c.workflow_id,
         user_numbers.c.user_id,
         users.c.username,
         *(column.label(f"step_{column.name}") for column in steps.c),
-    )
-    .select_from(
-        _TAKEN.join(workflow_numbers, workflow_numbers.c.number == _TAKEN.c.workflow_number)
-        .join(user_numbers, user_numbers.c.number == _TAKEN.c.user_number)
+    ]
+    joined = (
+        taken.join(workflow_numbers, workflow_numbers.c.number == taken.c.workflow_number)
+        .join(user_numbers, user_numbers.c.number == taken.c.user_number)
         .outerjoin(
             users,
-            and_(users.c.tenant_id == _TAKEN.c.tenant_id, users.c.id == user_numbers.c.user_id),
+            and_(users.c.tenant_id == taken.c.tenant_id, users.c.id == user_numbers.c.user_id),
         )
         .outerjoin(
             steps,
-            and_(steps.c.tenant_id == _TAKEN.c.tenant_id, steps.c.execution_id == _TAKEN.c.id),
+            and_(steps.c.tenant_id == taken.c.tenant_id, steps.c.execution_id == taken.c.id),
         )
     )
-    .order_by(steps.c.seq)
-)
+    return columns, joined
+
+
+_TAKEN = _taken(bindparam("tenant_id"), bindparam("id"))
+_TAKE_COLUMNS, _TAKE_JOIN = _to_run(_TAKEN)
+# The claim and what the engine reads to start the run, in one statement: on PostgreSQL
+# one round trip where there were four.
+_TAKE = Prepared(select(*_TAKE_COLUMNS).select_from(_TAKE_JOIN).order_by(steps.c.seq))
+
+Taken = tuple[Row, list[Row]]
+"""An execution claimed, as the engine starts from it, and its stored steps in order."""
+
+
+def _split(rows: list[Row]) -> Taken | None:
+    if not rows or rows[0]["id"] is None:
+        return None
+    execution = {
+        k: v for k, v in rows[0].items() if not k.startswith(("step_", jobs.FETCHED_PREFIX))
+    }
+    return execution, queries.joined_steps(rows)
 
 
 async def take(
     conn: Reader, tenant_id: str, execution_id: str, lease: str, claimed_at: int
-) -> tuple[Row, list[Row]] | None:
+) -> Taken | None:
     """procrastinate dispatch: claim the execution of the job this worker just fetched;
     the execution as the engine starts from it and its stored steps (in order), or None
     if it has ended (or is gone).
@@ -243,11 +265,46 @@ async def take(
     before is gone (procrastinate runs one job per lock at a time), and its lease ends.
     """
     params = {"tenant_id": tenant_id, "id": execution_id}
-    rows = await fetch(conn, _TAKE, **params, lease=lease, claimed_at=claimed_at)
-    if not rows:
+    return _split(await fetch(conn, _TAKE, **params, lease=lease, claimed_at=claimed_at))
+
+
+# procrastinate's job fetch and `take`'s claim of the job's execution, in one statement
+# (one round trip, one commit): the job, `job_*`, beside each row `take` returns, or
+# beside one row of nulls if the job's execution has ended (or is gone), or no job at
+# all (the job's columns null too).
+_FETCHED_TAKEN = _taken(
+    jobs.FETCHED.c.args["tenant_id"].astext, jobs.FETCHED.c.args["execution_id"].astext
+)
+_FETCH_TAKE_COLUMNS, _FETCH_TAKE_JOIN = _to_run(_FETCHED_TAKEN)
+_FETCH_AND_TAKE = Prepared(
+    select(*jobs.FETCHED_COLUMNS, *_FETCH_TAKE_COLUMNS)
+    .select_from(jobs.FETCHED.outerjoin(_FETCH_TAKE_JOIN, true()))
+    .order_by(steps.c.seq)
+)
+
+
+async def fetch_and_take(
+    conn: Reader, queues: list[str] | None, worker_id: int | None, lease: str, claimed_at: int
+) -> tuple[Row, Taken | None] | None:
+    """procrastinate dispatch: fetch the next job, as procrastinate's own fetch does, and
+    claim its execution as `take` does, in one statement: the job's row (for
+    `procrastinate.jobs.Job.from_row`) and what `take` returns; None if no job waits.
+
+    The job's row is locked first, then its execution's, as the crash sweep does
+    (`jobs.retry`, then `crash`); nothing locks them the other way round.
+    """
+    rows = await fetch(
+        conn,
+        _FETCH_AND_TAKE,
+        queues=queues,
+        worker_id=worker_id,
+        lease=lease,
+        claimed_at=claimed_at,
+    )
+    job = jobs.fetched(rows[0])
+    if job is None:
         return None
-    execution = {k: v for k, v in rows[0].items() if not k.startswith("step_")}
-    return execution, queries.joined_steps(rows)
+    return job, _split(rows)
 
 
 _HOLDING = Prepared(
