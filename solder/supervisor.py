@@ -16,7 +16,11 @@ across the `exec`, starts the processes, starts another when one dies, and stops
 all on SIGTERM or SIGINT, giving each its grace to finish what it runs. A process that dies
 before it says it serves (a byte on a pipe) is taken for a broken start (a bad setting,
 say) that would fail again: the supervisor then stops the others and exits with its
-status.
+status. One that served and died is replaced at once; if its replacement dies too
+within `_STEADY_SECONDS` of its start, and the next, the supervisor waits before each
+new start, 1 s then twice as long each time up to `_MAX_BACKOFF_SECONDS` (a process that
+dies on every request it takes, or as its memory fills, would otherwise be started
+twice a second for as long as it lasts); one that stays up that long resets the wait.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ log = logging.getLogger("solder.supervisor")
 SUPERVISOR_ENV = "SOLDER_SUPERVISOR_PID"
 READY_FD_ENV = "SOLDER_SUPERVISOR_READY_FD"
 _POLL_SECONDS = 0.5
+_STEADY_SECONDS = 30.0
+_MAX_BACKOFF_SECONDS = 30.0
 
 
 def listening_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
@@ -88,6 +94,7 @@ class _Child:
         finally:
             os.close(ready_write)
         self.ready = False
+        self.started_at = time.monotonic()
 
     def said_ready(self) -> bool:
         if not self.ready and self.ready_read >= 0:
@@ -99,6 +106,28 @@ class _Child:
         if self.ready_read >= 0:
             os.close(self.ready_read)
             self.ready_read = -1
+
+
+class _Slot:
+    """One of the `count` processes: the one running, or when the next starts."""
+
+    def __init__(self, child: _Child) -> None:
+        self.child: _Child | None = child
+        self.start_at = 0.0
+        self.quick_deaths = 0  # in a row, each within _STEADY_SECONDS of its start
+
+    def ended(self, now: float) -> float:
+        """Note the end of the slot's process at `now`; how long to wait before the next."""
+        assert self.child is not None
+        lived = now - self.child.started_at
+        self.child = None
+        self.quick_deaths = self.quick_deaths + 1 if lived < _STEADY_SECONDS else 0
+        if self.quick_deaths < 2:
+            self.start_at = now
+            return 0.0
+        wait = min(2.0 ** (self.quick_deaths - 2), _MAX_BACKOFF_SECONDS)
+        self.start_at = now + wait
+        return wait
 
 
 class Supervisor:
@@ -117,7 +146,7 @@ class Supervisor:
         self.count = count
         self.grace_seconds = grace_seconds
         self._stop = threading.Event()
-        self._children: list[_Child] = []
+        self._slots: list[_Slot] = []
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT (0), or until a process fails to start (its
@@ -139,10 +168,15 @@ class Supervisor:
     def _supervise(self) -> int:
         where = f"{self.env.get('SOLDER_HOST', '127.0.0.1')}:{self.env.get('SOLDER_PORT', '8000')}"
         log.info("starting %d serving processes on http://%s", self.count, where)
-        self._children = [_Child(self.command, self.env) for _ in range(self.count)]
+        self._slots = [_Slot(_Child(self.command, self.env)) for _ in range(self.count)]
         status = 0
         while not self._stop.wait(_POLL_SECONDS):
-            for n, child in enumerate(self._children):
+            for slot in self._slots:
+                child = slot.child
+                if child is None:
+                    if time.monotonic() >= slot.start_at:
+                        slot.child = _Child(self.command, self.env)
+                    continue
                 code = child.process.poll()
                 if code is None:
                     child.said_ready()
@@ -158,21 +192,35 @@ class Supervisor:
                     status = code if code > 0 else 1  # not a signal's negative number
                     self._stop.set()
                     break
-                log.warning(
-                    "serving process [%d] ended (exit status %d): starting another",
-                    child.process.pid,
-                    code,
-                )
-                self._children[n] = _Child(self.command, self.env)
+                wait = slot.ended(time.monotonic())
+                if wait == 0:
+                    log.warning(
+                        "serving process [%d] ended (exit status %d): starting another",
+                        child.process.pid,
+                        code,
+                    )
+                    slot.child = _Child(self.command, self.env)
+                else:
+                    log.warning(
+                        "serving process [%d] ended (exit status %d), the %d%s in a row"
+                        " within %.0f s of its start: starting another in %.0f s",
+                        child.process.pid,
+                        code,
+                        slot.quick_deaths,
+                        _ordinal(slot.quick_deaths),
+                        _STEADY_SECONDS,
+                        wait,
+                    )
         self._stop_all()
         return status
 
     def _stop_all(self) -> None:
-        for child in self._children:
+        children = [slot.child for slot in self._slots if slot.child is not None]
+        for child in children:
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_seconds + 10
-        for child in self._children:
+        for child in children:
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -181,6 +229,12 @@ class Supervisor:
                     child.process.kill()
                 child.process.wait()
             child.close()
+
+
+def _ordinal(n: int) -> str:
+    if n % 100 in (11, 12, 13):
+        return "th"
+    return {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 def serving_command(*, worker: bool) -> list[str]:

@@ -206,7 +206,7 @@ class QueueWorker:
             connector=PsycopgConnector(
                 conninfo=db.libpq_url,
                 min_size=1,
-                max_size=concurrency + 3,  # + fetching, heartbeats, finishing jobs
+                max_size=concurrency + 3,  # finishing jobs, the listener, heartbeats
                 kwargs={"connect_timeout": 5},
                 configure=_autocommit,
                 pool_factory=_queue_pool,

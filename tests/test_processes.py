@@ -4,6 +4,7 @@ their supervisor, and what happens when one of them dies."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -161,32 +163,66 @@ def test_dev_mode_is_refused_with_processes(tmp_path: Path) -> None:
     assert "--dev serves with one process" in result.stderr
 
 
-def test_the_supervisor_replaces_an_ended_process_and_stops_on_a_broken_start(
-    tmp_path: Path,
-) -> None:
+def short_lived(
+    tmp_path: Path, *, lives_seconds: float
+) -> tuple[list[str], Callable[[], list[float]]]:
+    """A command for a supervisor: a process that says it serves, then ends after
+    `lives_seconds`; and the times (`time.monotonic()`) at which each started so far."""
     starts = tmp_path / "starts"
-    serving = tmp_path / "serving.py"  # says it serves, then ends after a while
+    serving = tmp_path / "serving.py"
     serving.write_text(
         "import sys, time\n"
         "from solder.supervisor import say_ready\n"
         "with open(sys.argv[1], 'a') as out:\n"
-        "    out.write('started\\n')\n"
+        "    out.write(f'{time.monotonic()}\\n')\n"
         "say_ready()\n"
-        "time.sleep(0.3)\n"
+        f"time.sleep({lives_seconds})\n"
     )
-    supervisor = Supervisor(
-        [sys.executable, str(serving), str(starts)], os.environ, 2, grace_seconds=1
-    )
+
+    def started() -> list[float]:
+        return [float(line) for line in starts.read_text().split()] if starts.exists() else []
+
+    return [sys.executable, str(serving), str(starts)], started
+
+
+def test_the_supervisor_replaces_an_ended_process_and_stops_on_a_broken_start(
+    tmp_path: Path,
+) -> None:
+    serving, started = short_lived(tmp_path, lives_seconds=0.3)
+    supervisor = Supervisor(serving, os.environ, 2, grace_seconds=1)
     threading.Timer(3.0, supervisor.stop).start()
     assert supervisor.run() == 0
-    assert starts.read_text().count("started") > 2, "an ended process is replaced"
+    assert len(started()) > 2, "an ended process is replaced"
 
     broken = Supervisor(
         [sys.executable, "-c", "raise SystemExit(3)"], os.environ, 2, grace_seconds=1
     )
-    started = time.monotonic()
+    began = time.monotonic()
     assert broken.run() == 3, "a process that never served stops the group, with its status"
-    assert time.monotonic() - started < TIMEOUT
+    assert time.monotonic() - began < TIMEOUT
+
+
+def test_a_process_that_keeps_dying_is_started_again_ever_more_slowly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One death is replaced at once; a second within 30 s of the start waits 1 s, then
+    2, 4 ... instead of a new process every half second for as long as it goes on."""
+    caplog.set_level(logging.WARNING, "solder.supervisor")
+    serving, started = short_lived(tmp_path, lives_seconds=0)
+    supervisor = Supervisor(serving, os.environ, 1, grace_seconds=1)
+
+    def stop_after_three() -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while len(started()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        supervisor.stop()
+
+    threading.Thread(target=stop_after_three).start()
+    assert supervisor.run() == 0
+    first, second, third = started()[:3]
+    assert second - first < TIMEOUT / 2, "the first death is replaced at once"
+    assert third - second >= 1.0, "the second waits a second before the next start"
+    assert "the 2nd in a row within 30 s of its start: starting another in 1 s" in caplog.text
 
 
 def test_process_marks_tell_the_living_from_the_dead(tmp_path: Path) -> None:

@@ -215,6 +215,30 @@ def test_invalid_json_body_is_400_in_shape(api: Api, method: str, path: str, bod
     assert_error(response, 400)
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain"])
+def test_a_json_body_not_labelled_json_is_400_and_changes_nothing(
+    api: Api, content_type: str | None
+) -> None:
+    """FastAPI reads a body as JSON only under a JSON `Content-Type` (since 0.132, the
+    lowest version Solder admits): anything else is refused, in the one shape, before
+    anything is done with it."""
+    user_id, workflow_id = api.install({"name": "w", "trigger": {"type": "webhook"}})
+    headers = {} if content_type is None else {"content-type": content_type}
+    bodies = {
+        "/users": {"username": "grace"},
+        "/run/workflow": {"userId": user_id, "workflowId": workflow_id, "data": {}},
+    }
+    for path, body in bodies.items():
+        sent = api.request("POST", path, content=json.dumps(body).encode(), headers=headers)
+        assert_error(sent, 400)
+    assert [user["username"] for user in api.get("/users").json()["data"]] == ["ada"]
+    assert api.logs(workflow_id) == []
+    labelled = {"content-type": "application/json"}
+    for path, body in bodies.items():
+        sent = api.request("POST", path, content=json.dumps(body).encode(), headers=labelled)
+        assert sent.status_code in (200, 201), "the same body, labelled, is taken"
+
+
 # --- body size ----------------------------------------------------------------------
 
 

@@ -269,7 +269,7 @@ async def take(
 
 
 # procrastinate's job fetch and `take`'s claim of the job's execution, in one statement
-# (one round trip, one commit): the job, `job_*`, beside each row `take` returns, or
+# (one round trip, one commit): the job, `fetched_*`, beside each row `take` returns, or
 # beside one row of nulls if the job's execution has ended (or is gone), or no job at
 # all (the job's columns null too).
 _FETCHED_TAKEN = _taken(
