@@ -6,8 +6,8 @@ two) run them. Each figure is measured several times and the median reported:
 - executions per second, end to end: from the first run submitted to the last one ended,
   for a webhook + `transform` workflow and for a webhook + `http` + `transform` one (the
   `http` block calls a loopback server this benchmark starts in its own process);
-- accepted runs per second on the API alone (no worker running), and how fast workers
-  alone then run that backlog;
+- accepted runs per second on the API alone (no worker running, so with the backpressure
+  of `SOLDER_QUEUE_HIGH_WATER` off), and how fast workers alone then run that backlog;
 - PostgreSQL bytes per execution: growth of the executions table (its indexes and TOAST
   included), and WAL written, counted two ways: the records of this benchmark's database
   (read back with pg_walinspect), and the cluster-wide LSN difference, which also counts
@@ -312,6 +312,11 @@ class Bench:
             SOLDER_SECRET_KEY=Fernet.generate_key().decode(),
             SOLDER_HTTP_ALLOW_PRIVATE_NETWORKS="true",
             SOLDER_WORKER_CONCURRENCY=str(concurrency),
+            # The API alone queues backlogs of `--backlog` runs with no worker running:
+            # with the backpressure on, every accept past the high-water mark (100)
+            # would wait its second for workers that are not there, and the figure would
+            # be that wait's, not the API's.
+            SOLDER_QUEUE_HIGH_WATER="1000000",
             PYTHONUNBUFFERED="1",
         )
         self.processes: list[Process] = []
