@@ -75,9 +75,9 @@ class _JobManager(JobManager):
     """procrastinate's job manager, with a round trip a run saved at each end of it.
 
     - A job's fetch also claims its execution, in the same statement
-      (`queue.fetch_and_take`): `taken` holds, for each job fetched, the lease and what
-      the claim returned, until `QueueWorker.run_job` runs it (and claims it again if
-      that found nothing).
+      (`queue.fetch_and_take`): `taken` holds, for each job whose execution it claimed,
+      the lease and what the claim returned, until `QueueWorker.run_job` runs it (which
+      claims the execution itself if the fetch did not).
     - Nothing is recorded of a job whose execution's end deleted it already
       (`queue.end`). The end deletes the job in its own statement, so the two are
       committed together: no finished execution keeps a job, and no job is deleted for a
@@ -89,7 +89,7 @@ class _JobManager(JobManager):
     def __init__(self, connector: BaseConnector, db: Database) -> None:
         super().__init__(connector)
         self.db = db
-        self.taken: dict[int, tuple[str, queue.Taken | None]] = {}
+        self.taken: dict[int, tuple[str, queue.Taken]] = {}
         self.done: set[int] = set()
 
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Job | None:
@@ -102,8 +102,9 @@ class _JobManager(JobManager):
             return None
         row, taken = fetched
         job = Job.from_row(row)
-        assert job.id is not None
-        self.taken[job.id] = (lease, taken)
+        if taken is not None:
+            assert job.id is not None
+            self.taken[job.id] = (lease, taken)
         return job
 
     async def finish_job(self, job: Job, status: Status, delete_job: bool) -> None:
@@ -260,8 +261,11 @@ class QueueWorker:
         The claim here then sees it.
         """
         assert context.job is not None
-        lease, taken = self.jobs.taken.pop(context.job.id or 0, ("", None))
-        if taken is None:
+        claimed = self.jobs.taken.pop(context.job.id or 0, None)
+        taken: queue.Taken | None
+        if claimed is not None:
+            lease, taken = claimed
+        else:
             lease = lease_id()
             async with self.db.write_inline(single=True) as conn:
                 taken = await queue.take(conn, tenant_id, execution_id, lease, now_ms())
