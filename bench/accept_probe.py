@@ -8,8 +8,10 @@ Starts `solder serve --no-worker` (bench/common.py's `solder_stack`) with the ba
 out of reach (`SOLDER_QUEUE_HIGH_WATER`, no worker takes the runs), then posts webhook
 runs from 4 and from 16 clients on one workflow, and from 16 clients on one workflow
 each, for `--seconds` each, while a thread samples `pg_stat_activity` every 10 ms: the
-mean number of the benchmark database's sessions in each state and wait. A probe for
-bench/RESULTS.md, not part of `make bench`.
+mean number of the benchmark database's sessions in each state and wait, and the cores
+kept busy by the API, PostgreSQL (every process of its user) and the load generator
+(this process, its sampling thread included). A probe for bench/RESULTS.md, not part of
+`make bench`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 import httpx
 import psycopg
 from common import Stack, solder_stack
+from pg_run_probe import postgres_cpu
+from scale_out import cpu_seconds
 
 FLOW: dict[str, Any] = {
     "name": "accept",
@@ -99,14 +103,24 @@ def main() -> None:
             samples: list[int] = []
             watcher = threading.Thread(target=sample, args=(url, stop, waits, samples))
             watcher.start()
+            api = stack.api.process.pid
+            cpu = cpu_seconds(api), postgres_cpu(), time.process_time(), time.monotonic()
             rate = asyncio.run(accept(stack, targets, clients, options.seconds))
+            after = cpu_seconds(api), postgres_cpu(), time.process_time(), time.monotonic()
             stop.set()
             watcher.join()
+            api_cores, pg_cores, load_cores = (
+                (after[i] - cpu[i]) / (after[3] - cpu[3]) for i in range(3)
+            )
             top = ", ".join(
                 f"{state} {kind}/{event} {count / samples[0]:.2f}"
                 for (state, kind, event), count in waits.most_common(5)
             )
-            print(f"{label}: {rate:,.0f} accepted a second; sessions (mean): {top}", flush=True)
+            print(
+                f"{label}: {rate:,.0f} accepted a second; cores busy: API {api_cores:.2f},"
+                f" PostgreSQL {pg_cores:.2f}, load {load_cores:.2f}; sessions (mean): {top}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from solder.settings import Settings
 from solder.store.database import Database
 from solder.store.lock import ServeLock
 from solder.store.prepared import Reader
-from solder.workers import Backlog, QueueWorker
+from solder.workers import Backlog, QueueWorker, Waker
 
 log = logging.getLogger("solder")
 
@@ -74,10 +74,12 @@ class Solder:
             dictionaries=self.dictionaries,
         )
         self.dispatcher: Dispatcher | None = None
-        if self.db.is_sqlite:
+        # On PostgreSQL the workers of every process are woken by a NOTIFY of this one's.
+        self.waker = None if self.db.is_sqlite else Waker(self.db)
+        if self.waker is None:
             self.dispatcher = EmbeddedDispatcher(self.db, self.engine, concurrency)
         elif worker:
-            self.dispatcher = QueueWorker(self.db, self.engine, settings, concurrency)
+            self.dispatcher = QueueWorker(self.db, self.engine, settings, concurrency, self.waker)
         self.backlog = None if self.db.is_sqlite else Backlog(self.db, settings.queue_high_water)
         self.retention = Retention(self.db, settings)
         self.compaction = Compaction(
@@ -97,7 +99,9 @@ class Solder:
             await self.backlog.room()
 
     def _notify(self, runs: int = 1) -> None:
-        if self.dispatcher is not None:
+        if self.waker is not None:
+            self.waker.wake()
+        elif self.dispatcher is not None:
             self.dispatcher.notify(runs)
 
     async def accept(
@@ -147,6 +151,8 @@ class Solder:
             await self.scheduler.stop()
             await self.dispatcher.stop(self.settings.shutdown_grace_seconds)
             await self.dictionaries.stop()
+        if self.waker is not None:
+            await self.waker.stop()
         await self.http.close()
         if self._serve_lock is not None:
             self._serve_lock.release()

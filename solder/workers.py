@@ -3,7 +3,7 @@
 Every queued execution has a job, deferred in the transaction that queued it
 (`store/jobs.py`). Any number of processes (`solder worker`, and `solder serve` unless
 `--no-worker`) run a procrastinate worker on the same database; LISTEN/NOTIFY wakes
-them as jobs arrive.
+them as jobs arrive (`Waker`), and each polls the queue every `_POLL_SECONDS`.
 
 Workers heartbeat every sixth of `SOLDER_WORKER_TIMEOUT_SECONDS`. Every worker process
 also sweeps at that pace: a job whose worker has sent no heartbeat for two thirds of the
@@ -51,7 +51,8 @@ _MAX_WAIT_SECONDS = 1.0
 _COUNT_SECONDS = 0.05
 _QUIET_COUNT_SECONDS = 1.0
 
-# A job fetch also happens on every NOTIFY; polling only catches delays that come due.
+# A job fetch also happens on every NOTIFY (`Waker`); polling catches delays that come
+# due, runs put back by a retry, and runs whose wake was lost.
 _POLL_SECONDS = 1.0
 _MAX_RESTART_DELAY = 10.0
 
@@ -195,12 +196,65 @@ class Backlog:
         return self._last
 
 
+class Waker:
+    """Wakes the waiting workers of every process once runs are queued on PostgreSQL: a
+    NOTIFY on the queue's channel (`jobs.wake`), which procrastinate's listener in each
+    worker answers with fetches until the queue is empty.
+
+    procrastinate's trigger sent one from inside every transaction that deferred a job.
+    PostgreSQL holds its notification lock from a notifying transaction's commit until
+    the commit is flushed to the WAL, so every accept committed after the one before
+    (bench/RESULTS.md); migration 0012 dropped the trigger. The NOTIFY is now sent after
+    the accept has committed, in a statement of its own. One is in flight at a time in a
+    process: the runs queued meanwhile are announced by one more after it. A wake that
+    is lost (the database unreachable, a crash) costs the runs at most the workers' poll,
+    `_POLL_SECONDS`.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._sending: asyncio.Task[None] | None = None
+        self._again = False
+
+    def wake(self) -> None:
+        if self._sending is not None:
+            self._again = True
+            return
+        self._sending = asyncio.create_task(self._send(), name="solder-wake")
+
+    async def stop(self) -> None:
+        """Let the NOTIFY in flight, if any, be sent (the database is closed next)."""
+        if self._sending is not None:
+            await asyncio.shield(self._sending)
+
+    async def _send(self) -> None:
+        try:
+            again = True
+            while again:
+                self._again = False
+                try:
+                    async with self.db.write_inline(single=True) as conn:
+                        await jobs.wake(conn)
+                except Unavailable:
+                    log.debug("could not wake the workers: they find the runs at their poll")
+                    return
+                except Exception:
+                    log.exception("could not wake the workers: they find the runs at their poll")
+                    return
+                again = self._again
+        finally:
+            self._sending = None
+
+
 class QueueWorker:
     """A procrastinate worker running executions, with the sweeper that rescues crashed ones."""
 
-    def __init__(self, db: Database, engine: Engine, settings: Settings, concurrency: int) -> None:
+    def __init__(
+        self, db: Database, engine: Engine, settings: Settings, concurrency: int, waker: Waker
+    ) -> None:
         self.db = db
         self.engine = engine
+        self.waker = waker
         self.settings = settings
         self.concurrency = concurrency
         self.app = App(
@@ -222,7 +276,7 @@ class QueueWorker:
         self._stopping = False
         self._sweeps_failing = False
 
-    # The embedded dispatcher's interface: procrastinate's NOTIFY does the waking here.
+    # The embedded dispatcher's interface: the API's `Waker` does the waking here.
     def notify(self, runs: int = 1) -> None:
         pass
 
@@ -292,12 +346,15 @@ class QueueWorker:
                     )
         async with self.db.read() as conn:
             lost = await jobs.orphans(conn, now_ms() - int(timeout * 1000))
+        requeued = 0
         for tenant_id, execution_id in lost:
             async with self.db.write() as conn:
                 if await queue.requeue_orphan(conn, tenant_id, execution_id):
-                    rescued += 1
+                    requeued += 1
                     log.warning("execution %s had no job: queued it again", execution_id)
-        return rescued
+        if requeued:
+            self.waker.wake()
+        return rescued + requeued
 
     async def _sweep_forever(self) -> None:
         while True:

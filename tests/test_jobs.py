@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+import psycopg
 import pytest
 from procrastinate.job_context import JobContext
 
@@ -20,10 +22,10 @@ from solder.app import Solder
 from solder.ids import now_ms
 from solder.store import queue
 from solder.store.database import Database
-from solder.store.jobs import QUEUE
+from solder.store.jobs import CHANNEL, QUEUE
 from solder.workers import QueueWorker
 from tests import databases
-from tests.conftest import Api, Server, api_client
+from tests.conftest import TIMEOUT, Api, Server, api_client
 
 pytestmark = pytest.mark.skipif(
     not databases.on_postgres(), reason="PostgreSQL only (SOLDER_TEST_DATABASE=postgres)"
@@ -72,6 +74,8 @@ def sweep(server: Server) -> int:
         try:
             return await solder.dispatcher.sweep()
         finally:
+            assert solder.waker is not None
+            await solder.waker.stop()
             await solder.db.dispose()
 
     return asyncio.run(run())
@@ -87,6 +91,84 @@ def test_an_accepted_run_has_its_job_before_any_worker_runs(api_only: Server, ap
         api_only.settings.data_dir, f"SELECT job_id FROM executions WHERE id = '{execution_id}'"
     )
     assert linked == [(job_id,)]
+
+
+def listening(data_dir: Path) -> psycopg.Connection[Any]:
+    """A connection listening where procrastinate's workers do."""
+    conn = psycopg.connect(databases.database_url(data_dir), autocommit=True)
+    conn.execute(f'LISTEN "{CHANNEL}"')
+    return conn
+
+
+def wakes(conn: psycopg.Connection[Any], seconds: float) -> list[dict[str, Any]]:
+    return [orjson.loads(n.payload) for n in conn.notifies(timeout=seconds, stop_after=1)]
+
+
+def test_runs_are_announced_after_their_commit_not_from_inside_it(
+    api_only: Server, api: Api
+) -> None:
+    """A NOTIFY from inside the accept's transaction would hold PostgreSQL's notification
+    lock through its commit's flush, so that every accept commits after the one before
+    (migration 0012). The job is deferred without one; the process that accepted the run
+    sends its own, after the commit."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    api.run(user_id, workflow_id, {"n": 1})
+    data_dir = api_only.settings.data_dir
+    [(tenant_id, version)] = databases.rows(
+        data_dir, "SELECT tenant_id, workflow_version FROM executions"
+    )
+    with listening(data_dir) as listener:
+
+        async def queue_one() -> None:
+            db = Database(api_only.settings.database_url)
+            try:
+                async with db.write() as conn:
+                    await queue.insert_execution(
+                        conn,
+                        tenant_id=str(tenant_id),
+                        id="queued-by-hand",
+                        workflow_id=workflow_id,
+                        user_id=user_id,
+                        workflow_version=int(str(version)),
+                        status="queued",
+                        trigger_id="trigger",
+                        trigger_data="{}",
+                        started_at=now_ms(),
+                    )
+            finally:
+                await db.dispose()
+
+        asyncio.run(queue_one())
+        assert len(jobs_of(api_only)) == 2
+        assert wakes(listener, 0.5) == [], "the job's insert notifies nobody"
+
+        api.run(user_id, workflow_id, {"n": 2})
+        assert wakes(listener, TIMEOUT) == [{"type": "job_inserted"}]
+
+
+def test_a_waiting_worker_runs_a_run_accepted_elsewhere_at_once(
+    make_server: Callable[..., Server],
+    api_only: Server,
+    api: Api,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker with nothing to do waits for a wake, not for its next poll (made an hour
+    here): a run accepted by another process is run at once."""
+    monkeypatch.setattr(workers, "_POLL_SECONDS", 3600.0)
+    data_dir = api_only.settings.data_dir
+    make_server(data_dir=data_dir)
+    deadline = time.monotonic() + TIMEOUT
+    while not databases.rows(
+        data_dir,
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+        f" AND query LIKE 'LISTEN \"{CHANNEL}\"%'",
+    ):
+        assert time.monotonic() < deadline, "the worker never listened"
+        time.sleep(0.05)
+    user_id, workflow_id = api.install(WORKFLOW)
+    for n in range(3):
+        execution_id = api.run(user_id, workflow_id, {"n": n})
+        assert api.wait_for(workflow_id, execution_id)["status"] == "succeeded"
 
 
 def test_an_execution_rolled_back_leaves_no_job(api_only: Server, api: Api) -> None:
@@ -306,7 +388,9 @@ def test_an_execution_that_lost_its_job_gets_a_new_one(
     databases.execute(data_dir, "DELETE FROM procrastinate_jobs")
     assert sweep(api_only) == 0, "not before it has been idle for the worker timeout"
     time.sleep(1.1)
-    assert sweep(api_only) == 1
+    with listening(data_dir) as listener:
+        assert sweep(api_only) == 1
+        assert wakes(listener, TIMEOUT) == [{"type": "job_inserted"}], "the workers woken"
     [(_, status, job_execution, _)] = jobs_of(api_only)
     assert (status, job_execution) == ("todo", execution_id)
 

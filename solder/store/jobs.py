@@ -21,7 +21,7 @@ from sqlalchemy import column, table, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from solder.store.prepared import Prepared, Reader, Row, fetch_one, on_postgres
+from solder.store.prepared import Prepared, Reader, Row, execute, fetch_one, on_postgres
 
 TASK = "solder.run_execution"
 QUEUE = "executions"
@@ -105,6 +105,21 @@ async def defer(
     assert deferred is not None
     job_id: int = deferred["job_id"]
     return job_id
+
+
+# procrastinate's workers listen on the queue's channel and fetch on any notification
+# whose type is `job_inserted`. Its trigger no longer sends one per job (migration 0012):
+# `solder.workers.Waker` sends this one after the runs are committed.
+CHANNEL = f"procrastinate_queue_v1#{QUEUE}"
+_WAKE = Prepared(text("SELECT pg_notify(:channel, :payload)"))
+_WAKE_PAYLOAD = orjson.dumps({"type": "job_inserted"}).decode()
+
+
+async def wake(conn: Reader) -> None:
+    """Wake the workers waiting on the queue. A statement of its own: a transaction that
+    writes nothing else does not wait for a WAL flush, and holds PostgreSQL's
+    notification lock for a few microseconds."""
+    await execute(conn, _WAKE, channel=CHANNEL, payload=_WAKE_PAYLOAD)
 
 
 _WAITING = Prepared(
