@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 import psycopg
-from common import Load, elapsed, wrk
+from common import Load, elapsed, settle, wrk
 from cryptography.fernet import Fernet
 from logs_dataset import Dataset, Edit, create_api_key, generate_postgres, generate_sqlite
 from logs_dataset import user_id as user_ref
@@ -211,7 +211,9 @@ def sqlite_dataset(dataset: Dataset, name: str = "", edit: Edit | None = None) -
     with progress() as bar:
         task = bar.add_task("SQLite: generating executions", total=dataset.executions)
         generate_sqlite(path, dataset, lambda rows: bar.advance(task, rows), edit)
-    return path, elapsed(started)
+    generation = elapsed(started)
+    settle()
+    return path, generation
 
 
 @contextlib.contextmanager
@@ -227,7 +229,9 @@ def postgres_dataset(admin_url: str, dataset: Dataset) -> Iterator[tuple[str, st
         with progress() as bar:
             task = bar.add_task("PostgreSQL: generating executions", total=dataset.executions)
             generate_postgres(url, dataset, lambda rows: bar.advance(task, rows))
-        yield url, elapsed(started)
+        generation = elapsed(started)
+        settle(url)
+        yield url, generation
     finally:
         with psycopg.connect(f"{admin_url}/postgres", autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {POSTGRES_DATABASE} WITH (FORCE)")

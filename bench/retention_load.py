@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from common import Load, elapsed, postgres_database, wrk
+from common import Load, elapsed, postgres_database, settle, wrk
 from logs_dataset import (
     EXECUTION_COLUMNS,
     FIRST_SECOND,
@@ -288,6 +288,7 @@ def run(dataset: Dataset, postgres_url: str | None, *, runs: int) -> list[Measur
         with tempfile.TemporaryDirectory(prefix="solder-bench-") as workdir:
             copy = Path(workdir) / "solder.db"
             shutil.copyfile(cached, copy)
+            settle()
             results[0].runs.append(one_run("SQLite", f"sqlite:///{copy}", Path(workdir), dataset))
     if postgres_url is None:
         return results
@@ -304,6 +305,7 @@ def run(dataset: Dataset, postgres_url: str | None, *, runs: int) -> list[Measur
                 postgres_database(postgres_url, DATABASE, TEMPLATE) as url,
                 tempfile.TemporaryDirectory(prefix="solder-bench-") as workdir,
             ):
+                settle(url)  # the copy is written to the WAL and the buffers
                 results[1].runs.append(one_run("PostgreSQL", url, Path(workdir), dataset))
     return results
 
