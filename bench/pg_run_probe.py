@@ -105,7 +105,10 @@ def main() -> None:
         if options.rate:
             latency = bench.open(options.rate, options.seconds)
             runs, how = latency.executions, f"open loop at {options.rate:,.0f}/s"
-            done = f"p50 {latency.p50:.0f} ms, p99 {latency.p99:.0f} ms"
+            done = (
+                f"p50 {latency.p50:.0f} ms, p99 {latency.p99:.0f} ms, slowest"
+                f" {latency.worst:.0f} ms, {latency.over_500} over 500 ms"
+            )
         else:
             window = bench.closed(options.seconds)
             runs, how = window.accepted, f"closed loop of {CLIENTS} clients"

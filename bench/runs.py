@@ -115,6 +115,8 @@ class Latency:
     late: int  # requests sent more than 10 ms after their scheduled time
     # The slowest windows of TAIL_WINDOW_SECONDS: (start in seconds into the load, p99 ms).
     slowest: list[tuple[float, float]]
+    worst: float = 0.0  # the slowest run, ms
+    over_500: int = 0  # runs that took more than 500 ms from request to finished
 
 
 @dataclass
@@ -234,6 +236,8 @@ class Bench:
             window.client_cores,
             late,
             tails[:3],
+            max(latencies),
+            sum(1 for latency in latencies if latency > 500),
         )
 
 

@@ -29,8 +29,8 @@ import psycopg
 from procrastinate import App, BaseConnector, PsycopgConnector
 from procrastinate.exceptions import JobAborted
 from procrastinate.job_context import JobContext
-from procrastinate.jobs import Job, Status
-from procrastinate.manager import JobManager
+from procrastinate.jobs import Job, Notification, Status
+from procrastinate.manager import JobManager, NotificationCallback
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from psycopg_pool import AsyncConnectionPool
 
@@ -79,6 +79,8 @@ class _JobManager(JobManager):
       (`queue.fetch_and_take`): `taken` holds, for each job whose execution it claimed,
       the lease and what the claim returned, until `QueueWorker.run_job` runs it (which
       claims the execution itself if the fetch did not).
+    - A fetch that finds nothing is made again if a wake came while it ran
+      (`fetch_job`).
     - Nothing is recorded of a job whose execution's end deleted it already
       (`queue.end`). The end deletes the job in its own statement, so the two are
       committed together: no finished execution keeps a job, and no job is deleted for a
@@ -92,15 +94,37 @@ class _JobManager(JobManager):
         self.db = db
         self.taken: dict[int, tuple[str, queue.Taken]] = {}
         self.done: set[int] = set()
+        self.wakes = 0  # the `job_inserted` notifications this worker has received
+
+    async def listen_for_jobs(
+        self, *, on_notification: NotificationCallback, queues: Iterable[str] | None = None
+    ) -> None:
+        async def counted(*, channel: str, notification: Notification) -> None:
+            if notification["type"] == "job_inserted":
+                self.wakes += 1
+            await on_notification(channel=channel, notification=notification)
+
+        await super().listen_for_jobs(on_notification=counted, queues=queues)
 
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Job | None:
-        lease = lease_id()
-        async with self.db.write_inline(single=True) as conn:
-            fetched = await queue.fetch_and_take(
-                conn, None if queues is None else list(queues), worker_id, lease, now_ms()
-            )
-        if fetched is None:
-            return None
+        """The next job, its execution claimed.
+
+        procrastinate's worker clears its wake once a fetch returns, so a wake that came
+        while a fetch ran is lost with it: when that fetch could not see the run the wake
+        announced (committed after its statement began) and found nothing, the run would
+        wait for the worker's next poll, a second, with the worker idle. Such a fetch is
+        made again."""
+        while True:
+            wakes = self.wakes
+            lease = lease_id()
+            async with self.db.write_inline(single=True) as conn:
+                fetched = await queue.fetch_and_take(
+                    conn, None if queues is None else list(queues), worker_id, lease, now_ms()
+                )
+            if fetched is not None:
+                break
+            if self.wakes == wakes:
+                return None
         row, taken = fetched
         job = Job.from_row(row)
         if taken is not None:

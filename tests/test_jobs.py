@@ -5,6 +5,7 @@ job to an execution that lost its own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -16,6 +17,7 @@ import orjson
 import psycopg
 import pytest
 from procrastinate.job_context import JobContext
+from procrastinate.jobs import Job
 
 from solder import workers
 from solder.app import Solder
@@ -93,6 +95,13 @@ def test_an_accepted_run_has_its_job_before_any_worker_runs(api_only: Server, ap
     assert linked == [(job_id,)]
 
 
+# A worker's listener, listening.
+LISTENING = (
+    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+    f" AND query LIKE 'LISTEN \"{CHANNEL}\"%'"
+)
+
+
 def listening(data_dir: Path) -> psycopg.Connection[Any]:
     """A connection listening where procrastinate's workers do."""
     conn = psycopg.connect(databases.database_url(data_dir), autocommit=True)
@@ -158,17 +167,72 @@ def test_a_waiting_worker_runs_a_run_accepted_elsewhere_at_once(
     data_dir = api_only.settings.data_dir
     make_server(data_dir=data_dir)
     deadline = time.monotonic() + TIMEOUT
-    while not databases.rows(
-        data_dir,
-        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
-        f" AND query LIKE 'LISTEN \"{CHANNEL}\"%'",
-    ):
+    while not databases.rows(data_dir, LISTENING):
         assert time.monotonic() < deadline, "the worker never listened"
         time.sleep(0.05)
     user_id, workflow_id = api.install(WORKFLOW)
     for n in range(3):
         execution_id = api.run(user_id, workflow_id, {"n": n})
         assert api.wait_for(workflow_id, execution_id)["status"] == "succeeded"
+
+
+def test_a_wake_that_comes_while_a_fetch_finds_nothing_is_not_lost(
+    api_only: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """procrastinate's worker forgets a wake that came while it fetched. If that fetch
+    began before the announced run was committed and found nothing, the run would wait
+    for the worker's next poll (a second) with the worker idle: the job manager fetches
+    again. The race is arranged: the run is accepted, and its wake received by the
+    worker's listener, while the first fetch (which found nothing) is still running."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    fetch_and_take = queue.fetch_and_take
+    accepted: list[str] = []
+
+    async def run() -> Job | None:
+        solder = Solder(api_only.settings)
+        assert isinstance(solder.dispatcher, QueueWorker)
+        manager = solder.dispatcher.jobs
+
+        async def racing(conn: Any, *args: Any) -> Any:
+            fetched = await fetch_and_take(conn, *args)
+            if fetched is None and not accepted:
+                wakes = manager.wakes
+                accepted.append(await asyncio.to_thread(api.run, user_id, workflow_id, {"n": 1}))
+                deadline = time.monotonic() + TIMEOUT
+                while manager.wakes == wakes:
+                    assert time.monotonic() < deadline, "the wake never came"
+                    await asyncio.sleep(0.01)
+            return fetched
+
+        async def woken(*, channel: str, notification: Any) -> None:
+            pass
+
+        monkeypatch.setattr(queue, "fetch_and_take", racing)
+        [(worker_id,)] = databases.rows(
+            api_only.settings.data_dir,
+            "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id",
+        )
+        try:
+            async with solder.dispatcher.app.open_async():
+                listener = asyncio.create_task(
+                    manager.listen_for_jobs(on_notification=woken, queues=[QUEUE])
+                )
+                try:
+                    deadline = time.monotonic() + TIMEOUT
+                    while not databases.rows(api_only.settings.data_dir, LISTENING):
+                        assert time.monotonic() < deadline, "the listener never listened"
+                        await asyncio.sleep(0.05)
+                    return await manager.fetch_job([QUEUE], int(str(worker_id)))
+                finally:
+                    listener.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await listener
+        finally:
+            await solder.db.dispose()
+
+    job = asyncio.run(run())
+    assert job is not None, "the run announced during the fetch is fetched"
+    assert job.task_kwargs["execution_id"] == accepted[0]
 
 
 def test_an_execution_rolled_back_leaves_no_job(api_only: Server, api: Api) -> None:
