@@ -107,7 +107,9 @@ def main() -> None:
             runs, how = latency.executions, f"open loop at {options.rate:,.0f}/s"
             done = (
                 f"p50 {latency.p50:.0f} ms, p99 {latency.p99:.0f} ms, slowest"
-                f" {latency.worst:.0f} ms, {latency.over_500} over 500 ms"
+                f" {latency.worst:.0f} ms, {latency.over_500} over 500 ms; slowest 10 s"
+                " windows (start: p99): "
+                + ", ".join(f"{at:.0f} s: {p99:.0f} ms" for at, p99 in latency.slowest)
             )
         else:
             window = bench.closed(options.seconds)
