@@ -95,6 +95,45 @@ def test_an_accepted_run_has_its_job_before_any_worker_runs(api_only: Server, ap
     assert linked == [(job_id,)]
 
 
+def queue_by_hand(
+    server: Server,
+    execution_id: str,
+    workflow_id: str,
+    user_id: str,
+    *,
+    then: Callable[[], None] | None = None,
+) -> None:
+    """Queue an execution as the API's accept does, in a transaction of its own (`then`
+    runs in it, before the commit), without the API: nothing wakes the workers. The
+    server has run the workflow once already (its tenant and version are read from it)."""
+    [(tenant_id, version)] = databases.rows(
+        server.settings.data_dir, "SELECT tenant_id, workflow_version FROM executions LIMIT 1"
+    )
+
+    async def run() -> None:
+        db = Database(server.settings.database_url)
+        try:
+            async with db.write() as conn:
+                await queue.insert_execution(
+                    conn,
+                    tenant_id=str(tenant_id),
+                    id=execution_id,
+                    workflow_id=workflow_id,
+                    user_id=user_id,
+                    workflow_version=int(str(version)),
+                    status="queued",
+                    trigger_id="trigger",
+                    trigger_data="{}",
+                    started_at=now_ms(),
+                )
+                if then is not None:
+                    then()
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+
+
 # A worker's listener, listening.
 LISTENING = (
     "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
@@ -122,32 +161,8 @@ def test_runs_are_announced_after_their_commit_not_from_inside_it(
     sends its own, after the commit."""
     user_id, workflow_id = api.install(WORKFLOW)
     api.run(user_id, workflow_id, {"n": 1})
-    data_dir = api_only.settings.data_dir
-    [(tenant_id, version)] = databases.rows(
-        data_dir, "SELECT tenant_id, workflow_version FROM executions"
-    )
-    with listening(data_dir) as listener:
-
-        async def queue_one() -> None:
-            db = Database(api_only.settings.database_url)
-            try:
-                async with db.write() as conn:
-                    await queue.insert_execution(
-                        conn,
-                        tenant_id=str(tenant_id),
-                        id="queued-by-hand",
-                        workflow_id=workflow_id,
-                        user_id=user_id,
-                        workflow_version=int(str(version)),
-                        status="queued",
-                        trigger_id="trigger",
-                        trigger_data="{}",
-                        started_at=now_ms(),
-                    )
-            finally:
-                await db.dispose()
-
-        asyncio.run(queue_one())
+    with listening(api_only.settings.data_dir) as listener:
+        queue_by_hand(api_only, "queued-by-hand", workflow_id, user_id)
         assert len(jobs_of(api_only)) == 2
         assert wakes(listener, 0.5) == [], "the job's insert notifies nobody"
 
@@ -238,33 +253,13 @@ def test_a_wake_that_comes_while_a_fetch_finds_nothing_is_not_lost(
 def test_an_execution_rolled_back_leaves_no_job(api_only: Server, api: Api) -> None:
     user_id, workflow_id = api.install(WORKFLOW)
     api.run(user_id, workflow_id, {"n": 1})
-    [(tenant_id, version)] = databases.rows(
-        api_only.settings.data_dir, "SELECT tenant_id, workflow_version FROM executions"
-    )
 
-    async def queue_then_fail() -> None:
-        db = Database(api_only.settings.database_url)
-        try:
-            async with db.write() as conn:
-                await queue.insert_execution(
-                    conn,
-                    tenant_id=tenant_id,
-                    id="rolled-back-execution",
-                    workflow_id=workflow_id,
-                    user_id=user_id,
-                    workflow_version=version,
-                    status="queued",
-                    trigger_id="trigger",
-                    trigger_data="{}",
-                    started_at=now_ms(),
-                )
-                assert len(jobs_of(api_only)) == 1, "uncommitted: not seen by workers"
-                raise RuntimeError("the request fails after queueing")
-        finally:
-            await db.dispose()
+    def fail() -> None:
+        assert len(jobs_of(api_only)) == 1, "uncommitted: not seen by workers"
+        raise RuntimeError("the request fails after queueing")
 
     with pytest.raises(RuntimeError):
-        asyncio.run(queue_then_fail())
+        queue_by_hand(api_only, "rolled-back-execution", workflow_id, user_id, then=fail)
     assert len(jobs_of(api_only)) == 1, "the job went with its execution"
     assert len(databases.rows(api_only.settings.data_dir, "SELECT id FROM executions")) == 1
 
