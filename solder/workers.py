@@ -52,7 +52,7 @@ _COUNT_SECONDS = 0.05
 _QUIET_COUNT_SECONDS = 1.0
 
 # A job fetch also happens on every NOTIFY (`Waker`); polling catches delays that come
-# due, runs put back by a retry, and runs whose wake was lost.
+# due, jobs procrastinate retries itself, and runs whose wake was lost.
 _POLL_SECONDS = 1.0
 _MAX_RESTART_DELAY = 10.0
 
@@ -253,19 +253,16 @@ class Waker:
 
     async def _send(self) -> None:
         try:
-            again = True
-            while again:
+            while True:
                 self._again = False
-                try:
-                    async with self.db.write_inline(single=True) as conn:
-                        await jobs.wake(conn)
-                except Unavailable:
-                    log.debug("could not wake the workers: they find the runs at their poll")
+                async with self.db.write_inline(single=True) as conn:
+                    await jobs.wake(conn)
+                if not self._again:
                     return
-                except Exception:
-                    log.exception("could not wake the workers: they find the runs at their poll")
-                    return
-                again = self._again
+        except Unavailable:
+            log.debug("could not wake the workers: they find the runs at their poll")
+        except Exception:
+            log.exception("could not wake the workers: they find the runs at their poll")
         finally:
             self._sending = None
 
@@ -353,7 +350,8 @@ class QueueWorker:
 
     async def sweep(self) -> int:
         """Requeue the jobs of dead workers (their executions `crashed`), and give any
-        unfinished execution left without a job a new one. Returns how many it rescued."""
+        unfinished execution left without a job a new one; wake the workers for them.
+        Returns how many it rescued."""
         timeout = self.settings.worker_timeout_seconds
         rescued = 0
         async with self.db.read() as conn:
@@ -370,15 +368,14 @@ class QueueWorker:
                     )
         async with self.db.read() as conn:
             lost = await jobs.orphans(conn, now_ms() - int(timeout * 1000))
-        requeued = 0
         for tenant_id, execution_id in lost:
             async with self.db.write() as conn:
                 if await queue.requeue_orphan(conn, tenant_id, execution_id):
-                    requeued += 1
+                    rescued += 1
                     log.warning("execution %s had no job: queued it again", execution_id)
-        if requeued:
+        if rescued:
             self.waker.wake()
-        return rescued + requeued
+        return rescued
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -283,7 +283,9 @@ def test_a_dead_workers_execution_is_marked_crashed_then_resumed(
     execution_id = api.run(user_id, workflow_id, {"n": 21})
     data_dir = api_only.settings.data_dir
     taken_by_a_dead_worker(data_dir)
-    assert sweep(api_only) == 1
+    with listening(data_dir) as listener:
+        assert sweep(api_only) == 1
+        assert wakes(listener, TIMEOUT) == [{"type": "job_inserted"}], "the workers woken"
     [log] = api.logs(workflow_id)
     assert log["status"] == "crashed"
     assert [status for _, status, _, _ in jobs_of(api_only)] == ["todo"]
