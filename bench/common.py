@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import os
 import platform
@@ -388,14 +389,14 @@ def autovacuum(url: str) -> Iterator[None]:
     stop = threading.Event()
 
     def run() -> None:
+        analyze_every = round(ANALYZE_SECONDS / VACUUM_QUEUE_SECONDS)
         with psycopg.connect(url, autocommit=True) as conn:
-            ticks = 0
-            while not stop.wait(VACUUM_QUEUE_SECONDS):
+            for tick in itertools.count(1):
+                if stop.wait(VACUUM_QUEUE_SECONDS):
+                    return
                 conn.execute("VACUUM (ANALYZE) procrastinate_jobs")
-                ticks += 1
-                if ticks * VACUUM_QUEUE_SECONDS >= ANALYZE_SECONDS:
+                if tick % analyze_every == 0:
                     conn.execute("ANALYZE executions, steps")
-                    ticks = 0
 
     thread = threading.Thread(target=run, name="autovacuum", daemon=True)
     thread.start()

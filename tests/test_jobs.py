@@ -134,11 +134,17 @@ def queue_by_hand(
     asyncio.run(run())
 
 
-# A worker's listener, listening.
-LISTENING = (
-    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
-    f" AND query LIKE 'LISTEN \"{CHANNEL}\"%'"
-)
+def wait_until_a_worker_listens(data_dir: Path) -> None:
+    """Return once a worker's listener has run its LISTEN (a wake sent before it would
+    reach nobody)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not databases.rows(
+        data_dir,
+        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+        f" AND query LIKE 'LISTEN \"{CHANNEL}\"%'",
+    ):
+        assert time.monotonic() < deadline, "no worker listened"
+        time.sleep(0.05)
 
 
 def listening(data_dir: Path) -> psycopg.Connection[Any]:
@@ -181,10 +187,7 @@ def test_a_waiting_worker_runs_a_run_accepted_elsewhere_at_once(
     monkeypatch.setattr(workers, "_POLL_SECONDS", 3600.0)
     data_dir = api_only.settings.data_dir
     make_server(data_dir=data_dir)
-    deadline = time.monotonic() + TIMEOUT
-    while not databases.rows(data_dir, LISTENING):
-        assert time.monotonic() < deadline, "the worker never listened"
-        time.sleep(0.05)
+    wait_until_a_worker_listens(data_dir)
     user_id, workflow_id = api.install(WORKFLOW)
     for n in range(3):
         execution_id = api.run(user_id, workflow_id, {"n": n})
@@ -233,10 +236,7 @@ def test_a_wake_that_comes_while_a_fetch_finds_nothing_is_not_lost(
                     manager.listen_for_jobs(on_notification=woken, queues=[QUEUE])
                 )
                 try:
-                    deadline = time.monotonic() + TIMEOUT
-                    while not databases.rows(api_only.settings.data_dir, LISTENING):
-                        assert time.monotonic() < deadline, "the listener never listened"
-                        await asyncio.sleep(0.05)
+                    await asyncio.to_thread(wait_until_a_worker_listens, api_only.settings.data_dir)
                     return await manager.fetch_job([QUEUE], int(str(worker_id)))
                 finally:
                     listener.cancel()
