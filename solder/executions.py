@@ -17,7 +17,7 @@ from solder.keys import Tenant
 from solder.store import queries as q
 from solder.store import queue
 from solder.store.database import Database
-from solder.store.prepared import INTEGRITY_ERRORS
+from solder.store.prepared import INTEGRITY_ERRORS, on_postgres
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,21 +151,29 @@ async def run_workflow_by_key(
     db: Database, key_hash: str, *, user_id: str, workflow_id: str, data: Any
 ) -> dict[str, Any] | None:
     """The usual run request (user and workflow by id, no idempotency key), its API key
-    found with its target in the accepting transaction's first read: queued, and the
-    answer. Or None, nothing written, when that read finds nothing (an unknown or revoked
-    key, no such active installation, another trigger): the caller then asks again the
-    usual way (`keys.authenticate`, `run_workflow`), which says what is wrong.
+    found with its target as the accept's first read: queued, and the answer. Or None,
+    nothing written, when that read finds nothing (an unknown or revoked key, no such
+    active installation, another trigger): the caller then asks again the usual way
+    (`keys.authenticate`, `run_workflow`), which says what is wrong.
 
-    On PostgreSQL two round trips, each statement its own transaction: the read, then
-    `queue.insert_execution`'s one statement. A transaction around them would add BEGIN
-    and COMMIT and guarantee nothing more at PostgreSQL's read committed: the write is
-    atomic by itself, and the read's snapshot is its statement's either way (a user
-    deleted between the two is the same race). Without COMMIT's round trip, the
-    workflow's listing row, which every accepted run of the workflow takes in turn, is
+    On PostgreSQL one round trip: the read and the writes are one statement
+    (`queue.queue_by_key`), its own transaction. Without BEGIN's and COMMIT's round trips,
+    the workflow's listing row, which every accepted run of the workflow takes in turn, is
     held for the statement alone, not until the API's event loop comes back to commit.
     On SQLite a transaction as before (the loop turn's shared commit).
     """
     async with db.write_inline(single=True) as conn:
+        if on_postgres(conn):
+            new_id = execution_id()
+            queued = await queue.queue_by_key(
+                conn,
+                key_hash=key_hash,
+                workflow_id=workflow_id,
+                user_id=user_id,
+                id=new_id,
+                trigger_data=orjson.dumps(data).decode(),
+            )
+            return {"message": "success", "executionId": new_id} if queued else None
         target = await q.keyed_webhook_target(conn, key_hash, workflow_id, user_id)
         if target is None:
             return None

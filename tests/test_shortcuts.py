@@ -14,9 +14,10 @@ import pytest
 
 from solder import keys
 from solder.errors import Unavailable
-from solder.store import queries
+from solder.store import queries, queue
 from tests import databases
 from tests.conftest import TIMEOUT, Api, Server, api_client
+from tests.test_log_positions import assert_pages
 
 
 def _deep(levels: int) -> Any:
@@ -238,12 +239,13 @@ def test_a_run_while_the_database_is_down_is_a_503_after_one_look(
         api.activate(user_id, workflow_id)
         looks: list[str] = []
 
-        async def unreachable(*args: Any) -> Any:
-            looks.append(repr(args))
+        async def unreachable(*args: Any, **kwargs: Any) -> Any:
+            looks.append(repr((args, kwargs)))
             raise Unavailable("the database is unavailable; retry shortly")
 
         monkeypatch.setattr(keys, "authenticate", unreachable)
         monkeypatch.setattr(queries, "keyed_webhook_target", unreachable)
+        monkeypatch.setattr(queue, "queue_by_key", unreachable)  # PostgreSQL's, in one
         run = {**RUN, "userId": user_id, "workflowId": workflow_id} if by_ids else RUN
         response = api.post("/run/workflow", content=orjson.dumps(run), headers=JSON)
     assert response.status_code == 503
@@ -284,3 +286,38 @@ def test_a_run_by_ids_looks_its_key_up_with_its_target(
         assert refused.status_code == 401
         assert refused.json()["message"] == "unknown or revoked API key"
         assert len(api.logs(workflow_id)) == 1, "the refused run queued nothing"
+
+
+def test_a_refused_run_by_ids_takes_no_place_in_the_logs(server: Server) -> None:
+    """A run by ids whose accept finds no target (a user without the workflow, an
+    inactive installation, another trigger, a wrong key) writes nothing before the
+    routes' refusal: no run comes of it, and the pages by number of the runs accepted
+    around the refusals stay exact, of all users and of the user's."""
+    with api_client(server) as api:
+        ada, welcome = api.install(WEBHOOK)
+        grace = api.create_user("grace")  # without the workflow
+        signup = api.create_workflow(ON_SIGNUP)
+        api.activate(ada, signup)
+        # (the run, its headers, whether its installation is deactivated first)
+        refusals = [
+            ({"userId": grace, "workflowId": welcome}, JSON, False),
+            ({"userId": ada, "workflowId": signup}, JSON, False),
+            ({"userId": ada, "workflowId": welcome}, {**JSON, **WRONG_KEY}, False),
+            ({"userId": ada, "workflowId": welcome}, JSON, True),
+        ]
+        history: list[str] = []
+        for run, headers, deactivate in refusals:
+            history.append(api.run(ada, welcome, {"n": len(history)}))
+            if deactivate:
+                deactivated = api.put("/workflows/deactivate", json=run)
+                assert deactivated.status_code == 200, deactivated.text
+            refused = api.post("/run/workflow", content=orjson.dumps(run), headers=headers)
+            assert 400 <= refused.status_code < 500, (run, refused.text)
+            assert set(refused.json()) == {"error", "message", "status"}
+        api.activate(ada, welcome)
+        history.append(api.run(ada, welcome, {"n": len(history)}))
+        for execution_id in history:
+            api.wait_for(welcome, execution_id)
+        assert_pages(api, welcome, history, None)
+        assert_pages(api, welcome, history, ada)
+        assert api.logs(signup) == [], "no run of the event's workflow"

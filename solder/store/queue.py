@@ -146,6 +146,78 @@ async def insert_execution(conn: Reader, *, started_at: int | None = None, **val
     return started
 
 
+# The usual run request on PostgreSQL (`executions.run_workflow_by_key`) in one statement:
+# the API key's target read as `queries.keyed_webhook_target` reads it (the tenant from
+# the key, the trigger's id from the version's stored definition), then the same writes as
+# `_QUEUE_ON_POSTGRES`, each made only from the target's row: with no such key or target,
+# nothing is written (the CTE of positions inserts from no rows; the job's is not read).
+_QUEUE_BY_KEY_ON_POSTGRES = Prepared(
+    text(  # constants of this code, no value: the values are bound
+        "WITH target AS MATERIALIZED ("
+        " SELECT k.tenant_id, i.version,"
+        " CAST(v.definition AS json) -> 'trigger' ->> 'id' AS trigger_id"
+        " FROM api_keys AS k"
+        " JOIN installations AS i ON i.tenant_id = k.tenant_id"
+        " JOIN users AS u ON u.tenant_id = i.tenant_id AND u.id = i.user_id"
+        " JOIN workflows AS w ON w.tenant_id = i.tenant_id AND w.id = i.workflow_id"
+        " JOIN workflow_versions AS v ON v.tenant_id = i.tenant_id"
+        " AND v.workflow_id = i.workflow_id AND v.version = i.version"
+        " WHERE k.key_hash = :key_hash AND k.revoked_at IS NULL"
+        " AND i.workflow_id = :workflow_id AND i.user_id = :user_id AND i.active"
+        " AND v.trigger_type = 'webhook'),"
+        " job AS MATERIALIZED (SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
+        " :queue, :task, 0,"
+        " 'execution:' || target.tenant_id || ':' || CAST(:id AS TEXT), NULL,"
+        " jsonb_build_object('tenant_id', target.tenant_id, 'execution_id', CAST(:id AS TEXT)),"
+        " NULL)::procrastinate_job_to_defer_v1])) AS job_id FROM target),"
+        " positions AS (INSERT INTO log_listings"
+        " (workflow_number, user_number, last_position, deleted, deleted_top)"
+        " SELECT listing.* FROM target, LATERAL (VALUES"
+        " ((SELECT number FROM workflow_numbers"
+        " WHERE tenant_id = target.tenant_id AND workflow_id = :workflow_id), 0, 1, 0, 0),"
+        " ((SELECT number FROM workflow_numbers"
+        " WHERE tenant_id = target.tenant_id AND workflow_id = :workflow_id),"
+        " (SELECT number FROM user_numbers"
+        " WHERE tenant_id = target.tenant_id AND user_id = :user_id), 1, 0, 0)) AS listing"
+        " WHERE true"  # the ON below is the conflict's, not a join's
+        " ON CONFLICT (workflow_number, user_number)"
+        " DO UPDATE SET last_position = log_listings.last_position + 1"
+        " RETURNING workflow_number, user_number, last_position)"
+        " INSERT INTO executions (tenant_id, id, workflow_version, status, trigger_id,"
+        " trigger_data, started_at, job_id, workflow_number, user_number,"
+        " workflow_position, user_position)"
+        " SELECT target.tenant_id, :id, target.version, 'queued', target.trigger_id,"
+        " :trigger_data, CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT),"
+        " (SELECT job_id FROM job), of_workflow.workflow_number, of_user.user_number,"
+        " of_workflow.last_position, of_user.last_position"
+        " FROM target, positions AS of_workflow JOIN positions AS of_user"
+        " ON of_workflow.user_number = 0 AND of_user.user_number <> 0"
+        " RETURNING started_at"
+    )
+)
+
+
+async def queue_by_key(
+    conn: Reader, *, key_hash: str, workflow_id: str, user_id: str, id: str, trigger_data: str
+) -> bool:
+    """PostgreSQL: queue execution `id` of a webhook-triggered workflow (by id) for a user
+    (by id), found from an API key (its hash) as `queries.keyed_webhook_target` finds it,
+    in one statement; whether it was (False: nothing written, the key, the user's active
+    installation or its webhook trigger not found)."""
+    queued = await fetch_one(
+        conn,
+        _QUEUE_BY_KEY_ON_POSTGRES,
+        key_hash=key_hash,
+        workflow_id=workflow_id,
+        user_id=user_id,
+        id=id,
+        trigger_data=trigger_data,
+        queue=jobs.QUEUE,
+        task=jobs.TASK,
+    )
+    return queued is not None
+
+
 def _pending() -> Any:
     """The pending index's own condition, word for word: SQLite uses a partial index only
     for a query that repeats it (else it walks every finished execution, oldest first)."""
