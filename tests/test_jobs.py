@@ -213,7 +213,7 @@ def test_a_wake_that_comes_while_a_fetch_finds_nothing_is_not_lost(
 
         async def racing(conn: Any, *args: Any) -> Any:
             fetched = await fetch_and_take(conn, *args)
-            if fetched is None and not accepted:
+            if not fetched and not accepted:
                 wakes = manager.wakes
                 accepted.append(await asyncio.to_thread(api.run, user_id, workflow_id, {"n": 1}))
                 deadline = time.monotonic() + TIMEOUT
@@ -345,6 +345,63 @@ def test_a_run_ended_takes_its_job_with_it(
     assert said == [], "a job finished twice, or a worker restarted"
 
 
+def test_a_worker_fetches_a_job_for_each_free_slot_at_once(
+    make_server: Callable[..., Server],
+    api_only: Server,
+    api: Api,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """procrastinate asks for one job a free slot, one fetch after the other; with a
+    backlog, the first fetch takes a job for each free slot, its execution claimed, and
+    the others are handed out without a fetch of their own. A worker that stops puts the
+    jobs it fetched and did not start back in the queue, and they run."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    started = [api.run(user_id, workflow_id, {"n": n}) for n in range(5)]
+    data_dir = api_only.settings.data_dir
+    fetches: list[int] = []
+    fetch_and_take = queue.fetch_and_take
+
+    async def counted(*args: Any) -> Any:
+        fetched = await fetch_and_take(*args)
+        fetches.append(len(fetched))
+        return fetched
+
+    def statuses() -> list[Any]:
+        rows = databases.rows(data_dir, "SELECT id, status FROM executions")
+        found = {str(id_): status for id_, status in rows}
+        return [found[execution_id] for execution_id in started]
+
+    async def run() -> None:
+        solder = Solder(api_only.settings)
+        assert isinstance(solder.dispatcher, QueueWorker)
+        manager = solder.dispatcher.jobs
+        manager.concurrency = 3
+        monkeypatch.setattr(queue, "fetch_and_take", counted)
+        try:
+            async with solder.dispatcher.app.open_async():
+                worker_id = await manager.register_worker()
+                first = await manager.fetch_job([QUEUE], worker_id)
+                assert fetches == [3], "one fetch, a job for each of the three free slots"
+                assert statuses() == ["running"] * 3 + ["queued"] * 2
+                second = await manager.fetch_job([QUEUE], worker_id)
+                assert fetches == [3], "handed out without a fetch"
+                handed = [first, second]
+                assert [job.task_kwargs["execution_id"] for job in handed if job] == started[:2]
+                for job in handed:  # stopped before they ran: procrastinate retries them
+                    assert job is not None
+                    await manager.retry_job(job)
+                await manager.unregister_worker(worker_id)
+        finally:
+            await solder.db.dispose()
+
+    asyncio.run(run())
+    assert [status for _, status, _, _ in jobs_of(api_only)] == ["todo"] * 5
+    make_server(data_dir=data_dir, worker_timeout_seconds=1)
+    ended = [api.wait_for(workflow_id, execution_id) for execution_id in started]
+    assert [log["status"] for log in ended] == ["succeeded"] * 5
+    assert [log["results"][1]["data"][0][0]["json"] for log in ended] == [0, 2, 4, 6, 8]
+
+
 def test_a_jobs_fetch_claims_its_execution(api_only: Server, api: Api) -> None:
     """One statement fetches the job and claims its execution. A claim that finds nothing
     is made again when the job runs: the execution may have been committed after the
@@ -363,6 +420,7 @@ def test_a_jobs_fetch_claims_its_execution(api_only: Server, api: Api) -> None:
         solder = Solder(api_only.settings)
         assert isinstance(solder.dispatcher, QueueWorker)
         manager = solder.dispatcher.jobs
+        manager.concurrency = 1  # one slot: one job a fetch
         [(worker_id,)] = databases.rows(
             data_dir, "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id"
         )

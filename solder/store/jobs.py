@@ -31,9 +31,13 @@ QUEUE = "executions"
 JOBS = table("procrastinate_jobs", column("id"), column("status"))
 
 # procrastinate's job fetch (`procrastinate_fetch_job_v2`, the statement procrastinate's
-# `JobManager.fetch_job` runs), as a CTE, for a statement that also claims the job's
-# execution (`queue.fetch_and_take`). Its columns are `FETCHED_PREFIX` and the name of
-# the job's column procrastinate reads (`procrastinate.jobs.Job.from_row`).
+# `JobManager.fetch_job` runs), as a CTE, for a statement that also claims the jobs'
+# executions (`queue.fetch_and_take`): up to `:batch` jobs, one call of the function
+# after the other, the calls stopping at the first that finds none. Each call reads in a
+# snapshot of its own (the function is volatile), which holds the jobs the calls before
+# it took: as many calls one after the other, in one round trip. Its rows are the jobs
+# taken, in order, or one row of nulls if there was none; its columns the names of the
+# job's columns procrastinate reads (`procrastinate.jobs.Job.from_row`).
 _JOB_COLUMNS = (
     "id",
     "status",
@@ -47,11 +51,15 @@ _JOB_COLUMNS = (
     "attempts",
     "worker_id",
 )
+_CALL = "procrastinate_fetch_job_v2(CAST(:queues AS varchar[]), :worker_id)"
 FETCHED_PREFIX = "fetched_"
 FETCHED = (
     text(
-        f"SELECT {', '.join(_JOB_COLUMNS)}"  # noqa: S608 (names, not values)
-        " FROM procrastinate_fetch_job_v2(CAST(:queues AS varchar[]), :worker_id)"
+        f"WITH RECURSIVE calls (n, job) AS (SELECT 1, {_CALL}"  # noqa: S608 (names, not values)
+        f" UNION ALL SELECT n + 1, {_CALL} FROM calls"
+        " WHERE n < :batch AND (job).id IS NOT NULL)"
+        f" SELECT {', '.join(f'(job).{name}' for name in _JOB_COLUMNS)} FROM calls"
+        " WHERE (job).id IS NOT NULL OR n = 1"
     )
     .columns(*(column(name, JSONB) if name == "args" else column(name) for name in _JOB_COLUMNS))
     .cte("job")

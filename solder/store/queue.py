@@ -25,7 +25,6 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -340,29 +339,44 @@ async def take(
     return _split(await fetch(conn, _TAKE, **params, lease=lease, claimed_at=claimed_at))
 
 
-# procrastinate's job fetch and `take`'s claim of the job's execution, in one statement
-# (one round trip, one commit): the job, `fetched_*`, beside each row `take` returns, or
-# beside one row of nulls if the job's execution has ended (or is gone), or no job at
-# all (the job's columns null too).
+# procrastinate's job fetch (`jobs.FETCHED`, up to `batch` jobs) and `take`'s claim of
+# each job's execution, in one statement (one round trip, one commit): each job,
+# `fetched_*`, beside each row `take` returns, or beside one row of nulls if the job's
+# execution has ended (or is gone); one row of nulls if no job was due.
 _FETCHED_TAKEN = _taken(
     jobs.FETCHED.c.args["tenant_id"].astext, jobs.FETCHED.c.args["execution_id"].astext
 )
 _FETCH_TAKE_COLUMNS, _FETCH_TAKE_JOIN = _to_run(_FETCHED_TAKEN)
 _FETCH_AND_TAKE = Prepared(
     select(*jobs.FETCHED_COLUMNS, *_FETCH_TAKE_COLUMNS)
-    .select_from(jobs.FETCHED.outerjoin(_FETCH_TAKE_JOIN, true()))
-    .order_by(steps.c.seq)
+    .select_from(
+        jobs.FETCHED.outerjoin(
+            _FETCH_TAKE_JOIN,
+            and_(
+                _FETCHED_TAKEN.c.tenant_id == jobs.FETCHED.c.args["tenant_id"].astext,
+                _FETCHED_TAKEN.c.id == jobs.FETCHED.c.args["execution_id"].astext,
+            ),
+        )
+    )
+    .order_by(jobs.FETCHED.c.id, steps.c.seq)
 )
 
 
 async def fetch_and_take(
-    conn: Reader, queues: list[str] | None, worker_id: int | None, lease: str, claimed_at: int
-) -> tuple[Row, Taken | None] | None:
-    """procrastinate dispatch: fetch the next job, as procrastinate's own fetch does, and
-    claim its execution as `take` does, in one statement: the job's row (for
-    `procrastinate.jobs.Job.from_row`) and what `take` returns; None if no job waits.
+    conn: Reader,
+    queues: list[str] | None,
+    worker_id: int | None,
+    lease: str,
+    claimed_at: int,
+    batch: int = 1,
+) -> list[tuple[Row, Taken | None]]:
+    """procrastinate dispatch: fetch the next jobs, up to `batch` of them, as
+    procrastinate's own fetch does (one call of it after the other), and claim each job's
+    execution under `lease` as `take` does, all in one statement: each job's row (for
+    `procrastinate.jobs.Job.from_row`) and what `take` returns, in the order they were
+    fetched; none if no job waits.
 
-    The job's row is locked first, then its execution's, as the crash sweep does
+    Each job's row is locked first, then its execution's, as the crash sweep does
     (`jobs.retry`, then `crash`); nothing locks them the other way round.
     """
     rows = await fetch(
@@ -372,11 +386,15 @@ async def fetch_and_take(
         worker_id=worker_id,
         lease=lease,
         claimed_at=claimed_at,
+        batch=batch,
     )
-    job = jobs.fetched(rows[0])
-    if job is None:
-        return None
-    return job, _split(rows)
+    by_job: dict[int, tuple[Row, list[Row]]] = {}
+    for row in rows:
+        job = jobs.fetched(row)
+        if job is None:
+            break
+        by_job.setdefault(job["id"], (job, []))[1].append(row)
+    return [(job, _split(job_rows)) for job, job_rows in by_job.values()]
 
 
 _HOLDING = Prepared(
