@@ -107,7 +107,11 @@ def main() -> None:
             runs, how = latency.executions, f"open loop at {options.rate:,.0f}/s"
             done = (
                 f"p50 {latency.p50:.0f} ms, p99 {latency.p99:.0f} ms, slowest"
-                f" {latency.worst:.0f} ms, {latency.over_500} over 500 ms; slowest 10 s"
+                f" {latency.worst:.0f} ms, {latency.over_500} over 500 ms; request scheduled"
+                f" to sent p50 {latency.sent[0]:.0f} and p99 {latency.sent[1]:.0f} ms, to answer"
+                f" p50 {latency.answered[0]:.0f} and p99 {latency.answered[1]:.0f} ms,"
+                f" answer to finished p50 {latency.ran[0]:.0f} and p99 {latency.ran[1]:.0f}"
+                " ms; slowest 10 s"
                 " windows (start: p99): "
                 + ", ".join(f"{at:.0f} s: {p99:.0f} ms" for at, p99 in latency.slowest)
             )

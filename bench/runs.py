@@ -117,6 +117,12 @@ class Latency:
     slowest: list[tuple[float, float]]
     worst: float = 0.0  # the slowest run, ms
     over_500: int = 0  # runs that took more than 500 ms from request to finished
+    # Where the time went, (p50, p99) ms: from the request's scheduled time to its sending
+    # (the load generator's own delay), to its answer (that and the accept), and from the
+    # answer to the run's end (the wait for a worker, the run).
+    sent: tuple[float, float] = (0.0, 0.0)
+    answered: tuple[float, float] = (0.0, 0.0)
+    ran: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
@@ -212,12 +218,15 @@ class Bench:
                 [int(result["started"]) - 1],
             )
         )
-        latencies = []
+        latencies, sends, accepts, runs = [], [], [], []
         by_window: dict[int, list[float]] = {}
-        for scheduled, _sent, _answered, _status, execution in result["records"]:
+        for scheduled, sent, answered, _status, execution in result["records"]:
             if execution not in stopped:
                 raise BenchError(f"execution {execution} was accepted but is not recorded")
             latencies.append(stopped[execution] - scheduled)
+            sends.append(sent - scheduled)
+            accepts.append(answered - scheduled)
+            runs.append(stopped[execution] - answered)
             at = int((scheduled - result["started"]) / 1000 // TAIL_WINDOW_SECONDS)
             by_window.setdefault(at, []).append(latencies[-1])
         late = sum(1 for record in result["records"] if record[1] - record[0] > 10)
@@ -238,6 +247,9 @@ class Bench:
             tails[:3],
             max(latencies),
             sum(1 for latency in latencies if latency > 500),
+            (percentile(sends, 0.5), percentile(sends, 0.99)),
+            (percentile(accepts, 0.5), percentile(accepts, 0.99)),
+            (percentile(runs, 0.5), percentile(runs, 0.99)),
         )
 
 
