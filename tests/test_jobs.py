@@ -24,7 +24,7 @@ from solder.app import Solder
 from solder.ids import now_ms
 from solder.store import queue
 from solder.store.database import Database
-from solder.store.jobs import CHANNEL, QUEUE
+from solder.store.jobs import CHANNEL, QUEUE, defer_params
 from solder.workers import QueueWorker
 from tests import databases
 from tests.conftest import TIMEOUT, Api, Server, api_client
@@ -248,6 +248,29 @@ def test_a_wake_that_comes_while_a_fetch_finds_nothing_is_not_lost(
     job = asyncio.run(run())
     assert job is not None, "the run announced during the fetch is fetched"
     assert job.task_kwargs["execution_id"] == accepted[0]
+
+
+def test_a_runs_job_is_locked_by_its_execution_however_it_was_accepted(
+    api_only: Server, api: Api
+) -> None:
+    """The accept spells the job's lock and arguments in SQL (by ids, its tenant is read
+    from the API key in the same statement); they are the ones `jobs.defer_params` gives,
+    which the crash sweep and the delays defer with: procrastinate runs one job of an
+    execution at a time."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    by_ids = api.run(user_id, workflow_id, {"n": 1})
+    by_names = api.post(
+        "/run/workflow", json={"userId": "ada", "workflowName": WORKFLOW["name"], "data": {}}
+    )
+    assert by_names.status_code == 200, by_names.text
+    data_dir = api_only.settings.data_dir
+    [(tenant_id,)] = databases.rows(data_dir, "SELECT DISTINCT tenant_id FROM executions")
+    found = databases.rows(data_dir, "SELECT lock, args::text FROM procrastinate_jobs ORDER BY id")
+    expected = []
+    for execution_id in (by_ids, by_names.json()["executionId"]):
+        params = defer_params(str(tenant_id), execution_id)
+        expected.append((params["lock"], orjson.loads(params["args"])))
+    assert [(lock, orjson.loads(str(args))) for lock, args in found] == expected
 
 
 def test_an_execution_rolled_back_leaves_no_job(api_only: Server, api: Api) -> None:

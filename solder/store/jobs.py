@@ -76,7 +76,7 @@ def fetched(row: Row) -> Row | None:
 
 
 def defer_params(tenant_id: str, execution_id: str, *, at_ms: int | None = None) -> dict[str, Any]:
-    """The parameters of `DEFER` for the job of a queued execution, to run no sooner than
+    """The parameters of `_DEFER` for the job of a queued execution, to run no sooner than
     `at_ms` (ms since the epoch).
 
     The job's lock is the execution: procrastinate does not run two jobs with one lock at
@@ -92,14 +92,15 @@ def defer_params(tenant_id: str, execution_id: str, *, at_ms: int | None = None)
     }
 
 
-# procrastinate's own function; a query of its own, or a part of a larger one
-# (`queue.insert_execution`).
-DEFER = (
-    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
-    ":queue, :task, 0, :lock, NULL, CAST(:args AS jsonb), :at"
-    ")::procrastinate_job_to_defer_v1])) AS job_id"
+# procrastinate's own function. (The accept calls it too, in its one statement, with the
+# lock and the arguments spelled in SQL: `queue._queue_on_postgres`.)
+_DEFER = Prepared(
+    text(
+        "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
+        ":queue, :task, 0, :lock, NULL, CAST(:args AS jsonb), :at"
+        ")::procrastinate_job_to_defer_v1])) AS job_id"
+    )
 )
-_DEFER = Prepared(text(DEFER))
 
 
 async def defer(

@@ -80,24 +80,74 @@ _EXECUTION_VALUES: dict[str, Any] = {
     for name in (*_QUEUED, "workflow_number", "user_number", "workflow_position", "user_position")
 }
 _INSERT_EXECUTION = Prepared(insert(executions).values(_EXECUTION_VALUES))
-# On PostgreSQL all of it is one statement, one round trip: the positions, the job
-# deferred, and the execution, whose start time PostgreSQL reads once the positions are
-# taken (their rows locked to the end of the transaction).
-_QUEUE_ON_POSTGRES = Prepared(
-    text(  # constants of this code, no value: the values are bound
-        f"WITH job AS MATERIALIZED ({jobs.DEFER}), positions AS ({_POSITIONS})"  # noqa: S608
-        " INSERT INTO executions (tenant_id, id, workflow_version, status, trigger_id,"
-        " trigger_data, rerun_of, started_at, job_id, workflow_number, user_number,"
-        " workflow_position, user_position)"
-        " SELECT :tenant_id, :id, :workflow_version, :status, :trigger_id, :trigger_data,"
-        " :rerun_of, coalesce(CAST(:started_at AS BIGINT),"
-        " CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT)),"
-        " (SELECT job_id FROM job), of_workflow.workflow_number, of_user.user_number,"
-        " of_workflow.last_position, of_user.last_position"
-        " FROM positions AS of_workflow JOIN positions AS of_user"
-        " ON of_workflow.user_number = 0 AND of_user.user_number <> 0"
-        " RETURNING started_at"
+
+
+def _queue_on_postgres(target: str) -> Prepared:
+    """The accept on PostgreSQL, all of it one statement, one round trip: the positions,
+    the job deferred, and the execution, whose start time PostgreSQL reads once the
+    positions are taken (their rows locked to the end of the transaction).
+
+    `target` is a query of at most one row, `tenant_id`, `version` and `trigger_id`: what
+    to queue. Every write is made from its row: when it has none, nothing is written (the
+    positions are inserted from no rows; the job's CTE is not read). The job is
+    `jobs.defer_params`' (its lock and its arguments spelled here in SQL).
+    """
+    return Prepared(
+        text(  # constants of this code, no value: the values are bound
+            f"WITH target AS MATERIALIZED ({target}),"  # noqa: S608
+            " job AS MATERIALIZED (SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
+            " :queue, :task, 0,"
+            " 'execution:' || target.tenant_id || ':' || CAST(:id AS TEXT), NULL,"
+            " jsonb_build_object('tenant_id', target.tenant_id, 'execution_id',"
+            " CAST(:id AS TEXT)), NULL)::procrastinate_job_to_defer_v1])) AS job_id"
+            " FROM target),"
+            " positions AS (INSERT INTO log_listings"
+            " (workflow_number, user_number, last_position, deleted, deleted_top)"
+            " SELECT listing.* FROM target, LATERAL (VALUES"
+            " ((SELECT number FROM workflow_numbers"
+            " WHERE tenant_id = target.tenant_id AND workflow_id = :workflow_id), 0, 1, 0, 0),"
+            " ((SELECT number FROM workflow_numbers"
+            " WHERE tenant_id = target.tenant_id AND workflow_id = :workflow_id),"
+            " (SELECT number FROM user_numbers"
+            " WHERE tenant_id = target.tenant_id AND user_id = :user_id), 1, 0, 0)) AS listing"
+            " WHERE true"  # the ON below is the conflict's, not a join's
+            " ON CONFLICT (workflow_number, user_number)"
+            " DO UPDATE SET last_position = log_listings.last_position + 1"
+            " RETURNING workflow_number, user_number, last_position)"
+            " INSERT INTO executions (tenant_id, id, workflow_version, status, trigger_id,"
+            " trigger_data, rerun_of, started_at, job_id, workflow_number, user_number,"
+            " workflow_position, user_position)"
+            " SELECT target.tenant_id, :id, target.version, :status, target.trigger_id,"
+            " :trigger_data, :rerun_of, coalesce(CAST(:started_at AS BIGINT),"
+            " CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT)),"
+            " (SELECT job_id FROM job), of_workflow.workflow_number, of_user.user_number,"
+            " of_workflow.last_position, of_user.last_position"
+            " FROM target, positions AS of_workflow JOIN positions AS of_user"
+            " ON of_workflow.user_number = 0 AND of_user.user_number <> 0"
+            " RETURNING started_at"
+        )
     )
+
+
+_QUEUE_ON_POSTGRES = _queue_on_postgres(
+    "SELECT CAST(:tenant_id AS VARCHAR) AS tenant_id,"
+    " CAST(:workflow_version AS INTEGER) AS version, CAST(:trigger_id AS VARCHAR) AS trigger_id"
+)
+# The usual run request (`executions.run_workflow_by_key`): the target is its API key's,
+# read as `queries.keyed_webhook_target` reads it (the tenant from the key, the trigger's
+# id from the version's stored definition); none when the key or the target is not found.
+_QUEUE_BY_KEY_ON_POSTGRES = _queue_on_postgres(
+    "SELECT k.tenant_id, i.version,"
+    " CAST(v.definition AS json) -> 'trigger' ->> 'id' AS trigger_id"
+    " FROM api_keys AS k"
+    " JOIN installations AS i ON i.tenant_id = k.tenant_id"
+    " JOIN users AS u ON u.tenant_id = i.tenant_id AND u.id = i.user_id"
+    " JOIN workflows AS w ON w.tenant_id = i.tenant_id AND w.id = i.workflow_id"
+    " JOIN workflow_versions AS v ON v.tenant_id = i.tenant_id"
+    " AND v.workflow_id = i.workflow_id AND v.version = i.version"
+    " WHERE k.key_hash = :key_hash AND k.revoked_at IS NULL"
+    " AND i.workflow_id = :workflow_id AND i.user_id = :user_id AND i.active"
+    " AND v.trigger_type = 'webhook'"
 )
 
 
@@ -119,7 +169,8 @@ async def insert_execution(conn: Reader, *, started_at: int | None = None, **val
             _QUEUE_ON_POSTGRES,
             **values,
             started_at=started_at,
-            **jobs.defer_params(values["tenant_id"], values["id"]),
+            queue=jobs.QUEUE,
+            task=jobs.TASK,
         )
         assert queued is not None
         started: int = queued["started_at"]
@@ -145,57 +196,6 @@ async def insert_execution(conn: Reader, *, started_at: int | None = None, **val
     return started
 
 
-# The usual run request on PostgreSQL (`executions.run_workflow_by_key`) in one statement:
-# the API key's target read as `queries.keyed_webhook_target` reads it (the tenant from
-# the key, the trigger's id from the version's stored definition), then the same writes as
-# `_QUEUE_ON_POSTGRES`, each made only from the target's row: with no such key or target,
-# nothing is written (the CTE of positions inserts from no rows; the job's is not read).
-_QUEUE_BY_KEY_ON_POSTGRES = Prepared(
-    text(  # constants of this code, no value: the values are bound
-        "WITH target AS MATERIALIZED ("
-        " SELECT k.tenant_id, i.version,"
-        " CAST(v.definition AS json) -> 'trigger' ->> 'id' AS trigger_id"
-        " FROM api_keys AS k"
-        " JOIN installations AS i ON i.tenant_id = k.tenant_id"
-        " JOIN users AS u ON u.tenant_id = i.tenant_id AND u.id = i.user_id"
-        " JOIN workflows AS w ON w.tenant_id = i.tenant_id AND w.id = i.workflow_id"
-        " JOIN workflow_versions AS v ON v.tenant_id = i.tenant_id"
-        " AND v.workflow_id = i.workflow_id AND v.version = i.version"
-        " WHERE k.key_hash = :key_hash AND k.revoked_at IS NULL"
-        " AND i.workflow_id = :workflow_id AND i.user_id = :user_id AND i.active"
-        " AND v.trigger_type = 'webhook'),"
-        " job AS MATERIALIZED (SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW("
-        " :queue, :task, 0,"
-        " 'execution:' || target.tenant_id || ':' || CAST(:id AS TEXT), NULL,"
-        " jsonb_build_object('tenant_id', target.tenant_id, 'execution_id', CAST(:id AS TEXT)),"
-        " NULL)::procrastinate_job_to_defer_v1])) AS job_id FROM target),"
-        " positions AS (INSERT INTO log_listings"
-        " (workflow_number, user_number, last_position, deleted, deleted_top)"
-        " SELECT listing.* FROM target, LATERAL (VALUES"
-        " ((SELECT number FROM workflow_numbers"
-        " WHERE tenant_id = target.tenant_id AND workflow_id = :workflow_id), 0, 1, 0, 0),"
-        " ((SELECT number FROM workflow_numbers"
-        " WHERE tenant_id = target.tenant_id AND workflow_id = :workflow_id),"
-        " (SELECT number FROM user_numbers"
-        " WHERE tenant_id = target.tenant_id AND user_id = :user_id), 1, 0, 0)) AS listing"
-        " WHERE true"  # the ON below is the conflict's, not a join's
-        " ON CONFLICT (workflow_number, user_number)"
-        " DO UPDATE SET last_position = log_listings.last_position + 1"
-        " RETURNING workflow_number, user_number, last_position)"
-        " INSERT INTO executions (tenant_id, id, workflow_version, status, trigger_id,"
-        " trigger_data, started_at, job_id, workflow_number, user_number,"
-        " workflow_position, user_position)"
-        " SELECT target.tenant_id, :id, target.version, 'queued', target.trigger_id,"
-        " :trigger_data, CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT),"
-        " (SELECT job_id FROM job), of_workflow.workflow_number, of_user.user_number,"
-        " of_workflow.last_position, of_user.last_position"
-        " FROM target, positions AS of_workflow JOIN positions AS of_user"
-        " ON of_workflow.user_number = 0 AND of_user.user_number <> 0"
-        " RETURNING started_at"
-    )
-)
-
-
 async def queue_by_key(
     conn: Reader, *, key_hash: str, workflow_id: str, user_id: str, id: str, trigger_data: str
 ) -> bool:
@@ -210,7 +210,10 @@ async def queue_by_key(
         workflow_id=workflow_id,
         user_id=user_id,
         id=id,
+        status="queued",
         trigger_data=trigger_data,
+        rerun_of=None,
+        started_at=None,
         queue=jobs.QUEUE,
         task=jobs.TASK,
     )
