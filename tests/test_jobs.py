@@ -69,6 +69,12 @@ def jobs_of(server: Server) -> list[tuple[Any, ...]]:
     )
 
 
+def executions_of(data_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """Each execution's status and lease, by id."""
+    found = databases.rows(data_dir, "SELECT id, status, lease FROM executions")
+    return {str(id_): (status, lease) for id_, status, lease in found}
+
+
 def sweep(server: Server) -> int:
     async def run() -> int:
         solder = Solder(server.settings)
@@ -390,9 +396,8 @@ def test_a_worker_fetches_a_job_for_each_free_slot_at_once(
         return fetched
 
     def statuses() -> list[Any]:
-        rows = databases.rows(data_dir, "SELECT id, status FROM executions")
-        found = {str(id_): status for id_, status in rows}
-        return [found[execution_id] for execution_id in started]
+        found = executions_of(data_dir)
+        return [found[execution_id][0] for execution_id in started]
 
     async def run() -> None:
         solder = Solder(api_only.settings)
@@ -435,10 +440,6 @@ def test_a_jobs_fetch_claims_its_execution(api_only: Server, api: Api) -> None:
     second = api.run(user_id, workflow_id, {"n": 2})
     data_dir = api_only.settings.data_dir
 
-    def executions() -> dict[str, tuple[Any, Any]]:
-        found = databases.rows(data_dir, "SELECT id, status, lease FROM executions")
-        return {str(id_): (status, lease) for id_, status, lease in found}
-
     async def run() -> None:
         solder = Solder(api_only.settings)
         assert isinstance(solder.dispatcher, QueueWorker)
@@ -453,7 +454,7 @@ def test_a_jobs_fetch_claims_its_execution(api_only: Server, api: Api) -> None:
             assert job.task_kwargs["execution_id"] == first
             lease, taken = manager.taken[job.id or 0]
             assert taken is not None
-            assert executions() == {first: ("running", lease), second: ("queued", None)}
+            assert executions_of(data_dir) == {first: ("running", lease), second: ("queued", None)}
 
             databases.execute(data_dir, f"UPDATE executions SET id = 'x' WHERE id = '{second}'")
             hidden = await manager.fetch_job([QUEUE], int(str(worker_id)))
