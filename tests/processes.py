@@ -52,29 +52,46 @@ class _Child:
 
 
 class ServeProcess(_Child):
-    """`solder serve` in a child process; its output goes to a file for the test to read."""
+    """`solder serve` in a child process; its output goes to a file for the test to read.
+
+    Its port is found free here and bound by the child: another process (a test beside
+    it) may take the port in between. The child then says it "could not listen" and
+    exits, and a new port is tried, up to `_PORT_TRIES` in all.
+    """
+
+    _PORT_TRIES = 5
 
     def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [*SOLDER, "serve", "--port", str(self.port), *args],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        for _ in range(self._PORT_TRIES):
+            start = log.stat().st_size if log.exists() else 0
+            self.port = free_port()
+            self.base_url = f"http://127.0.0.1:{self.port}"
+            with log.open("ab") as out:
+                self.process = subprocess.Popen(
+                    [*SOLDER, "serve", "--port", str(self.port), *args],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            if self._started():
+                return
+            if "could not listen on" not in log.read_text(errors="replace")[start:]:
+                break
+        self.kill()
+        raise RuntimeError(f"solder serve did not start:\n{log.read_text()}")
+
+    def _started(self) -> bool:
+        """Whether the child answers its health check (False once it has exited)."""
         deadline = time.monotonic() + TIMEOUT
         while True:
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
-                    return
+                    return True
             except httpx.TransportError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"solder serve did not start:\n{log.read_text()}")
+                return False
             time.sleep(0.05)
 
 
