@@ -58,7 +58,9 @@ _POLL_SECONDS = 1.0
 # At most this many jobs fetched in one statement (`_JobManager.fetch_job`): a worker of
 # many slots does not take the whole queue at once from the other workers.
 _MAX_BATCH = 16
-_MAX_RESTART_DELAY = 10.0
+# A worker that lost the database tries again at most this long after its last try: it
+# finds a server that is back within two seconds (with 10, a run waited up to 10 s more).
+_MAX_RESTART_DELAY = 2.0
 
 
 class _RunAgain(BaseRetryStrategy):
@@ -206,9 +208,24 @@ def _queue_pool(**kwargs: Any) -> AsyncConnectionPool:
     the server dropped; when the server goes away, procrastinate's listener loses its
     connection too, the worker stops, and `_work_forever` starts it again on a new pool.
     Solder's own pools do without it for the same reason (`store/prepared.py`).
+
+    It also waits 5 s at most for a connection, and for its first one when the worker
+    starts (psycopg's default is 30 s for each: a worker that lost the database waited
+    that long, twice, before it tried again; it now tries every `_MAX_RESTART_DELAY`
+    plus 5 s).
     """
     kwargs["check"] = None
-    return AsyncConnectionPool(**kwargs)
+    kwargs["timeout"] = _QUEUE_POOL_TIMEOUT
+    return _QueuePool(**kwargs)
+
+
+_QUEUE_POOL_TIMEOUT = 5.0
+
+
+class _QueuePool(AsyncConnectionPool):
+    # psycopg's signature, which procrastinate calls with `wait=True` alone.
+    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        await super().open(wait=wait, timeout=min(timeout, _QUEUE_POOL_TIMEOUT))
 
 
 async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -312,6 +312,18 @@ WAL_SIZE_LIMIT = 64 * 2**20
 APPLICATION_NAME = "solder-reads"
 
 
+# psycopg's pool retries a lost connection with a delay that doubles each time (1, 2, 4...
+# s) for up to five minutes: a server back after an outage of a minute was found up to a
+# minute later, every request refused meanwhile (each after the checkout's whole
+# timeout). Solder's pools give up retrying by themselves after `_RECONNECT_SECONDS`
+# and connect again when a request needs a connection; while the server is known to be
+# unreachable, a checkout waits `_DOWN_CHECKOUT_SECONDS` at most (enough to connect to a
+# server that is back), so a request is refused (503) at once rather than after the
+# timeout.
+_RECONNECT_SECONDS = 2.0
+_DOWN_CHECKOUT_SECONDS = 0.5
+
+
 class _Pool:
     """psycopg's own pool of autocommit connections, opened at its first use."""
 
@@ -322,8 +334,10 @@ class _Pool:
         size: int,
         connect_timeout: int,
         name: str,
-        configure: Any = None,
+        configure: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
     ) -> None:
+        self._configure = configure
+        self._timeout = float(connect_timeout)
         self._pool = AsyncConnectionPool(
             conninfo,
             min_size=1,
@@ -335,11 +349,14 @@ class _Pool:
                 "autocommit": True,
                 "application_name": name,  # as pg_stat_activity shows them
             },
-            configure=configure,
+            configure=self._connected,
+            reconnect_timeout=_RECONNECT_SECONDS,
+            reconnect_failed=self._unreachable,
             name=name,
         )
         self._opening = asyncio.Lock()
         self._open = False
+        self.unreachable = False  # the pool gave up connecting, and has not connected since
 
     async def _opened(self) -> AsyncConnectionPool:
         if not self._open:
@@ -348,6 +365,18 @@ class _Pool:
                     await self._pool.open(wait=False)
                     self._open = True
         return self._pool
+
+    @property
+    def checkout_timeout(self) -> float:
+        return _DOWN_CHECKOUT_SECONDS if self.unreachable else self._timeout
+
+    async def _connected(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.unreachable = False
+        if self._configure is not None:
+            await self._configure(conn)
+
+    def _unreachable(self, pool: AsyncConnectionPool) -> None:
+        self.unreachable = True
 
     async def close(self) -> None:
         if self._open:
@@ -379,7 +408,7 @@ class PostgresReader(_Pool):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresConnection]:
         pool = await self._opened()
-        conn = PostgresConnection(pool, await pool.getconn())
+        conn = PostgresConnection(pool, await pool.getconn(self.checkout_timeout))
         try:
             yield conn
         finally:
@@ -403,7 +432,7 @@ class PostgresWriter(_Pool):
     async def transaction(self, *, single: bool = False) -> AsyncIterator[PostgresTransaction]:
         """A transaction; with `single`, for one statement, which commits by itself."""
         pool = await self._opened()
-        async with pool.connection() as conn:
+        async with pool.connection(self.checkout_timeout) as conn:
             if single:  # the statement is its own transaction: no BEGIN and COMMIT trips
                 yield PostgresTransaction(conn)
                 return
