@@ -61,6 +61,9 @@ _MAX_BATCH = 16
 # A worker that lost the database tries again at most this long after its last try: it
 # finds a server that is back within two seconds (with 10, a run waited up to 10 s more).
 _MAX_RESTART_DELAY = 2.0
+# How long the queue's pool waits to connect, for a free connection, and to open
+# (`_queue_pool`), as Solder's own pools (`store/database.py`).
+_CONNECT_SECONDS = 5
 
 
 class _RunAgain(BaseRetryStrategy):
@@ -215,17 +218,14 @@ def _queue_pool(**kwargs: Any) -> AsyncConnectionPool:
     plus 5 s).
     """
     kwargs["check"] = None
-    kwargs["timeout"] = _QUEUE_POOL_TIMEOUT
+    kwargs["timeout"] = _CONNECT_SECONDS
     return _QueuePool(**kwargs)
-
-
-_QUEUE_POOL_TIMEOUT = 5.0
 
 
 class _QueuePool(AsyncConnectionPool):
     # psycopg's signature, which procrastinate calls with `wait=True` alone.
     async def open(self, wait: bool = False, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-        await super().open(wait=wait, timeout=min(timeout, _QUEUE_POOL_TIMEOUT))
+        await super().open(wait=wait, timeout=min(timeout, _CONNECT_SECONDS))
 
 
 async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -343,7 +343,7 @@ class QueueWorker:
                 conninfo=db.libpq_url,
                 min_size=1,
                 max_size=concurrency + 3,  # finishing jobs, the listener, heartbeats
-                kwargs={"connect_timeout": 5},
+                kwargs={"connect_timeout": _CONNECT_SECONDS},
                 configure=_autocommit,
                 pool_factory=_queue_pool,
             )

@@ -337,7 +337,6 @@ class _Pool:
         configure: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
     ) -> None:
         self._configure = configure
-        self._timeout = float(connect_timeout)
         self._pool = AsyncConnectionPool(
             conninfo,
             min_size=1,
@@ -368,7 +367,7 @@ class _Pool:
 
     @property
     def checkout_timeout(self) -> float:
-        return _DOWN_CHECKOUT_SECONDS if self.unreachable else self._timeout
+        return _DOWN_CHECKOUT_SECONDS if self.unreachable else self._pool.timeout
 
     async def _connected(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self.unreachable = False
