@@ -40,7 +40,7 @@ from solder.errors import Unavailable
 from solder.ids import lease_id, now_ms
 from solder.settings import Settings
 from solder.store import jobs, queue
-from solder.store.database import Database
+from solder.store.database import CONNECT_TIMEOUT, Database
 
 log = logging.getLogger("solder.worker")
 
@@ -61,9 +61,6 @@ _MAX_BATCH = 16
 # A worker that lost the database tries again at most this long after its last try: it
 # finds a server that is back within two seconds (with 10, a run waited up to 10 s more).
 _MAX_RESTART_DELAY = 2.0
-# How long the queue's pool waits to connect, for a free connection, and to open
-# (`_queue_pool`), as Solder's own pools (`store/database.py`).
-_CONNECT_SECONDS = 5
 
 
 class _RunAgain(BaseRetryStrategy):
@@ -218,14 +215,14 @@ def _queue_pool(**kwargs: Any) -> AsyncConnectionPool:
     plus 5 s).
     """
     kwargs["check"] = None
-    kwargs["timeout"] = _CONNECT_SECONDS
+    kwargs["timeout"] = CONNECT_TIMEOUT  # as Solder's own pools (`store/database.py`)
     return _QueuePool(**kwargs)
 
 
 class _QueuePool(AsyncConnectionPool):
     # psycopg's signature, which procrastinate calls with `wait=True` alone.
     async def open(self, wait: bool = False, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-        await super().open(wait=wait, timeout=min(timeout, _CONNECT_SECONDS))
+        await super().open(wait=wait, timeout=min(timeout, CONNECT_TIMEOUT))
 
 
 async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -343,7 +340,7 @@ class QueueWorker:
                 conninfo=db.libpq_url,
                 min_size=1,
                 max_size=concurrency + 3,  # finishing jobs, the listener, heartbeats
-                kwargs={"connect_timeout": _CONNECT_SECONDS},
+                kwargs={"connect_timeout": CONNECT_TIMEOUT},
                 configure=_autocommit,
                 pool_factory=_queue_pool,
             )

@@ -129,7 +129,7 @@ class Database:
             pool_use_lifo=True,
             pool_pre_ping=not self.is_sqlite,
             # An unreachable server is an error in seconds (503), not a hang.
-            connect_args={} if self.is_sqlite else {"connect_timeout": _CONNECT_TIMEOUT},
+            connect_args={} if self.is_sqlite else {"connect_timeout": CONNECT_TIMEOUT},
         )
         if self.is_sqlite:
             _configure_sqlite(self.engine.sync_engine, sqlite_synchronous)
@@ -146,12 +146,12 @@ class Database:
         self._postgres_reads = (
             None
             if self.is_sqlite
-            else PostgresReader(self.libpq_url, size=pool_size, connect_timeout=_CONNECT_TIMEOUT)
+            else PostgresReader(self.libpq_url, size=pool_size, connect_timeout=CONNECT_TIMEOUT)
         )
         self._postgres_writes = (
             None
             if self.is_sqlite
-            else PostgresWriter(self.libpq_url, size=pool_size, connect_timeout=_CONNECT_TIMEOUT)
+            else PostgresWriter(self.libpq_url, size=pool_size, connect_timeout=CONNECT_TIMEOUT)
         )
         # SQLite has one writer at a time; queueing writers of this process here is
         # cheaper than letting them spin on busy_timeout.
@@ -399,7 +399,7 @@ class Database:
             return
         with _unavailable_if_unreachable():
             conn = await psycopg.AsyncConnection.connect(
-                self.libpq_url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT
+                self.libpq_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT
             )
         async with conn:
             with _unavailable_if_unreachable():
@@ -451,7 +451,9 @@ class Database:
             engine.dispose()
 
 
-_CONNECT_TIMEOUT = 5
+# Seconds to connect to PostgreSQL, and to wait for a pooled connection (the workers'
+# queue pool too: `workers._queue_pool`); then `Unavailable` (503).
+CONNECT_TIMEOUT = 5
 # Inline writes never checkpoint the WAL themselves (database.write_inline).
 _CHECKPOINT_SECONDS = 1.0
 # pg_advisory_xact_lock takes a bigint: "solder" in ASCII.
