@@ -31,13 +31,13 @@ from typing import Any
 import orjson
 import psycopg
 
-from solder import compaction, keys, logs, training
+from solder import compaction, ids, keys, logs, training
 from solder.ids import now_ms
 from solder.store import codec
 from solder.store import queries as q
 from solder.store.database import Database
 
-VERSION = 10  # of the data set: change it whenever the rows change, so caches are rebuilt
+VERSION = 11  # of the data set: change it whenever the rows change, so caches are rebuilt
 TENANT = "bench-logs"
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT.parent / "shared" / "contract" / "seed-logs-response.json"
@@ -162,21 +162,22 @@ def new_log(template: str, rng: random.Random, execution: str, user: str, second
     ).encode()
 
 
+def execution_id(rng: random.Random, second: int) -> str:
+    """An id as Solder draws one for an execution started at START_MS into `second`."""
+    return ids.time_prefix(second * 1000 + START_MS) + "".join(rng.choices(NANOID, k=12))
+
+
 def sample_logs(dataset: Dataset) -> list[bytes]:
     """What the compaction sweep trains the tenant's dictionary on: `SAMPLE_LOGS` of its
     logs (other ids and times than the stored ones', drawn alike)."""
     rng = random.Random(-VERSION)
     template = log_template()
-    return [
-        new_log(
-            template,
-            rng,
-            "".join(rng.choices(NANOID, k=21)),
-            user_id(rng.randrange(dataset.users)),
-            FIRST_SECOND + rng.randrange(dataset.executions),
-        )
-        for _ in range(compaction.SAMPLE_LOGS)
-    ]
+    found = []
+    for _ in range(compaction.SAMPLE_LOGS):
+        second = FIRST_SECOND + rng.randrange(dataset.executions)
+        user = user_id(rng.randrange(dataset.users))
+        found.append(new_log(template, rng, execution_id(rng, second), user, second))
+    return found
 
 
 def execution_rows(
@@ -205,9 +206,9 @@ def execution_rows(
             workflow, user = pairs[done % len(pairs)]
             done += 1
         second = FIRST_SECOND + count + 1
-        execution = "".join(rng.choices(NANOID, k=21))
-        log = new_log(template, rng, execution, user_id(user), second)
         started = second * 1000 + START_MS
+        execution = execution_id(rng, second)
+        log = new_log(template, rng, execution, user_id(user), second)
         listings = ((workflow_number(workflow), 0), (workflow_number(workflow), user_number(user)))
         for listing in listings:
             positions[listing] = positions.get(listing, 0) + 1

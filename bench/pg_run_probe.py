@@ -33,6 +33,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,49 @@ def stats(url: str) -> Stats:
     return list(database), tables, list(wal)
 
 
+def prefill(url: str, count: int) -> None:
+    """`count` finished executions of a workflow nobody runs, copied in as a store of the
+    issue's scale holds them (a log of 400 bytes each), their ids drawn by the code under
+    test; then vacuumed and analyzed, as autovacuum would."""
+    from solder.ids import execution_id, now_ms  # the tree's own (PYTHONPATH)
+
+    log, started = os.urandom(400), now_ms() - 60_000
+    columns = (
+        "tenant_id, id, workflow_number, user_number, workflow_version, status, trigger_id,"
+        " trigger_data, started_at, stopped_at, log, user_position, workflow_position"
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        with (
+            conn.cursor() as cursor,
+            cursor.copy(f"COPY executions ({columns}) FROM STDIN") as copy,
+        ):
+            for n in range(1, count + 1):
+                user, position = divmod(n, 1000)
+                copy.write_row(
+                    (
+                        "prefill",
+                        execution_id(),
+                        2_000_000_000,
+                        user,
+                        1,
+                        "succeeded",
+                        "trigger",
+                        "{}",
+                        started,
+                        started + 50,
+                        log,
+                        position,
+                        n,
+                    )
+                )
+        conn.execute("VACUUM ANALYZE executions")
+
+
+def run_checkpoint(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -79,6 +123,19 @@ def main() -> None:
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("SOLDER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432"),
+    )
+    parser.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N finished executions in the table before the load (ids of the tree's own kind)",
+    )
+    parser.add_argument(
+        "--checkpoint-after",
+        type=float,
+        metavar="S",
+        help="a CHECKPOINT S seconds into the load (and one before it)",
     )
     parser.add_argument("--against", metavar="REV", help="pairs in turns: REV, then this tree")
     parser.add_argument("--pairs", type=int, default=4)
@@ -98,7 +155,17 @@ def main() -> None:
         ) as stack,
     ):
         bench = Bench(stack, Path(workdir))
+        if options.prefill:
+            prefill(stack.database_url, options.prefill)
         bench.closed(3.0)
+        checkpoint = None
+        if options.checkpoint_after is not None:
+            with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                conn.execute("CHECKPOINT")
+            checkpoint = threading.Timer(
+                options.checkpoint_after, run_checkpoint, (stack.database_url,)
+            )
+            checkpoint.start()
         pids = stack.server_pids()
         solder_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         postgres_before, stats_before = postgres_cpu(), stats(stack.database_url)
@@ -122,6 +189,8 @@ def main() -> None:
                 f"{window.rate:,.0f} completed a second in the window, "
                 f"{window.accepted / window.seconds:,.0f} accepted"
             )
+        if checkpoint is not None:
+            checkpoint.join()
         solder_cpu = {name: cpu_seconds(pid) - solder_before[name] for name, pid in pids.items()}
         postgres = postgres_cpu() - postgres_before
         stats_after = stats(stack.database_url)
@@ -159,32 +228,38 @@ def main() -> None:
 
 
 def probe_in(tree: Path, options: argparse.Namespace) -> tuple[float, list[float], str]:
-    """This probe run from `tree`'s code: runs a second; CPU a run (ms) of the API, the
-    workers together and PostgreSQL; WAL records a run."""
+    """This probe run on `tree`'s code (this tree's probe, `tree`'s package): runs a second
+    (closed loop) or p99 ms (`--rate`); CPU a run (ms) of the API, the workers together
+    and PostgreSQL; WAL bytes a run."""
     args = ["--seconds", str(options.seconds), "--workers", str(options.workers)]
-    args += ["--postgres-url", options.postgres_url]
+    args += ["--postgres-url", options.postgres_url, "--prefill", str(options.prefill)]
+    if options.rate:
+        args += ["--rate", str(options.rate)]
+    if options.checkpoint_after is not None:
+        args += ["--checkpoint-after", str(options.checkpoint_after)]
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "200"}
     out = subprocess.run(
-        [sys.executable, str(tree / "bench" / "pg_run_probe.py"), *args],
+        [sys.executable, str(ROOT / "bench" / "pg_run_probe.py"), *args],
         cwd=tree,  # `python -m solder` then imports that tree's package
         env=env,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    rate = re.search(r"([\d,]+) completed a second", out)
-    if rate is None:
-        raise SystemExit(f"the probe in {tree} printed no rate:\n{out}")
+    figure = re.search(r"p99 ([\d,]+) ms" if options.rate else r"([\d,]+) completed a second", out)
+    if figure is None:
+        raise SystemExit(f"the probe in {tree} printed no figure:\n{out}")
     cpu = {"API": 0.0, "worker": 0.0, "PostgreSQL": 0.0}
     for name, ms in re.findall(r"│ (API|worker|PostgreSQL)[^│]*│ ([\d.]+) ms", out):
         cpu[name] += float(ms)
-    wal = re.search(r"WAL a run \(whole server\): ([\d.]+) records", out)
-    return float(rate.group(1).replace(",", "")), list(cpu.values()), wal.group(1) if wal else "?"
+    wal = re.search(r"WAL a run \(whole server\): [\d.]+ records, ([\d,]+) bytes", out)
+    return float(figure.group(1).replace(",", "")), list(cpu.values()), wal.group(1) if wal else "?"
 
 
 def compare(console: Console, options: argparse.Namespace) -> None:
+    figure = "p99 ms" if options.rate else "runs/s"
     table = Table(
-        "pair", "runs/s", "after ÷ before", "API ms a run", "workers", "PostgreSQL", "WAL records"
+        "pair", figure, "after ÷ before", "API ms a run", "workers", "PostgreSQL", "WAL bytes"
     )
     with work_tree(options.against) as before:
         for pair in range(1, options.pairs + 1):
@@ -204,6 +279,7 @@ def compare(console: Console, options: argparse.Namespace) -> None:
                 *(f"{was:.2f} → {now:.2f}" for was, now in zip(old_cpu, new_cpu, strict=True)),
                 f"{old_wal} → {new_wal}",
             )
+            console.print(f"pair {pair}: {old:,.0f} → {new:,.0f}")
     console.print(table)
 
 

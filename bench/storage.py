@@ -32,8 +32,8 @@ import psycopg
 from common import elapsed, postgres_database
 from logs_dataset import (
     FIRST_SECOND,
-    NANOID,
     Dataset,
+    execution_id,
     generate_postgres,
     generate_sqlite,
     log_template,
@@ -182,13 +182,9 @@ def scope(seed: int = 4) -> list[Scope]:
         ]
         found = []
         for _ in range(count):
-            log = new_log(
-                template,
-                rng,
-                "".join(rng.choices(NANOID, k=21)),
-                user_id(rng.randrange(100)),
-                FIRST_SECOND + rng.randrange(10**6),
-            )
+            second = FIRST_SECOND + rng.randrange(10**6)
+            user = user_id(rng.randrange(100))
+            log = new_log(template, rng, execution_id(rng, second), user, second)
             for seed_id, its_id in ids:
                 log = log.replace(seed_id, its_id)
             found.append(log)

@@ -5,8 +5,8 @@ Every `SOLDER_COMPACTION_SWEEP_SECONDS` the sweep, for each tenant:
 
 1. **Trains** its first dictionary once it has `MIN_LOGS` logs, and later a new one when
    its newest is a week old (then weekly), on a random sample of its stored logs
-   (`SAMPLE_LOGS`: execution ids are random, so a range of the tenant's primary key is a
-   random sample). A new dictionary is kept only if it stores the sample's held-out
+   (`SAMPLE_LOGS`, `SAMPLE_STRETCH` at a time from random places in its workflows'
+   histories). A new dictionary is kept only if it stores the sample's held-out
    eighth at least a tenth smaller than the tenant's current one (or the built-in
    skeleton) does: the tenant's logs are rewritten only when that pays. The training
    runs in a child process (solder/training.py says why).
@@ -32,14 +32,18 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import itertools
 import logging
 import pickle
+import random
 import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
+    Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
@@ -48,7 +52,7 @@ from typing import Any
 
 from solder import children, dictionaries, recompressing, training
 from solder.errors import Unavailable
-from solder.ids import execution_id, now_ms
+from solder.ids import now_ms
 from solder.settings import Settings
 from solder.store import codec
 from solder.store import queries as q
@@ -60,6 +64,7 @@ log = logging.getLogger("solder.compaction")
 MIN_LOGS = 1_000
 SAMPLE_LOGS = 4_000
 SAMPLE_CHUNK = 250
+SAMPLE_STRETCH = 25
 BETTER = 0.9  # a new dictionary must store the held-out logs in 90 % of the size or less
 RETRAIN_MS = 7 * 86_400_000
 RECHECK_MS = 86_400_000
@@ -94,6 +99,18 @@ class Swept:
     recompressed: int = 0
     deleted: int = 0
     unreadable: int = 0
+
+
+def _stretches(workflows: Sequence[tuple[int, int, int]]) -> Iterator[tuple[int, int, int]]:
+    """Places to read `SAMPLE_STRETCH` logs from, endlessly: (workflow number, position,
+    how many), the workflow drawn by its share of the logs (`workflows`: number, how many,
+    last position), the position among its logs. Positions above the highest deleted are
+    all there, so a workflow's logs are about its last positions (retention deletes the
+    oldest first)."""
+    weights = list(itertools.accumulate(count for _, count, _ in workflows))
+    while True:
+        for number, count, last in random.choices(workflows, cum_weights=weights, k=64):
+            yield number, last - count + 1 + random.randrange(count), SAMPLE_STRETCH
 
 
 class Compaction:
@@ -266,22 +283,49 @@ class Compaction:
         return True
 
     async def _sample(self, tenant_id: str) -> AsyncIterator[list[bytes]]:
-        """`sample_logs` of the tenant's stored logs from a random execution id on (then
-        from the first id, if it runs out), `SAMPLE_CHUNK` at a time: the sample goes to
-        the training process without this one ever holding all of it (the C heap would
-        keep the pages it took: bench/RESULTS.md, scenario 6)."""
-        start, left = execution_id(), self.sample_logs
-        for low, high in ((start, None), ("", start)):
-            while left > 0:
+        """`sample_logs` of the tenant's stored logs (all of them if it has no more),
+        `SAMPLE_CHUNK` at a time: the sample goes to the training process without this
+        one ever holding all of it (the C heap would keep the pages it took:
+        bench/RESULTS.md, scenario 6).
+
+        A sample is `SAMPLE_STRETCH` logs at a time from a random place in the history of
+        a workflow drawn by its share of the tenant's logs: every log is about as likely
+        to be in it, read through an index by its position in its workflow's logs pages
+        (`log_listings`). Execution ids begin with their time: a range of them would be a
+        stretch of time, not a sample (docs/decisions.md)."""
+        async with self.db.read() as conn:
+            workflows = await q.logs_by_workflow(conn, tenant_id)
+        total = sum(count for _, count, _ in workflows)
+        left = min(total, self.sample_logs)
+        places: Iterable[tuple[int, int, int]]
+        if total <= self.sample_logs:
+            # All of them: each workflow's logs from its first on.
+            places = [(number, 0, count) for number, count, _ in workflows]
+        else:
+            places = itertools.islice(_stretches(workflows), 4 * -(-left // SAMPLE_STRETCH))
+        seen: set[tuple[int, int]] = set()  # stretches may overlap: (workflow, position)
+        chunk: list[bytes] = []
+        for number, start, count in places:
+            while count > 0 and left > 0:
+                limit = min(count, left, SAMPLE_CHUNK)
                 async with self.db.read() as conn:
-                    chunk = await q.sample_logs(
-                        conn, tenant_id, min(left, SAMPLE_CHUNK), low=low, high=high
-                    )
-                if not chunk:
-                    break
-                left -= len(chunk)
-                low = chunk[-1][0]
-                yield [stored for _, stored in chunk]
+                    logs = await q.sample_logs(conn, number, start, limit)
+                for position, stored in logs:
+                    if (number, position) not in seen:
+                        seen.add((number, position))
+                        chunk.append(stored)
+                        left -= 1
+                if len(chunk) >= SAMPLE_CHUNK:
+                    yield chunk
+                    chunk = []
+                if len(logs) < limit:
+                    break  # the workflow's last log
+                count -= len(logs)
+                start = logs[-1][0] + 1
+            if left == 0:
+                break
+        if chunk:
+            yield chunk
 
     async def _compact(
         self,

@@ -21,9 +21,38 @@ def object_id() -> str:
 
 
 def execution_id() -> str:
-    """A 21-character URL-safe random id (126 bits), like nanoid's default."""
+    """A 21-character URL-safe id: the time in milliseconds, then 72 random bits.
+
+    The first nine characters are the milliseconds since the epoch in base 36 (digits
+    and lowercase letters: every collation sorts them alike, until the year 5188), the
+    other twelve drawn from nanoid's 64 symbols. Ids of executions recorded together
+    sort together, so the entries a run adds to the primary key land on its last pages,
+    not on a page anywhere in it: after a checkpoint, PostgreSQL writes each page it
+    changes whole to its WAL once (docs/decisions.md, "Execution ids begin with their
+    time"). 72 random bits in one millisecond do not meet (a chance in 10^11 for 262,144
+    ids recorded in the same one).
+    """
+    return time_prefix(now_ms()) + random_chars(21 - _TIME_DIGITS)
+
+
+def random_chars(count: int) -> str:
+    """`count` URL-safe random characters, 6 bits each, like nanoid's."""
     # 64 symbols: the low 6 bits of a random byte pick one, uniformly.
-    return "".join([_NANOID_ALPHABET[byte & 63] for byte in _random_bytes(21)])
+    return "".join([_NANOID_ALPHABET[byte & 63] for byte in _random_bytes(count)])
+
+
+_TIME_DIGITS = 9
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+@functools.lru_cache(maxsize=1)
+def time_prefix(ms: int) -> str:
+    """How an execution id recorded at `ms` (milliseconds since the epoch) begins."""
+    digits = []
+    for _ in range(_TIME_DIGITS):
+        ms, digit = divmod(ms, 36)
+        digits.append(_BASE36[digit])
+    return "".join(reversed(digits))
 
 
 def item_id() -> str:
@@ -85,4 +114,4 @@ def _iso_second(seconds: int) -> str:
 def lease_id(holder: str = "") -> str:
     """A token for one claim of an execution (see `store/queue.py`), 21 characters that
     start with `holder`'s (the claiming process's token on SQLite: `store/lock.py`)."""
-    return holder + execution_id()[len(holder) :]
+    return holder + random_chars(21 - len(holder))

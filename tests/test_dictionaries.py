@@ -55,9 +55,11 @@ def payload(tenant: str, n: int) -> dict[str, Any]:
     }
 
 
-def run_many(api: Api, tenant: str, count: int, start: int = 0) -> tuple[str, list[str]]:
+def run_many(
+    api: Api, tenant: str, count: int, start: int = 0, name: str = "Echo"
+) -> tuple[str, list[str]]:
     """A new workflow of `tenant` and `count` ended runs of it: its id and theirs."""
-    user_id, workflow_id = api.install(echo(), username=f"{tenant}-user")
+    user_id, workflow_id = api.install(echo(name), username=f"{tenant}-{name.lower()}")
     ids = [api.run(user_id, workflow_id, payload(tenant, n)) for n in range(start, start + count)]
     wait_until_all_ended(api, workflow_id, count)
     return workflow_id, ids
@@ -364,6 +366,45 @@ def test_a_sweep_with_one_database_connection_trains_and_recompresses(
     assert all(
         value.startswith(codec.prefix(1)) for value in stored(server.settings.data_dir).values()
     )
+
+
+def sample(settings: Settings, tenant_id: str, sample_logs: int) -> list[bytes]:
+    """The logs a sweep would train the tenant's dictionary on."""
+
+    async def run() -> list[bytes]:
+        db = Database(settings.database_url)
+        try:
+            sweeping = Compaction(db, settings, sample_logs=sample_logs)
+            return [log async for chunk in sweeping._sample(tenant_id) for log in chunk]
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+def test_the_training_sample_is_drawn_from_every_workflow_by_its_share_and_all_its_history(
+    server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Execution ids begin with their time: a range of them, as the sample was once read,
+    # would be one stretch of time.
+    monkeypatch.setattr(compaction, "SAMPLE_STRETCH", 2)
+    _, busy = run_many(api, "acme", 300)
+    run_many(api, "acme", 100, name="Quiet")
+    logs = stored(server.settings.data_dir)
+    tenant_id = pairs(server.settings.data_dir, "SELECT name, id FROM tenants")["acme"]
+    order = {logs[execution_id]: n for n, execution_id in enumerate(busy)}
+
+    drawn = sample(server.settings, tenant_id, 100)
+
+    assert len(drawn) == len(set(drawn)) == 100, "no log twice"
+    assert set(drawn) <= set(logs.values())
+    from_busy = sorted(order[log] for log in drawn if log in order)
+    # 50 stretches, each from the busy workflow with a chance of 3 in 4.
+    assert 50 <= len(from_busy) <= 95
+    assert from_busy[0] < 100, "from its first runs"
+    assert from_busy[-1] >= 200, "to its last"
+    # A tenant with no more logs than the sample: all of them, each once.
+    assert sorted(sample(server.settings, tenant_id, 400)) == sorted(logs.values())
 
 
 def test_one_process_sweeps_at_a_time(server: Server, api: Api) -> None:

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from solder.errors import SolderError
-from solder.ids import execution_id
+from solder.ids import random_chars
 
 
 class AlreadyServing(SolderError):
@@ -133,7 +133,7 @@ class ProcessMarks:
     def hold(self) -> str:
         """Draw this process's token and mark it alive; the token."""
         self.directory.mkdir(mode=0o700, exist_ok=True)
-        self.token = execution_id()[: self.TOKEN_LENGTH]
+        self.token = random_chars(self.TOKEN_LENGTH)
         # Locked before it has its name: a sibling that sees the file sees it held.
         drawn = self.directory / f".{self.token}.new"
         fd = os.open(drawn, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1256,23 +1256,43 @@ async def count_executions(conn: Conn, tenant_id: str) -> int:
     return int(result.scalar_one())
 
 
-async def sample_logs(
-    conn: Conn, tenant_id: str, limit: int, *, low: str = "", high: str | None = None
-) -> list[tuple[str, bytes]]:
-    """Up to `limit` stored logs of a tenant with `low` < id < `high` (`high` None: no
-    bound), in id order, with their execution ids. Ids are random: a range of them is a
-    random sample of the tenant's logs, read through its primary key. The logs are
-    `bytes` on every database (psycopg reads PostgreSQL's as memoryviews)."""
-    conditions = [executions.c.tenant_id == tenant_id, executions.c.id > low]
-    if high is not None:
-        conditions.append(executions.c.id < high)
+async def logs_by_workflow(conn: Conn, tenant_id: str) -> list[tuple[int, int, int]]:
+    """Each of a tenant's workflows that has executions, as (its number, how many, its
+    last position in its logs pages), from `log_listings`."""
+    listing = log_listings.c
     result = await conn.execute(
-        select(executions.c.id, executions.c.log)
-        .where(*conditions, executions.c.log.is_not(None))
-        .order_by(executions.c.id)
+        select(
+            listing.workflow_number, listing.last_position - listing.deleted, listing.last_position
+        )
+        .join(workflow_numbers, workflow_numbers.c.number == listing.workflow_number)
+        .where(
+            workflow_numbers.c.tenant_id == tenant_id,
+            listing.user_number == 0,
+            listing.last_position > listing.deleted,
+        )
+        .order_by(listing.workflow_number)
+    )
+    return [(row[0], int(row[1]), int(row[2])) for row in result.all()]
+
+
+async def sample_logs(
+    conn: Conn, workflow: int, position: int, limit: int
+) -> list[tuple[int, bytes]]:
+    """Up to `limit` stored logs of a workflow (its number) from `position` on in its
+    logs pages, oldest first, with their positions: a stretch of its history, read
+    through `ix_executions_workflow_positions`. The logs are `bytes` on every database
+    (psycopg reads PostgreSQL's as memoryviews)."""
+    result = await conn.execute(
+        select(executions.c.workflow_position, executions.c.log)
+        .where(
+            executions.c.workflow_number == workflow,
+            executions.c.workflow_position >= position,
+            executions.c.log.is_not(None),
+        )
+        .order_by(executions.c.workflow_position)
         .limit(limit)
     )
-    return [(row[0], bytes(row[1])) for row in result.all()]
+    return [(int(row[0]), bytes(row[1])) for row in result.all()]
 
 
 async def tenant_workflow_ids(conn: Conn, tenant_id: str) -> list[str]:

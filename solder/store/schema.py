@@ -164,8 +164,9 @@ executions = Table(
     "executions",
     metadata,
     Column("tenant_id", String(24), nullable=False),
-    # The public id: 126 random bits, unique across tenants, so its index need not hold
-    # the tenant (every lookup still names it, and reads the row's).
+    # The public id: its time, then 72 random bits (solder/ids.py), unique across
+    # tenants, so its index need not hold the tenant (every lookup still names it, and
+    # reads the row's).
     Column("id", String(21), primary_key=True),
     Column("workflow_number", Integer, nullable=False),
     Column("user_number", Integer, nullable=False),
