@@ -160,8 +160,7 @@ def main() -> None:
         bench.closed(3.0)
         checkpoint = None
         if options.checkpoint_after is not None:
-            with psycopg.connect(stack.database_url, autocommit=True) as conn:
-                conn.execute("CHECKPOINT")
+            run_checkpoint(stack.database_url)
             checkpoint = threading.Timer(
                 options.checkpoint_after, run_checkpoint, (stack.database_url,)
             )
