@@ -1,6 +1,7 @@
 """What a run of scenario 2 costs on PostgreSQL: CPU by process, and the database's work.
 
     .venv/bin/python bench/pg_run_probe.py [--seconds 20] [--workers 2] [--rate R]
+        [--prefill N] [--checkpoint-after S] [--sql STATEMENT]...
         [--postgres-url postgresql://postgres@127.0.0.1:5432]
 
 Starts scenario 2's stack on PostgreSQL (`solder serve --no-worker` and `--workers`
@@ -12,6 +13,12 @@ Solder's processes and of all of PostgreSQL's (the server's processes, found as 
 the benchmark's database (`pg_stat_database`), each table's inserts, updates, deletes
 and scans (`pg_stat_user_tables`), and the WAL written (`pg_stat_wal`: the whole
 server's). A probe for bench/RESULTS.md, not part of `make bench`.
+
+`--prefill N` copies N finished executions into the table first (ids drawn by the code
+under test; a store of the issue's scale), `--checkpoint-after S` runs a CHECKPOINT
+before the load and S seconds into it, and `--sql` runs statements of one's own on the
+benchmark's database before the warm-up (a schema or settings change, tried before it
+is written).
 
 With `--against REV --pairs N`: N pairs in turns, REV's tree (a temporary git work tree)
 and this one, REV first in odd pairs and this tree in even ones, each pair the probe
@@ -137,6 +144,14 @@ def main() -> None:
         metavar="S",
         help="a CHECKPOINT S seconds into the load (and one before it)",
     )
+    parser.add_argument(
+        "--sql",
+        action="append",
+        default=[],
+        metavar="STATEMENT",
+        help="run on the benchmark's database before the warm-up (after --prefill): what a"
+        " change of schema or settings would do, before writing it (repeatable)",
+    )
     parser.add_argument("--against", metavar="REV", help="pairs in turns: REV, then this tree")
     parser.add_argument("--pairs", type=int, default=4)
     options = parser.parse_args()
@@ -157,6 +172,10 @@ def main() -> None:
         bench = Bench(stack, Path(workdir))
         if options.prefill:
             prefill(stack.database_url, options.prefill)
+        if options.sql:
+            with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                for statement in options.sql:
+                    conn.execute(statement)
         bench.closed(3.0)
         checkpoint = None
         if options.checkpoint_after is not None:
@@ -236,6 +255,8 @@ def probe_in(tree: Path, options: argparse.Namespace) -> tuple[float, list[float
         args += ["--rate", str(options.rate)]
     if options.checkpoint_after is not None:
         args += ["--checkpoint-after", str(options.checkpoint_after)]
+    for statement in options.sql:
+        args += ["--sql", statement]
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "200"}
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "pg_run_probe.py"), *args],
