@@ -293,37 +293,39 @@ class Compaction:
         to be in it, read through an index by its position in its workflow's logs pages
         (`log_listings`). Execution ids begin with their time: a range of them would be a
         stretch of time, not a sample (docs/decisions.md)."""
+        # One read transaction: a connection checked out for each of some 170 stretches
+        # took twice as long (bench/RESULTS.md, "Now: execution ids that begin with
+        # their time").
         async with self.db.read() as conn:
             workflows = await q.logs_by_workflow(conn, tenant_id)
-        total = sum(count for _, count, _ in workflows)
-        left = min(total, self.sample_logs)
-        places: Iterable[tuple[int, int, int]]
-        if total <= self.sample_logs:
-            # All of them: each workflow's logs from its first on.
-            places = [(number, 0, count) for number, count, _ in workflows]
-        else:
-            places = itertools.islice(_stretches(workflows), 4 * -(-left // SAMPLE_STRETCH))
-        seen: set[tuple[int, int]] = set()  # stretches may overlap: (workflow, position)
-        chunk: list[bytes] = []
-        for number, start, count in places:
-            while count > 0 and left > 0:
-                limit = min(count, left, SAMPLE_CHUNK)
-                async with self.db.read() as conn:
+            total = sum(count for _, count, _ in workflows)
+            left = min(total, self.sample_logs)
+            places: Iterable[tuple[int, int, int]]
+            if total <= self.sample_logs:
+                # All of them: each workflow's logs from its first on.
+                places = [(number, 0, count) for number, count, _ in workflows]
+            else:
+                places = itertools.islice(_stretches(workflows), 4 * -(-left // SAMPLE_STRETCH))
+            seen: set[tuple[int, int]] = set()  # stretches may overlap: (workflow, position)
+            chunk: list[bytes] = []
+            for number, start, count in places:
+                while count > 0 and left > 0:
+                    limit = min(count, left, SAMPLE_CHUNK)
                     logs = await q.sample_logs(conn, number, start, limit)
-                for position, stored in logs:
-                    if (number, position) not in seen:
-                        seen.add((number, position))
-                        chunk.append(stored)
-                        left -= 1
-                if len(chunk) >= SAMPLE_CHUNK:
-                    yield chunk
-                    chunk = []
-                if len(logs) < limit:
-                    break  # the workflow's last log
-                count -= len(logs)
-                start = logs[-1][0] + 1
-            if left == 0:
-                break
+                    for position, stored in logs:
+                        if (number, position) not in seen:
+                            seen.add((number, position))
+                            chunk.append(stored)
+                            left -= 1
+                    if len(chunk) >= SAMPLE_CHUNK:
+                        yield chunk
+                        chunk = []
+                    if len(logs) < limit:
+                        break  # the workflow's last log
+                    count -= len(logs)
+                    start = logs[-1][0] + 1
+                if left == 0:
+                    break
         if chunk:
             yield chunk
 
