@@ -1244,16 +1244,9 @@ async def tenant_ids(conn: Conn) -> list[str]:
 
 
 async def count_executions(conn: Conn, tenant_id: str) -> int:
-    """How many executions a tenant has: what its workflows' logs pages hold, read from
-    `log_listings` (a row per workflow), not counted."""
-    listing = log_listings.c
-    result = await conn.execute(
-        select(func.coalesce(func.sum(listing.last_position - listing.deleted), 0))
-        .select_from(log_listings)
-        .join(workflow_numbers, workflow_numbers.c.number == listing.workflow_number)
-        .where(workflow_numbers.c.tenant_id == tenant_id, listing.user_number == 0)
-    )
-    return int(result.scalar_one())
+    """How many executions a tenant has: what its workflows' logs pages hold
+    (`logs_by_workflow`), not counted."""
+    return sum(count for _, count, _ in await logs_by_workflow(conn, tenant_id))
 
 
 async def logs_by_workflow(conn: Conn, tenant_id: str) -> list[tuple[int, int, int]]:
