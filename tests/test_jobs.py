@@ -18,11 +18,12 @@ import psycopg
 import pytest
 from procrastinate.job_context import JobContext
 from procrastinate.jobs import Job
+from sqlalchemy import text
 
 from solder import workers
 from solder.app import Solder
 from solder.ids import now_ms
-from solder.store import queue
+from solder.store import jobs, queue
 from solder.store.database import Database
 from solder.store.jobs import CHANNEL, QUEUE, defer_params
 from solder.workers import QueueWorker
@@ -541,6 +542,118 @@ def test_an_execution_that_lost_its_job_gets_a_new_one(
     with api_client(worker) as resumed:
         log = resumed.wait_for(workflow_id, execution_id)
     assert log["status"] == "succeeded"
+
+
+def test_an_execution_whose_job_procrastinate_ended_gets_a_new_one(
+    api_only: Server, api: Api
+) -> None:
+    """Found from the jobs' side at the first sweep once idle, wherever the walk for
+    deleted jobs stands."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    kept, lost = (api.run(user_id, workflow_id, {"n": n}) for n in (1, 2))
+    data_dir = api_only.settings.data_dir
+    databases.execute(
+        data_dir,
+        f"UPDATE procrastinate_jobs SET status = 'failed' WHERE args->>'execution_id' = '{lost}'",
+    )
+    time.sleep(1.1)
+
+    async def run() -> tuple[int, str]:
+        solder = Solder(api_only.settings)
+        assert isinstance(solder.dispatcher, QueueWorker)
+        solder.dispatcher._walked = max(kept, lost)  # the walk is past both
+        try:
+            return await solder.dispatcher.sweep(), solder.dispatcher._walked
+        finally:
+            assert solder.waker is not None
+            await solder.waker.stop()
+            await solder.db.dispose()
+
+    assert asyncio.run(run()) == (1, ""), "rescued; the walk found the table's end"
+    assert sorted((job_execution, status) for _, status, job_execution, _ in jobs_of(api_only)) == [
+        (kept, "todo"),
+        (lost, "failed"),
+        (lost, "todo"),
+    ]
+    assert sweep(api_only) == 0, "once"
+
+
+def test_the_walk_for_deleted_jobs_finds_them_stretch_by_stretch(
+    api_only: Server, api: Api
+) -> None:
+    user_id, workflow_id = api.install(WORKFLOW)
+    ids = sorted(api.run(user_id, workflow_id, {"n": n}) for n in range(5))
+    data_dir = api_only.settings.data_dir
+    databases.execute(
+        data_dir, f"DELETE FROM procrastinate_jobs WHERE args->>'execution_id' = '{ids[3]}'"
+    )
+    [(tenant_id,)] = databases.rows(data_dir, "SELECT DISTINCT tenant_id FROM executions")
+
+    async def walk(idle_since: int) -> list[tuple[str | None, list[str]]]:
+        db = Database(api_only.settings.database_url)
+        stretches: list[tuple[str | None, list[str]]] = []
+        walked = ""
+        try:
+            async with db.read() as conn:
+                while True:
+                    last, lost = await jobs.walk(conn, walked, 2, idle_since)
+                    assert all(tenant == tenant_id for tenant, _ in lost)
+                    stretches.append((last, [execution for _, execution in lost]))
+                    if last is None:
+                        return stretches
+                    walked = last
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(walk(now_ms() + 1000)) == [
+        (ids[1], []),
+        (ids[3], [ids[3]]),
+        (ids[4], []),
+        (None, []),
+    ]
+    assert asyncio.run(walk(0)) == [(ids[1], []), (ids[3], []), (ids[4], []), (None, [])], (
+        "not while it may still be being queued"
+    )
+
+
+def test_a_run_updates_its_execution_in_place(api_only: Server, api: Api) -> None:
+    """Heap-only (HOT) updates: no index of the executions table has a column that a run's
+    claim or end changes, so neither writes an index entry (migration 0013)."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    execution_id = api.run(user_id, workflow_id, {"n": 1})
+    [(tenant_id,)] = databases.rows(api_only.settings.data_dir, "SELECT tenant_id FROM executions")
+
+    async def run() -> tuple[int, int]:
+        db = Database(api_only.settings.database_url)
+        try:
+            async with db.write() as conn:
+                taken = await queue.take(conn, str(tenant_id), execution_id, "lease", now_ms())
+                assert taken is not None
+                ended = await queue.end(
+                    conn,
+                    str(tenant_id),
+                    execution_id,
+                    "lease",
+                    status="succeeded",
+                    stopped_at=now_ms(),
+                    error_block=None,
+                    error_message=None,
+                    app_actions=0,
+                    log=b"{}" * 200,
+                )
+                assert ended.written
+                found = await conn.execute(
+                    text(
+                        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables"
+                        " WHERE relname = 'executions'"
+                    )
+                )
+                updates, in_place = found.one()
+                return int(updates), int(in_place)
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(run()) == (2, 2)
 
 
 def fetch_plan(server: Server) -> str:

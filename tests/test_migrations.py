@@ -14,7 +14,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from solder.store.database import Database, _configure_sqlite
-from solder.store.schema import metadata, owned_by_solder
+from solder.store.schema import declared_on, metadata, owned_by_solder
 from tests import databases
 
 
@@ -27,7 +27,11 @@ def differences(db: Database) -> tuple[list[object], set[str]]:
     engine = create_engine(db.sync_url)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"include_name": owned_by_solder})
+            opts = {
+                "include_name": owned_by_solder,
+                "include_object": declared_on(conn.dialect.name),
+            }
+            context = MigrationContext.configure(conn, opts=opts)
             diff = compare_metadata(context, metadata)
             tables = set(inspect(conn).get_table_names())
     finally:

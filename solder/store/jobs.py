@@ -187,25 +187,61 @@ async def retry(conn: AsyncConnection, job_id: int) -> bool:
     return True
 
 
+_UNFINISHED = "('queued', 'running', 'crashed')"
+_LIVE = "('todo', 'doing')"
+
+
 async def orphans(conn: AsyncConnection, idle_since: int) -> Sequence[tuple[str, str]]:
-    """Unfinished executions, untouched since `idle_since`, that no live job will run.
+    """Unfinished executions, untouched since `idle_since`, whose job procrastinate ended
+    (failed, cancelled, aborted: any status but waiting or running), up to 100.
 
     Nothing in Solder makes one (each queued execution is given its job, and a stalled
-    job is retried), so this is the net under the net: a job deleted by hand, or one that
-    procrastinate ended for a reason Solder did not foresee.
+    job is retried), so this is the net under the net: a job procrastinate ended for a
+    reason Solder did not foresee, or an operator cancelled. It reads from the jobs'
+    side, through the execution's primary key: the executions table has no index on its
+    status on PostgreSQL (migration 0013). A job deleted outright is found by `walk`.
     """
     result = await conn.execute(
         text(
-            "SELECT e.tenant_id, e.id FROM executions e"
-            " WHERE e.status IN ('queued', 'running', 'crashed')"
+            "SELECT e.tenant_id, e.id FROM procrastinate_jobs job"  # noqa: S608 (constants)
+            " JOIN executions e ON e.id = job.args->>'execution_id'"
+            "  AND e.tenant_id = job.args->>'tenant_id'"
+            f" WHERE job.task_name = :task AND job.status NOT IN {_LIVE}"
+            f" AND e.job_id = job.id AND e.status IN {_UNFINISHED}"
             " AND COALESCE(e.claimed_at, e.started_at) < :idle_since"
-            " AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs job"
-            "  WHERE job.id = e.job_id AND job.status IN ('todo', 'doing'))"
             " LIMIT 100"
         ),
-        {"idle_since": idle_since},
+        {"task": TASK, "idle_since": idle_since},
     )
     return [(row[0], row[1]) for row in result]
+
+
+async def walk(
+    conn: AsyncConnection, after: str, count: int, idle_since: int
+) -> tuple[str | None, Sequence[tuple[str, str]]]:
+    """The next `count` executions by id after `after`: the last id read (None past the
+    last execution: the walk starts again), and those of them unfinished, untouched since
+    `idle_since`, whose job is neither waiting nor running (deleted, or ended).
+
+    The slow net under `orphans`: a job deleted outright leaves nothing on the jobs' side
+    to find its execution by. The walk reads the primary key in order, a bounded stretch
+    at each sweep, and so finds such an execution within one walk of the whole table.
+    """
+    result = await conn.execute(
+        text(
+            "WITH chunk AS MATERIALIZED (SELECT tenant_id, id, status, claimed_at,"  # noqa: S608
+            " started_at, job_id FROM executions WHERE id > :after ORDER BY id LIMIT :count)"
+            " SELECT walked.last, lost.tenant_id, lost.id"
+            " FROM (SELECT max(id) AS last FROM chunk) walked"
+            f" LEFT JOIN chunk lost ON lost.status IN {_UNFINISHED}"
+            " AND COALESCE(lost.claimed_at, lost.started_at) < :idle_since"
+            " AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs job"
+            f"  WHERE job.id = lost.job_id AND job.status IN {_LIVE})"
+        ),
+        {"after": after, "count": count, "idle_since": idle_since},
+    )
+    rows = result.all()
+    return rows[0][0], [(row[1], row[2]) for row in rows if row[2] is not None]
 
 
 async def alive(conn: AsyncConnection, job_id: int | None) -> bool:

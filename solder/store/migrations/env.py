@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from solder.store.schema import metadata, owned_by_solder
+from solder.store.schema import declared_on, metadata, owned_by_solder
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -16,6 +16,7 @@ context.configure(
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
     include_name=owned_by_solder,
+    include_object=declared_on(connection.dialect.name),
 )
 with context.begin_transaction():
     context.run_migrations()
