@@ -42,7 +42,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterable,
     Iterator,
     Mapping,
     Sequence,
@@ -284,7 +283,7 @@ class Compaction:
 
     async def _sample(self, tenant_id: str) -> AsyncIterator[list[bytes]]:
         """`sample_logs` of the tenant's stored logs (all of them if it has no more),
-        `SAMPLE_CHUNK` at a time: the sample goes to the training process without this
+        up to `SAMPLE_CHUNK` at a time: the sample goes to the training process without this
         one ever holding all of it (the C heap would keep the pages it took:
         bench/RESULTS.md, scenario 6).
 
@@ -294,40 +293,35 @@ class Compaction:
         (`log_listings`). Execution ids begin with their time: a range of them would be a
         stretch of time, not a sample (docs/decisions.md)."""
         # One read transaction: a connection checked out for each of some 170 stretches
-        # took twice as long (bench/RESULTS.md, "Now: execution ids that begin with
-        # their time").
+        # took twice as long, and a statement for each still cost 2 ms of SQLAlchemy's
+        # async access to SQLite (bench/RESULTS.md, "Now: execution ids that begin with
+        # their time"): a statement reads a chunk's worth of stretches.
         async with self.db.read() as conn:
             workflows = await q.logs_by_workflow(conn, tenant_id)
             total = sum(count for _, count, _ in workflows)
-            left = min(total, self.sample_logs)
-            places: Iterable[tuple[int, int, int]]
             if total <= self.sample_logs:
                 # All of them: each workflow's logs from its first on.
-                places = [(number, 0, count) for number, count, _ in workflows]
-            else:
-                places = itertools.islice(_stretches(workflows), 4 * -(-left // SAMPLE_STRETCH))
+                for number, _, _ in workflows:
+                    start = 0
+                    while logs := await q.sample_logs(conn, number, start, SAMPLE_CHUNK):
+                        yield [stored for _, stored in logs]
+                        start = logs[-1][0] + 1
+                return
+            left = self.sample_logs
             seen: set[tuple[int, int]] = set()  # stretches may overlap: (workflow, position)
-            chunk: list[bytes] = []
-            for number, start, count in places:
-                while count > 0 and left > 0:
-                    limit = min(count, left, SAMPLE_CHUNK)
-                    logs = await q.sample_logs(conn, number, start, limit)
-                    for position, stored in logs:
-                        if (number, position) not in seen:
-                            seen.add((number, position))
-                            chunk.append(stored)
-                            left -= 1
-                    if len(chunk) >= SAMPLE_CHUNK:
-                        yield chunk
-                        chunk = []
-                    if len(logs) < limit:
-                        break  # the workflow's last log
-                    count -= len(logs)
-                    start = logs[-1][0] + 1
+            places = _stretches(workflows)
+            for _ in range(4 * -(-left // SAMPLE_CHUNK)):
+                batch = list(itertools.islice(places, SAMPLE_CHUNK // SAMPLE_STRETCH))
+                chunk: list[bytes] = []
+                for number, position, stored in await q.sample_stretches(conn, batch):
+                    if (number, position) not in seen and len(chunk) < left:
+                        seen.add((number, position))
+                        chunk.append(stored)
+                left -= len(chunk)
+                if chunk:
+                    yield chunk
                 if left == 0:
-                    break
-        if chunk:
-            yield chunk
+                    return
 
     async def _compact(
         self,

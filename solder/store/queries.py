@@ -20,6 +20,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.engine import RowMapping
@@ -1286,6 +1287,29 @@ async def sample_logs(
         .limit(limit)
     )
     return [(int(row[0]), bytes(row[1])) for row in result.all()]
+
+
+async def sample_stretches(
+    conn: Conn, stretches: Sequence[tuple[int, int, int]]
+) -> list[tuple[int, int, bytes]]:
+    """`sample_logs` of several stretches (workflow number, position, how many) in one
+    statement: (workflow number, position, stored log) each."""
+    parts = [
+        select(executions.c.workflow_number, executions.c.workflow_position, executions.c.log)
+        .where(
+            executions.c.workflow_number == workflow,
+            executions.c.workflow_position >= position,
+            executions.c.log.is_not(None),
+        )
+        .order_by(executions.c.workflow_position)
+        .limit(limit)
+        .subquery()
+        for workflow, position, limit in stretches
+    ]
+    # Each stretch is a subquery of its own: SQLite takes no LIMIT in a compound
+    # SELECT's members.
+    result = await conn.execute(union_all(*(select(*part.c) for part in parts)))
+    return [(int(row[0]), int(row[1]), bytes(row[2])) for row in result.all()]
 
 
 async def tenant_workflow_ids(conn: Conn, tenant_id: str) -> list[str]:
