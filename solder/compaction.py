@@ -282,7 +282,7 @@ class Compaction:
         return True
 
     async def _sample(self, tenant_id: str) -> AsyncIterator[list[bytes]]:
-        """`sample_logs` of the tenant's stored logs (all of them if it has no more),
+        """A sample of the tenant's stored logs (all of them if it has no more),
         up to `SAMPLE_CHUNK` at a time: the sample goes to the training process without this
         one ever holding all of it (the C heap would keep the pages it took:
         bench/RESULTS.md, scenario 6).
@@ -303,9 +303,13 @@ class Compaction:
                 # All of them: each workflow's logs from its first on.
                 for number, _, _ in workflows:
                     start = 0
-                    while logs := await q.sample_logs(conn, number, start, SAMPLE_CHUNK):
-                        yield [stored for _, stored in logs]
-                        start = logs[-1][0] + 1
+                    while True:
+                        logs = await q.sample_stretches(conn, [(number, start, SAMPLE_CHUNK)])
+                        if logs:
+                            yield [stored for _, _, stored in logs]
+                        if len(logs) < SAMPLE_CHUNK:
+                            break  # the workflow's last log
+                        start = max(position for _, position, _ in logs) + 1
                 return
             left = self.sample_logs
             seen: set[tuple[int, int]] = set()  # stretches may overlap: (workflow, position)

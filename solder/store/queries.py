@@ -1269,31 +1269,14 @@ async def logs_by_workflow(conn: Conn, tenant_id: str) -> list[tuple[int, int, i
     return [(row[0], int(row[1]), int(row[2])) for row in result.all()]
 
 
-async def sample_logs(
-    conn: Conn, workflow: int, position: int, limit: int
-) -> list[tuple[int, bytes]]:
-    """Up to `limit` stored logs of a workflow (its number) from `position` on in its
-    logs pages, oldest first, with their positions: a stretch of its history, read
-    through `ix_executions_workflow_positions`. The logs are `bytes` on every database
-    (psycopg reads PostgreSQL's as memoryviews)."""
-    result = await conn.execute(
-        select(executions.c.workflow_position, executions.c.log)
-        .where(
-            executions.c.workflow_number == workflow,
-            executions.c.workflow_position >= position,
-            executions.c.log.is_not(None),
-        )
-        .order_by(executions.c.workflow_position)
-        .limit(limit)
-    )
-    return [(int(row[0]), bytes(row[1])) for row in result.all()]
-
-
 async def sample_stretches(
     conn: Conn, stretches: Sequence[tuple[int, int, int]]
 ) -> list[tuple[int, int, bytes]]:
-    """`sample_logs` of several stretches (workflow number, position, how many) in one
-    statement: (workflow number, position, stored log) each."""
+    """Stored logs of stretches of workflows' histories, in one statement: from each
+    (workflow number, position, how many), up to that many of the workflow's logs from
+    that position on in its logs pages, through `ix_executions_workflow_positions`.
+    Rows: (workflow number, position, stored log), the log `bytes` on every database
+    (psycopg reads PostgreSQL's as memoryviews)."""
     parts = [
         select(executions.c.workflow_number, executions.c.workflow_position, executions.c.log)
         .where(
