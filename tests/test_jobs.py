@@ -77,11 +77,19 @@ def executions_of(data_dir: Path) -> dict[str, tuple[Any, Any]]:
 
 
 def sweep(server: Server) -> int:
-    async def run() -> int:
+    return sweep_from(server, "")[0]
+
+
+def sweep_from(server: Server, walked: str) -> tuple[int, str]:
+    """One crash sweep of a new worker whose walk for deleted jobs stands at `walked`:
+    how many it rescued, and where its walk stands after."""
+
+    async def run() -> tuple[int, str]:
         solder = Solder(server.settings)
         assert isinstance(solder.dispatcher, QueueWorker)
+        solder.dispatcher._walked = walked
         try:
-            return await solder.dispatcher.sweep()
+            return await solder.dispatcher.sweep(), solder.dispatcher._walked
         finally:
             assert solder.waker is not None
             await solder.waker.stop()
@@ -557,19 +565,10 @@ def test_an_execution_whose_job_procrastinate_ended_gets_a_new_one(
         f"UPDATE procrastinate_jobs SET status = 'failed' WHERE args->>'execution_id' = '{lost}'",
     )
     time.sleep(1.1)
-
-    async def run() -> tuple[int, str]:
-        solder = Solder(api_only.settings)
-        assert isinstance(solder.dispatcher, QueueWorker)
-        solder.dispatcher._walked = max(kept, lost)  # the walk is past both
-        try:
-            return await solder.dispatcher.sweep(), solder.dispatcher._walked
-        finally:
-            assert solder.waker is not None
-            await solder.waker.stop()
-            await solder.db.dispose()
-
-    assert asyncio.run(run()) == (1, ""), "rescued; the walk found the table's end"
+    # The walk is past both.
+    assert sweep_from(api_only, max(kept, lost)) == (1, ""), (
+        "rescued; the walk found the table's end"
+    )
     assert sorted((job_execution, status) for _, status, job_execution, _ in jobs_of(api_only)) == [
         (kept, "todo"),
         (lost, "failed"),
