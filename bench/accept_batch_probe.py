@@ -10,8 +10,8 @@ Sets up Solder's schema, a tenant, its API key and a workflow as scenario 2 does
 tasks accept runs by key on one workflow, as fast as they can, through Solder's own
 pool:
 
-- `single`: each accept is Solder's statement (`queue.queue_by_key`), its own
-  transaction, as the API sends it today;
+- `single`: each accept is Solder's (`executions.run_workflow_by_key`: one statement,
+  its own transaction), as the API makes it today;
 - `batch N`: the accepts waiting when the loop comes round, up to N, are one statement
   (`BATCHED` below, a prototype): the targets read for them all, each listing row taken
   once for its count of them, the jobs deferred by one call, the executions inserted.
@@ -35,9 +35,9 @@ from common import BENCH_TENANT, solder_stack
 from pg_run_probe import postgres_cpu
 from sqlalchemy import text
 
-from solder import keys
+from solder import executions, keys
 from solder.ids import execution_id
-from solder.store import jobs, queue
+from solder.store import jobs
 from solder.store.database import Database
 from solder.store.prepared import Prepared, fetch
 
@@ -179,19 +179,13 @@ async def load(
     async def client() -> None:
         nonlocal done
         while time.monotonic() < deadline:
-            new_id = execution_id()
-            if batcher is None:
-                async with db.write_inline(single=True) as conn:
-                    queued = await queue.queue_by_key(
-                        conn,
-                        key_hash=key_hash,
-                        workflow_id=workflow_id,
-                        user_id=user_id,
-                        id=new_id,
-                        trigger_data='{"n": 1}',
-                    )
+            if batcher is None:  # as the API accepts a run request by key
+                answer = await executions.run_workflow_by_key(
+                    db, key_hash, user_id=user_id, workflow_id=workflow_id, data={"n": 1}
+                )
+                queued = answer is not None
             else:
-                request = (key_hash, workflow_id, user_id, new_id, '{"n": 1}')
+                request = (key_hash, workflow_id, user_id, execution_id(), '{"n": 1}')
                 queued = await batcher.accept(request)
             if not queued:
                 raise RuntimeError("an accept found no target")
