@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 import pytest
@@ -20,7 +21,7 @@ from procrastinate.job_context import JobContext
 from procrastinate.jobs import Job
 from sqlalchemy import text
 
-from solder import workers
+from solder import executions, ids, keys, workers
 from solder.app import Solder
 from solder.ids import now_ms
 from solder.store import jobs, queue
@@ -765,3 +766,93 @@ def test_accepting_waits_while_the_queue_is_at_its_high_water_mark(
             await db.dispose()
 
     asyncio.run(wait_for_room())
+
+
+def test_runs_accepted_together_each_get_their_positions_and_their_job(
+    api_only: Server, api: Api
+) -> None:
+    """Run requests that reach the API together are queued a loop turn at a time in one
+    statement (`executions.KeyedAccepts`): each still gets the next positions of its
+    workflow's and its user's logs, in order, start times that follow them, and its own
+    job; a request whose target is not found among them is answered as alone."""
+    ada, first = api.install(WORKFLOW)
+    bob = api.create_user("bob")
+    api.activate(bob, first)
+    second = api.create_workflow({**WORKFLOW, "name": "Triple"})
+    api.activate(ada, second)
+    pairs = [(ada, first), (bob, first), (ada, second)] * 12
+
+    async def post_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=api_only.base_url, headers=dict(api.headers), timeout=TIMEOUT
+        ) as client:
+            bodies = [
+                {"userId": u, "workflowId": w, "data": {"n": n}} for n, (u, w) in enumerate(pairs)
+            ]
+            bodies.insert(7, {"userId": ada, "workflowId": "no-such-workflow", "data": {}})
+            return await asyncio.gather(*(client.post("/run/workflow", json=b) for b in bodies))
+
+    answers = asyncio.run(post_all())
+    missing = answers.pop(7)
+    assert missing.status_code == 404, missing.text
+    assert [a.status_code for a in answers] == [200] * len(pairs), [a.text for a in answers]
+    accepted = {a.json()["executionId"]: pair for a, pair in zip(answers, pairs, strict=True)}
+
+    data_dir = api_only.settings.data_dir
+    found = databases.rows(
+        data_dir,
+        "SELECT e.id, wn.workflow_id, un.user_id, e.workflow_position, e.user_position,"
+        " e.started_at, e.trigger_data, j.args ->> 'execution_id'"
+        " FROM executions AS e JOIN workflow_numbers AS wn ON wn.number = e.workflow_number"
+        " JOIN user_numbers AS un ON un.number = e.user_number"
+        " JOIN procrastinate_jobs AS j ON j.id = e.job_id ORDER BY e.workflow_position",
+    )
+    assert {str(row[0]): (row[2], row[1]) for row in found} == accepted
+    assert all(row[7] == row[0] for row in found), "each execution's job is its own"
+    for workflow in (first, second):
+        rows = [row for row in found if row[1] == workflow]
+        assert [row[3] for row in rows] == list(range(1, len(rows) + 1))
+        starts = [int(str(row[5])) for row in rows]
+        assert starts == sorted(starts), "start times follow positions"
+        for user in (ada, bob):
+            of_user = [int(str(row[4])) for row in rows if row[2] == user]
+            assert sorted(of_user) == list(range(1, len(of_user) + 1))
+    # Each request's own data, whichever statement carried it.
+    for row in found:
+        n = orjson.loads(str(row[6]))["n"]
+        assert pairs[n] == (row[2], row[1])
+
+
+def test_a_request_that_fails_a_batch_fails_alone(api_only: Server, api: Api) -> None:
+    """A statement of several accepts that PostgreSQL refuses is retried a request at a
+    time: the others are queued, the faulty one fails, nothing is half written."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    key_hash = keys.hash_key(str(api.headers["Authorization"]).split()[-1])
+
+    async def accept_together() -> tuple[list[bool | BaseException], list[queue.KeyedRun]]:
+        db = Database(api_only.settings.database_url)
+        accepts = executions.KeyedAccepts(db)
+        try:
+            runs = [
+                queue.KeyedRun(key_hash, workflow_id, user_id, ids.execution_id(), '{"n": 1}')
+                for _ in range(4)
+            ]
+            # A NUL byte: PostgreSQL's text refuses it, and the whole statement with it.
+            runs.insert(2, runs[0]._replace(id=ids.execution_id(), trigger_data='{"n": "\x00"}'))
+            answers = await asyncio.gather(
+                *(accepts.accept(run) for run in runs), return_exceptions=True
+            )
+            return list(answers), runs
+        finally:
+            await db.dispose()
+
+    answers, runs = asyncio.run(accept_together())
+    assert answers[:2] == [True, True]
+    assert answers[3:] == [True, True]
+    assert isinstance(answers[2], psycopg.DataError)
+    queued = {
+        str(row[0])
+        for row in databases.rows(api_only.settings.data_dir, "SELECT id FROM executions")
+    }
+    assert queued == {run.id for i, run in enumerate(runs) if i != 2}
+    assert len(jobs_of(api_only)) == 4, "no job without its execution"

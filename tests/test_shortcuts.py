@@ -245,7 +245,7 @@ def test_a_run_while_the_database_is_down_is_a_503_after_one_look(
 
         monkeypatch.setattr(keys, "authenticate", unreachable)
         monkeypatch.setattr(queries, "keyed_webhook_target", unreachable)
-        monkeypatch.setattr(queue, "queue_by_key", unreachable)  # PostgreSQL's, in one
+        monkeypatch.setattr(queue, "queue_by_keys", unreachable)  # PostgreSQL's, in one
         run = {**RUN, "userId": user_id, "workflowId": workflow_id} if by_ids else RUN
         response = api.post("/run/workflow", content=orjson.dumps(run), headers=JSON)
     assert response.status_code == 503
