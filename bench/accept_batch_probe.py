@@ -73,8 +73,7 @@ async def load(
         while time.monotonic() < deadline:
             run = queue.KeyedRun(key_hash, workflow_id, user_id, execution_id(), '{"n": 1}')
             if batch is None:  # a statement each, as before KeyedAccepts
-                async with db.write_inline(single=True) as conn:
-                    queued = run.id in await queue.queue_by_keys(conn, [run])
+                queued = run.id in await accepts._queue([run])
             else:
                 queued = await accepts.accept(run)
             if not queued:
@@ -82,7 +81,7 @@ async def load(
             done += 1
 
     await asyncio.gather(*(client() for _ in range(clients)))
-    return done, accepts.statements if batch is not None else done
+    return done, accepts.statements
 
 
 async def measure(
