@@ -253,11 +253,19 @@ async def run_event(
     """Queue a run of every active workflow of the user whose installed version awaits `event`.
 
     No such workflow is not an error: the event simply starts nothing.
+
+    The executions are queued in the order of their workflows' numbers, the order every
+    other writer takes the workflows' logs listings in (`queue.queue_by_keys`, retention's
+    `_forget_positions`): on PostgreSQL, an event that starts several workflows queues
+    behind a concurrent writer of the same listings rather than deadlocking with it. They
+    are answered in the order the workflows were installed.
     """
     user = await users.resolve(conn, tenant, user_ref)
     trigger_data = orjson.dumps(data).decode()
-    started = [
-        await enqueue(
+    subscribers = await q.event_subscribers(conn, tenant.id, user["id"], event)
+    started: dict[int, str] = {}
+    for row in sorted(subscribers, key=lambda row: int(row["number"])):
+        started[row["number"]] = await enqueue(
             conn,
             tenant,
             workflow_id=row["workflow_id"],
@@ -266,9 +274,10 @@ async def run_event(
             trigger_id=workflows.trigger_id(row["definition"]),
             trigger_data=trigger_data,
         )
-        for row in await q.event_subscribers(conn, tenant.id, user["id"], event)
-    ]
-    return {"message": "Event successfully triggered", "executionIds": started}
+    return {
+        "message": "Event successfully triggered",
+        "executionIds": [started[row["number"]] for row in subscribers],
+    }
 
 
 async def rerun(

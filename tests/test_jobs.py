@@ -5,6 +5,7 @@ job to an execution that lost its own."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import re
@@ -30,6 +31,7 @@ from solder.store.jobs import CHANNEL, QUEUE, defer_params
 from solder.workers import QueueWorker
 from tests import databases
 from tests.conftest import TIMEOUT, Api, Server, api_client
+from tests.test_events import on_event, send
 
 pytestmark = pytest.mark.skipif(
     not databases.on_postgres(), reason="PostgreSQL only (SOLDER_TEST_DATABASE=postgres)"
@@ -856,3 +858,48 @@ def test_a_request_that_fails_a_batch_fails_alone(api_only: Server, api: Api) ->
     }
     assert queued == {run.id for i, run in enumerate(runs) if i != 2}
     assert len(jobs_of(api_only)) == 4, "no job without its execution"
+
+
+def test_an_event_takes_its_workflows_listings_in_the_order_other_writers_do(
+    api_only: Server, api: Api
+) -> None:
+    """An event that starts several workflows takes their logs listings' rows in the order
+    of the workflows' numbers, as a loop turn's run requests and retention do: a writer
+    that holds the first row and then wants the second waits for the event's transaction
+    rather than deadlocking with it (PostgreSQL would abort one of the two). The answer
+    still lists the executions in the order the workflows were installed."""
+    ada = api.create_user("ada")
+    low = api.create_workflow(on_event("Numbered first", "signup"))
+    high = api.create_workflow(on_event("Numbered second", "signup"))
+    api.activate(ada, high)  # installed first: its execution is answered first
+    api.activate(ada, low)
+    send(api, ada, "signup")  # the listings' rows now exist
+    data_dir = api_only.settings.data_dir
+    numbered = databases.rows(data_dir, "SELECT workflow_id, number FROM workflow_numbers")
+    number = {str(workflow): int(str(n)) for workflow, n in numbered}
+    lock = "SELECT 1 FROM log_listings WHERE workflow_number = %s AND user_number = 0 FOR UPDATE"
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+
+    with (
+        psycopg.connect(databases.database_url(data_dir)) as holder,
+        psycopg.connect(databases.database_url(data_dir), autocommit=True) as watcher,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        holder.execute(lock, [number[low]])
+        posted = pool.submit(api.post, "/run/event", json={"event": "signup", "userId": ada})
+        deadline = time.monotonic() + TIMEOUT
+        while watcher.execute(waiting).fetchone() != (1,):
+            assert time.monotonic() < deadline, "the event never waited for the held row"
+            assert not posted.done(), posted.result().text
+            time.sleep(0.02)
+        holder.execute(lock, [number[high]])  # free: the event holds nothing yet
+        holder.commit()
+        response = posted.result(timeout=TIMEOUT)
+
+    assert response.status_code == 200, response.text
+    started = response.json()["executionIds"]
+    assert [log["executionId"] for log in api.logs(high)][:1] == started[:1]
+    assert [log["executionId"] for log in api.logs(low)][:1] == started[1:]

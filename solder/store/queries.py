@@ -414,8 +414,20 @@ _INSTALLED_VERSION = and_(
 
 
 _EVENT_SUBSCRIBERS = Prepared(
-    select(installations.c.workflow_id, installations.c.version, workflow_versions.c.definition)
+    select(
+        installations.c.workflow_id,
+        installations.c.version,
+        workflow_versions.c.definition,
+        workflow_numbers.c.number,
+    )
     .join(workflow_versions, _INSTALLED_VERSION)
+    .join(
+        workflow_numbers,
+        and_(
+            workflow_numbers.c.tenant_id == installations.c.tenant_id,
+            workflow_numbers.c.workflow_id == installations.c.workflow_id,
+        ),
+    )
     .where(
         installations.c.tenant_id == bindparam("tenant_id"),
         installations.c.user_id == bindparam("user_id"),
@@ -428,7 +440,8 @@ _EVENT_SUBSCRIBERS = Prepared(
 
 
 async def event_subscribers(conn: Reader, tenant_id: str, user_id: str, event: str) -> list[Row]:
-    """The user's active installations whose installed version is triggered by `event`."""
+    """The user's active installations whose installed version is triggered by `event`,
+    in the order they were installed, each with its workflow's number."""
     return await fetch(conn, _EVENT_SUBSCRIBERS, tenant_id=tenant_id, user_id=user_id, event=event)
 
 
