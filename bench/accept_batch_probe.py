@@ -13,8 +13,8 @@ pool:
 - `single`: each accept a statement of its own (`queue.queue_by_keys` of one run), its
   own transaction, as the API made it before `executions.KeyedAccepts`;
 - `batch N`: the API's `executions.KeyedAccepts`, which takes the accepts waiting when
-  the loop comes round, up to N, in one statement (a prototype of it here, until it was
-  built: RESULTS, 2026-12-06 09:45).
+  the loop comes round, or when its statement in flight is done, up to N, in one
+  statement (a prototype of it here, until it was built: RESULTS, 2026-12-06 09:45).
 
 Variants take turns, `--rounds` times, `--seconds` each. Figures: accepts a second,
 PostgreSQL's CPU an accept (every process of its user, ms) and this process's. A probe

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from solder.keys import Tenant
 from solder.store import queries as q
 from solder.store import queue
 from solder.store.database import Database
+from solder.store.grouped import Grouped
 from solder.store.prepared import INTEGRITY_ERRORS
 
 
@@ -175,62 +175,30 @@ async def run_workflow_by_key(
         return await _queue_run(conn, tenant, workflow_id, user_id, target, data)
 
 
-class KeyedAccepts:
-    """PostgreSQL: the run requests by key that arrive in one turn of the event loop,
-    queued in one statement (`queue.queue_by_keys`), its own transaction.
+class KeyedAccepts(Grouped[queue.KeyedRun, bool]):
+    """PostgreSQL: the run requests by key that wait, queued in one statement
+    (`queue.queue_by_keys`), its own transaction: each request's answer is whether it
+    was (False: its key or its target not found, nothing written).
 
     A statement a request cost PostgreSQL 1.86 ms of CPU an accept with 32 clients on one
     workflow, eight a statement 0.22 (bench/RESULTS.md, "a loop turn's accepts in one
     statement"): the statement's start, its commit and WAL flush, and the turns on the
     workflow's listing row, which each accept held through its commit, are shared. A
     request waits for no timer: the statement goes when the loop comes round, with
-    whatever else arrived in the meantime, `MOST` at most. A statement that fails is
-    retried a request at a time, so that one request's fault fails it alone.
+    whatever else arrived meanwhile, or, while one is in flight, when it is done
+    (`Grouped`).
     """
 
-    MOST = 32
-
     def __init__(self, db: Database) -> None:
+        super().__init__()
         self.db = db
-        self._waiting: list[tuple[queue.KeyedRun, asyncio.Future[bool]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
 
     async def accept(self, run: queue.KeyedRun) -> bool:
-        """Queue `run` with the others of this loop turn; whether it was (False: its key
-        or its target not found, nothing written)."""
-        loop = asyncio.get_running_loop()
-        if not self._waiting:
-            loop.call_soon(self._send_waiting)
-        answer: asyncio.Future[bool] = loop.create_future()
-        self._waiting.append((run, answer))
-        return await answer
+        return await self.ask(run)
 
-    def _send_waiting(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for first in range(0, len(waiting), self.MOST):
-            sending = asyncio.create_task(self._send(waiting[first : first + self.MOST]))
-            self._sending.add(sending)
-            sending.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[tuple[queue.KeyedRun, asyncio.Future[bool]]]) -> None:
-        try:
-            try:
-                queued = await self._queue([run for run, _ in batch])
-            except Exception:
-                if len(batch) == 1:
-                    raise
-                await asyncio.gather(*(self._send([one]) for one in batch))
-                return
-            for run, answer in batch:
-                if not answer.done():
-                    answer.set_result(run.id in queued)
-        except Exception as error:
-            for _, answer in batch:
-                if not answer.done():
-                    answer.set_exception(error)
-        finally:  # cancelled (the app stopping): no request waits forever
-            for _, answer in batch:
-                answer.cancel()
+    async def _answer(self, runs: list[queue.KeyedRun]) -> list[bool]:
+        queued = await self._queue(runs)
+        return [run.id in queued for run in runs]
 
     async def _queue(self, runs: list[queue.KeyedRun]) -> set[str]:
         async with self.db.write_inline(single=True) as conn:

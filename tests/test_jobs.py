@@ -860,6 +860,69 @@ def test_a_request_that_fails_a_batch_fails_alone(api_only: Server, api: Api) ->
     assert len(jobs_of(api_only)) == 4, "no job without its execution"
 
 
+def test_run_requests_that_come_while_a_statement_is_in_flight_go_together_next(
+    api_only: Server, api: Api
+) -> None:
+    """While an accepting statement is in flight, the run requests that arrive, each in a
+    loop turn of its own, wait for it and then go together in one statement: under load
+    statements grow rather than multiply. The first here waits for its workflow's
+    listing row, which another transaction holds; every run still gets the next
+    positions, in the order it was requested."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    api.run(user_id, workflow_id)  # the listing rows exist
+    key_hash = keys.hash_key(str(api.headers["Authorization"]).split()[-1])
+    url = databases.database_url(api_only.settings.data_dir)
+    statements: list[int] = []
+
+    class Counted(executions.KeyedAccepts):
+        async def _queue(self, runs: list[queue.KeyedRun]) -> set[str]:
+            statements.append(len(runs))
+            return await super()._queue(runs)
+
+    def run(n: int) -> queue.KeyedRun:
+        return queue.KeyedRun(key_hash, workflow_id, user_id, ids.execution_id(), f'{{"n": {n}}}')
+
+    async def accept_while_held() -> tuple[list[bool], list[queue.KeyedRun]]:
+        db = Database(api_only.settings.database_url)
+        accepts = Counted(db)
+        runs = [run(n) for n in range(11)]
+        try:
+            async with (
+                await psycopg.AsyncConnection.connect(url) as holder,
+                await psycopg.AsyncConnection.connect(url, autocommit=True) as watcher,
+            ):
+                await holder.execute("SELECT 1 FROM log_listings WHERE user_number = 0 FOR UPDATE")
+                first = asyncio.create_task(accepts.accept(runs[0]))
+                deadline = time.monotonic() + TIMEOUT
+                waiting = (
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                while await (await watcher.execute(waiting)).fetchone() != (1,):
+                    assert time.monotonic() < deadline, "the first statement never waited"
+                    await asyncio.sleep(0.01)
+                rest = []
+                for later in runs[1:]:
+                    rest.append(asyncio.create_task(accepts.accept(later)))
+                    await asyncio.sleep(0)  # each request in a loop turn of its own
+                await asyncio.sleep(0.05)
+                assert statements == [1], "nothing more is sent while the first is in flight"
+                await holder.rollback()
+            return list(await asyncio.gather(first, *rest)), runs
+        finally:
+            await db.dispose()
+
+    answers, runs = asyncio.run(accept_while_held())
+    assert answers == [True] * len(runs)
+    assert statements == [1, len(runs) - 1]
+    positions = databases.rows(
+        api_only.settings.data_dir,
+        "SELECT id, workflow_position, user_position FROM executions ORDER BY workflow_position",
+    )
+    assert [str(row[0]) for row in positions][1:] == [r.id for r in runs]
+    assert [(row[1], row[2]) for row in positions] == [(n, n) for n in range(1, len(runs) + 2)]
+
+
 def test_an_event_takes_its_workflows_listings_in_the_order_other_writers_do(
     api_only: Server, api: Api
 ) -> None:
