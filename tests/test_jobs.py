@@ -64,6 +64,11 @@ def api(api_only: Server) -> Iterator[Api]:
 
 
 EVENTS = "SELECT type::text FROM procrastinate_events ORDER BY id"
+# How many of the test database's sessions wait for a lock (one held by the test).
+LOCK_WAITERS = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
 
 
 def jobs_of(server: Server) -> list[tuple[Any, ...]]:
@@ -894,11 +899,7 @@ def test_run_requests_that_come_while_a_statement_is_in_flight_go_together_next(
                 await holder.execute("SELECT 1 FROM log_listings WHERE user_number = 0 FOR UPDATE")
                 first = asyncio.create_task(accepts.accept(runs[0]))
                 deadline = time.monotonic() + TIMEOUT
-                waiting = (
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-                while await (await watcher.execute(waiting)).fetchone() != (1,):
+                while await (await watcher.execute(LOCK_WAITERS)).fetchone() != (1,):
                     assert time.monotonic() < deadline, "the first statement never waited"
                     await asyncio.sleep(0.01)
                 rest = []
@@ -941,10 +942,6 @@ def test_an_event_takes_its_workflows_listings_in_the_order_other_writers_do(
     numbered = databases.rows(data_dir, "SELECT workflow_id, number FROM workflow_numbers")
     number = {str(workflow): int(str(n)) for workflow, n in numbered}
     lock = "SELECT 1 FROM log_listings WHERE workflow_number = %s AND user_number = 0 FOR UPDATE"
-    waiting = (
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    )
 
     with (
         psycopg.connect(databases.database_url(data_dir)) as holder,
@@ -954,7 +951,7 @@ def test_an_event_takes_its_workflows_listings_in_the_order_other_writers_do(
         holder.execute(lock, [number[low]])
         posted = pool.submit(api.post, "/run/event", json={"event": "signup", "userId": ada})
         deadline = time.monotonic() + TIMEOUT
-        while watcher.execute(waiting).fetchone() != (1,):
+        while watcher.execute(LOCK_WAITERS).fetchone() != (1,):
             assert time.monotonic() < deadline, "the event never waited for the held row"
             assert not posted.done(), posted.result().text
             time.sleep(0.02)
