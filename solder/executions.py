@@ -158,8 +158,9 @@ async def run_workflow_by_key(
     active installation, another trigger): the caller then asks again the usual way
     (`keys.authenticate`, `run_workflow`), which says what is wrong.
 
-    On PostgreSQL the requests of one turn of the event loop are one statement
-    (`KeyedAccepts`). On SQLite a transaction as before (the loop turn's shared commit).
+    On PostgreSQL the requests waiting together are one statement (`KeyedAccepts`: those
+    of a loop turn, or those that came while the one before was in flight). On SQLite a
+    transaction as before (the loop turn's shared commit).
     """
     if not db.is_sqlite:
         trigger_data = orjson.dumps(data).decode()

@@ -134,17 +134,18 @@ _QUEUE_ON_POSTGRES = _queue_on_postgres(
     "SELECT CAST(:tenant_id AS VARCHAR) AS tenant_id,"
     " CAST(:workflow_version AS INTEGER) AS version, CAST(:trigger_id AS VARCHAR) AS trigger_id"
 )
-# The usual run requests (`executions.run_workflow_by_key`), those of one turn of the
-# API's event loop in one statement (`queue_by_keys`). Each request's target is its API
-# key's, read as `queries.keyed_webhook_target` reads it (the tenant from the key, the
-# trigger's id from the version's stored definition); a request whose key or target is
-# not found queues nothing. The listing rows are taken once each for all the batch's
-# executions (`last_position` moved by their count, the rows in one order, the
-# workflow's first, as a single accept takes them: no deadlock), each execution at its
-# rank among them in the order of the requests; start times are read as the executions
-# are inserted, in that order. The jobs are procrastinate's `defer_jobs` insert spelled
-# here, each tied to its execution by its arguments. The targets' eight joins are split
-# in two CTEs: PostgreSQL plans one CTE of eight in 48 ms, its exhaustive join search.
+# The usual run requests (`executions.run_workflow_by_key`), those waiting together in
+# the API in one statement (`queue_by_keys`, sent by `executions.KeyedAccepts`). Each
+# request's target is its API key's, read as `queries.keyed_webhook_target` reads it
+# (the tenant from the key, the trigger's id from the version's stored definition); a
+# request whose key or target is not found queues nothing. The listing rows are taken
+# once each for all the batch's executions (`last_position` moved by their count, the
+# rows in one order, the workflow's first, as a single accept takes them: no deadlock),
+# each execution at its rank among them in the order of the requests; start times are
+# read as the executions are inserted, in that order. The jobs are procrastinate's
+# `defer_jobs` insert spelled here, each tied to its execution by its arguments. The
+# targets' eight joins are split in two CTEs: PostgreSQL plans one CTE of eight in 48
+# ms, its exhaustive join search.
 _QUEUE_BY_KEYS_ON_POSTGRES = Prepared(
     text(  # constants of this code, no value: the values are bound
         "WITH request AS MATERIALIZED (SELECT * FROM unnest(CAST(:key_hashes AS TEXT[]),"
