@@ -21,10 +21,11 @@ import collections
 import contextlib
 import logging
 import os
+import random
 import socket
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from procrastinate import App, BaseConnector, PsycopgConnector
@@ -58,6 +59,12 @@ _POLL_SECONDS = 1.0
 # At most this many jobs fetched in one statement (`_JobManager.fetch_job`): a worker of
 # many slots does not take the whole queue at once from the other workers.
 _MAX_BATCH = 16
+# A wake names the live worker whose turn it is (`Waker`, `_JobManager.listen_for_jobs`):
+# that one fetches at once, every other this long after, once for all the wakes meanwhile.
+# A run whose worker cannot take it (its slots full, or it died and is not yet known
+# dead) waits this long more at most; the others' fetches, which mostly find nothing,
+# are one every this long instead of one a wake each.
+_OTHERS_WAKE_SECONDS = 0.05
 # A worker that lost the database tries again at most this long after its last try: it
 # finds a server that is back within two seconds (with 10, a run waited up to 10 s more).
 _MAX_RESTART_DELAY = 2.0
@@ -98,7 +105,13 @@ class _JobManager(JobManager):
       the lease and what the claim returned, until `QueueWorker.run_job` runs it (which
       claims the execution itself if the fetch did not).
     - A fetch that finds nothing is made again if a wake came while it ran
-      (`fetch_job`).
+      (`fetch_job`). A batch that came back short found the queue empty: procrastinate's
+      next ask, at once, which would find it empty too, is answered without a statement
+      unless a wake came since (a fetch for nothing a wake, on every worker).
+    - Each wake is fetched at once by one worker only: the one whose turn the wake names
+      among the live workers (`peers`); the others fetch `_OTHERS_WAKE_SECONDS` after,
+      for whatever that one could not take (`listen_for_jobs`). procrastinate wakes every
+      worker and every one fetched: with N workers, N - 1 fetches for nothing a wake.
     - Nothing is recorded of a job whose execution's end deleted it already
       (`queue.end`). The end deletes the job in its own statement, so the two are
       committed together: no finished execution keeps a job, and no job is deleted for a
@@ -107,22 +120,51 @@ class _JobManager(JobManager):
       until procrastinate finishes it.
     """
 
-    def __init__(self, connector: BaseConnector, db: Database, concurrency: int) -> None:
+    def __init__(
+        self, connector: BaseConnector, db: Database, concurrency: int, dead_after: float
+    ) -> None:
         super().__init__(connector)
         self.db = db
         self.concurrency = concurrency
+        self.dead_after = dead_after  # seconds without a heartbeat: a worker presumed dead
         self.fetched: collections.deque[Job] = collections.deque()
         self.in_hand = 0  # jobs handed to the worker that it has not finished or retried
         self.taken: dict[int, tuple[str, queue.Taken]] = {}
         self.done: set[int] = set()
-        self.wakes = 0  # the `job_inserted` notifications this worker has received
+        self.wakes = 0  # the `job_inserted` notifications this worker has acted on
+        self.worker_id: int | None = None
+        self.peers: tuple[int, ...] = ()  # the live workers' ids (`see_peers`)
+        # The wakes count and the loop's time when a fetch last came back short, if no
+        # fetch has been made since.
+        self._drained: tuple[int, float] | None = None
+        self._later: asyncio.Task[None] | None = None  # another worker's turn, answered later
 
     async def register_worker(self) -> int:
         # A worker (re)starts: what the one before held is the crash sweep's now.
         self.fetched.clear()
         self.taken.clear()
         self.in_hand = 0
-        return await super().register_worker()
+        self._drained = None
+        self.worker_id = await super().register_worker()
+        await self.see_peers()
+        return self.worker_id
+
+    async def see_peers(self) -> None:
+        """Read which workers are alive now (at registration, and at each crash sweep)."""
+        async with self.db.read_inline() as conn:
+            self.peers = await jobs.live_workers(conn, self.dead_after)
+
+    def my_turn(self, notification: Notification) -> bool:
+        """Whether this worker fetches at once for a `job_inserted` wake: when the wake
+        names its turn, or names none (procrastinate's own), or this worker does not know
+        itself among the live workers yet, or half its slots or more are taken (the load
+        is high, and the worker whose turn it is may have none free)."""
+        turn = cast(dict[str, Any], notification).get("turn")
+        if not isinstance(turn, int) or self.worker_id not in self.peers:
+            return True
+        if 2 * self.in_hand >= self.concurrency:
+            return True  # busy: so may be the one whose turn it is, its slots full
+        return self.peers[turn % len(self.peers)] == self.worker_id
 
     async def unregister_worker(self, worker_id: int) -> None:
         """Put the jobs fetched but not handed out back in the queue (their executions,
@@ -137,12 +179,27 @@ class _JobManager(JobManager):
     async def listen_for_jobs(
         self, *, on_notification: NotificationCallback, queues: Iterable[str] | None = None
     ) -> None:
+        async def later(channel: str, notification: Notification) -> None:
+            await asyncio.sleep(_OTHERS_WAKE_SECONDS)
+            self._later = None
+            self.wakes += 1
+            await on_notification(channel=channel, notification=notification)
+
         async def counted(*, channel: str, notification: Notification) -> None:
             if notification["type"] == "job_inserted":
+                if not self.my_turn(notification):
+                    if self._later is None:
+                        self._later = asyncio.create_task(later(channel, notification))
+                    return
                 self.wakes += 1
             await on_notification(channel=channel, notification=notification)
 
-        await super().listen_for_jobs(on_notification=counted, queues=queues)
+        try:
+            await super().listen_for_jobs(on_notification=counted, queues=queues)
+        finally:
+            if self._later is not None:
+                self._later.cancel()
+                self._later = None
 
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> Job | None:
         """The next job, its execution claimed: one fetched before if any waits, else the
@@ -154,9 +211,15 @@ class _JobManager(JobManager):
         wait for the worker's next poll, a second, with the worker idle. Such a fetch is
         made again."""
         if not self.fetched:
+            if self._drained is not None:
+                wakes, at = self._drained
+                self._drained = None
+                if wakes == self.wakes and _now() - at < _POLL_SECONDS / 2:
+                    return None  # the last fetch, just now, found the queue empty
             batch = max(1, min(self.concurrency - self.in_hand, _MAX_BATCH))
             while True:
                 wakes = self.wakes
+                fetched_at = _now()
                 lease = lease_id()
                 async with self.db.write_inline(single=True) as conn:
                     batched = await queue.fetch_and_take(
@@ -171,6 +234,8 @@ class _JobManager(JobManager):
                     break
                 if self.wakes == wakes:
                     return None
+            if len(batched) < batch:
+                self._drained = (wakes, fetched_at)
             for row, taken in batched:
                 job = Job.from_row(row)
                 assert job.id is not None
@@ -202,6 +267,10 @@ class _JobManager(JobManager):
             return False
         self.done.discard(job.id)
         return True
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _queue_pool(**kwargs: Any) -> AsyncConnectionPool:
@@ -294,10 +363,14 @@ class Waker:
     process: the runs queued meanwhile are announced by one more after it. A wake that
     is lost (the database unreachable, a crash) costs the runs at most the workers' poll,
     `_POLL_SECONDS`.
+
+    Each wake names a turn, one more than the last (from a random start in each process):
+    the live workers take turns to fetch at once (`_JobManager.my_turn`).
     """
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._turn = random.randrange(1 << 30)
         self._sending: asyncio.Task[None] | None = None
         self._again = False
 
@@ -317,7 +390,8 @@ class Waker:
             while True:
                 self._again = False
                 async with self.db.write_inline(single=True) as conn:
-                    await jobs.wake(conn)
+                    self._turn += 1
+                    await jobs.wake(conn, self._turn)
                 if not self._again:
                     return
         except Unavailable:
@@ -352,7 +426,9 @@ class QueueWorker:
         self.app.task(name=jobs.TASK, queue=jobs.QUEUE, retry=_RunAgain(), pass_context=True)(
             self.run_job
         )
-        self.app.job_manager = self.jobs = _JobManager(self.app.connector, db, concurrency)
+        self.app.job_manager = self.jobs = _JobManager(
+            self.app.connector, db, concurrency, settings.worker_timeout_seconds * 2 / 3
+        )
         engine.on_job_done = self.jobs.done.add
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -417,6 +493,7 @@ class QueueWorker:
         Returns how many it rescued."""
         timeout = self.settings.worker_timeout_seconds
         rescued = 0
+        await self.jobs.see_peers()
         async with self.db.read() as conn:
             stalled = await jobs.stalled(conn, timeout * 2 / 3)
         for job_id, tenant_id, execution_id in stalled:

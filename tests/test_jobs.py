@@ -10,7 +10,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,35 @@ def executions_of(data_dir: Path) -> dict[str, tuple[Any, Any]]:
     """Each execution's status and lease, by id."""
     found = databases.rows(data_dir, "SELECT id, status, lease FROM executions")
     return {str(id_): (status, lease) for id_, status, lease in found}
+
+
+def count_fetches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many jobs each of the job managers' fetch statements finds from now on."""
+    fetches: list[int] = []
+    fetch_and_take = queue.fetch_and_take
+
+    async def counted(*args: Any) -> Any:
+        fetched = await fetch_and_take(*args)
+        fetches.append(len(fetched))
+        return fetched
+
+    monkeypatch.setattr(queue, "fetch_and_take", counted)
+    return fetches
+
+
+@contextlib.asynccontextmanager
+async def a_worker(server: Server, *, slots: int) -> AsyncIterator[tuple[workers._JobManager, int]]:
+    """A worker's job manager of `slots` slots on the server's database, registered (as
+    procrastinate's worker does when it starts): it, and its worker id."""
+    solder = Solder(server.settings)
+    assert isinstance(solder.dispatcher, QueueWorker)
+    manager = solder.dispatcher.jobs
+    manager.concurrency = slots
+    try:
+        async with solder.dispatcher.app.open_async():
+            yield manager, await manager.register_worker()
+    finally:
+        await solder.db.dispose()
 
 
 def sweep(server: Server) -> int:
@@ -178,7 +207,11 @@ def listening(data_dir: Path) -> psycopg.Connection[Any]:
 
 
 def wakes(conn: psycopg.Connection[Any], seconds: float) -> list[dict[str, Any]]:
-    return [orjson.loads(n.payload) for n in conn.notifies(timeout=seconds, stop_after=1)]
+    """The wake received within `seconds`, if any, its turn (a number) taken out."""
+    found = [orjson.loads(n.payload) for n in conn.notifies(timeout=seconds, stop_after=1)]
+    for wake in found:
+        assert isinstance(wake.pop("turn"), int), "a wake names whose turn it is to fetch"
+    return found
 
 
 def test_runs_are_announced_after_their_commit_not_from_inside_it(
@@ -271,6 +304,164 @@ def test_a_wake_that_comes_while_a_fetch_finds_nothing_is_not_lost(
     job = asyncio.run(run())
     assert job is not None, "the run announced during the fetch is fetched"
     assert job.task_kwargs["execution_id"] == accepted[0]
+
+
+def test_a_wake_is_fetched_at_once_by_the_worker_whose_turn_it_names(
+    api_only: Server,
+) -> None:
+    """procrastinate wakes every worker on a NOTIFY, and every one fetched: with N workers,
+    N - 1 fetches for nothing a run. A wake names a turn among the live workers: that one
+    is woken at once; another, later, once for all the wakes meanwhile (for what the first
+    could not take), unless half its slots are taken already. A wake naming no turn
+    (procrastinate's own) wakes every one at once."""
+    woken: dict[str, list[float]] = {"first": [], "second": []}
+
+    async def counts_reach(first: int, second: int) -> list[int]:
+        """The wakes each worker acted on, once they reach these counts (or the test's
+        timeout), and a moment more for any beyond them."""
+        deadline = time.monotonic() + TIMEOUT
+        while len(woken["first"]) < first or len(woken["second"]) < second:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        return [len(times) for times in woken.values()]
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        solders = [Solder(api_only.settings), Solder(api_only.settings)]
+        managers = []
+        for solder in solders:
+            assert isinstance(solder.dispatcher, QueueWorker)
+            managers.append(solder.dispatcher.jobs)
+        listeners: list[asyncio.Task[None]] = []
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for solder in solders:
+                    assert isinstance(solder.dispatcher, QueueWorker)
+                    await stack.enter_async_context(solder.dispatcher.app.open_async())
+                first_id = await managers[0].register_worker()
+                await managers[1].register_worker()
+                await managers[0].see_peers()  # it registered before the second
+                peers = managers[0].peers
+                assert len(peers) == 2
+                assert managers[1].peers == peers
+                first_turn = peers.index(first_id)
+
+                for name, manager in zip(woken, managers, strict=True):
+
+                    async def record(*, channel: str, notification: Any, name: str = name) -> None:
+                        woken[name].append(loop.time())
+
+                    listeners.append(
+                        asyncio.create_task(
+                            manager.listen_for_jobs(on_notification=record, queues=[QUEUE])
+                        )
+                    )
+                await asyncio.to_thread(wait_until_two_listen, api_only.settings.data_dir)
+
+                sent = loop.time()
+                async with solders[0].db.write() as conn:  # five wakes, one commit
+                    for n in range(5):
+                        await jobs.wake(conn, first_turn + 2 * n)
+                assert await counts_reach(5, 1) == [5, 1], (
+                    "the worker whose turn they name: each at once; the other: once for five"
+                )
+                assert woken["second"][0] - sent >= workers._OTHERS_WAKE_SECONDS
+
+                for times in woken.values():
+                    times.clear()
+                managers[1].in_hand = managers[1].concurrency // 2  # half its slots taken
+                async with solders[0].db.write() as conn:
+                    for n in range(3):
+                        await jobs.wake(conn, first_turn + 2 * n)
+                assert await counts_reach(3, 3) == [3, 3], (
+                    "a worker with half its slots taken fetches at once: the load is high"
+                )
+                managers[1].in_hand = 0
+
+                for times in woken.values():
+                    times.clear()
+                async with solders[0].db.write() as conn:
+                    await conn.execute(
+                        text('SELECT pg_notify(:channel, \'{"type": "job_inserted"}\')'),
+                        {"channel": CHANNEL},
+                    )
+                assert await counts_reach(1, 1) == [1, 1], "no turn named: every one at once"
+        finally:
+            for listener in listeners:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+            for solder in solders:
+                await solder.db.dispose()
+
+    asyncio.run(run())
+
+
+def wait_until_two_listen(data_dir: Path) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while databases.rows(
+        data_dir,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        f" AND query LIKE 'LISTEN \"{CHANNEL}\"%'",
+    ) != [(2,)]:
+        assert time.monotonic() < deadline, "the two workers did not both listen"
+        time.sleep(0.05)
+
+
+def test_runs_whose_turn_names_a_silent_worker_are_run_by_another(
+    make_server: Callable[..., Server],
+    api_only: Server,
+    api: Api,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker presumed alive (its heartbeat fresh) that takes no job, as one that has
+    just died: the wakes whose turn names it are taken by another worker a moment later,
+    not at its poll (an hour here)."""
+    monkeypatch.setattr(workers, "_POLL_SECONDS", 3600.0)
+    data_dir = api_only.settings.data_dir
+    databases.rows(data_dir, "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id")
+    make_server(data_dir=data_dir, worker_timeout_seconds=600)
+    wait_until_a_worker_listens(data_dir)
+    user_id, workflow_id = api.install(WORKFLOW)
+    for n in range(4):  # one wake a run, each naming the next turn: two name the silent one
+        execution_id = api.run(user_id, workflow_id, {"n": n})
+        assert api.wait_for(workflow_id, execution_id)["status"] == "succeeded"
+
+
+def test_a_worker_that_found_the_queue_empty_does_not_ask_again_at_once(
+    api_only: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """procrastinate asks for jobs until a fetch finds none: each wake cost a worker a
+    fetch for nothing after the ones that found its runs. A batch that came back short
+    found the queue empty, so the ask right after it is answered without a statement;
+    the one after that (procrastinate's poll, a second later) fetches again, as does one
+    after a wake."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    started = api.run(user_id, workflow_id, {"n": 1})
+    fetches = count_fetches(monkeypatch)
+
+    async def run() -> None:
+        async with a_worker(api_only, slots=3) as (manager, worker_id):
+            job = await manager.fetch_job([QUEUE], worker_id)
+            assert job is not None
+            assert job.task_kwargs["execution_id"] == started
+            assert fetches == [1], "three asked for, one found: the queue is empty"
+            assert await manager.fetch_job([QUEUE], worker_id) is None
+            assert fetches == [1], "not asked again"
+            assert await manager.fetch_job([QUEUE], worker_id) is None
+            assert fetches == [1, 0], "the next ask is a fetch"
+
+            await asyncio.to_thread(api.run, user_id, workflow_id, {"n": 2})
+            manager.wakes += 1  # as its listener counts the wake that run sent
+            assert await manager.fetch_job([QUEUE], worker_id) is not None
+            assert fetches == [1, 0, 1]
+            manager.wakes += 1  # a wake came since that fetch
+            assert await manager.fetch_job([QUEUE], worker_id) is None
+            assert fetches == [1, 0, 1, 0], "a wake since the fetch: fetched again"
+
+    asyncio.run(run())
 
 
 def test_a_runs_job_is_locked_by_its_execution_however_it_was_accepted(
@@ -404,40 +595,25 @@ def test_a_worker_fetches_a_job_for_each_free_slot_at_once(
     user_id, workflow_id = api.install(WORKFLOW)
     started = [api.run(user_id, workflow_id, {"n": n}) for n in range(5)]
     data_dir = api_only.settings.data_dir
-    fetches: list[int] = []
-    fetch_and_take = queue.fetch_and_take
-
-    async def counted(*args: Any) -> Any:
-        fetched = await fetch_and_take(*args)
-        fetches.append(len(fetched))
-        return fetched
+    fetches = count_fetches(monkeypatch)
 
     def statuses() -> list[Any]:
         found = executions_of(data_dir)
         return [found[execution_id][0] for execution_id in started]
 
     async def run() -> None:
-        solder = Solder(api_only.settings)
-        assert isinstance(solder.dispatcher, QueueWorker)
-        manager = solder.dispatcher.jobs
-        manager.concurrency = 3
-        monkeypatch.setattr(queue, "fetch_and_take", counted)
-        try:
-            async with solder.dispatcher.app.open_async():
-                worker_id = await manager.register_worker()
-                first = await manager.fetch_job([QUEUE], worker_id)
-                assert fetches == [3], "one fetch, a job for each of the three free slots"
-                assert statuses() == ["running"] * 3 + ["queued"] * 2
-                second = await manager.fetch_job([QUEUE], worker_id)
-                assert fetches == [3], "handed out without a fetch"
-                handed = [first, second]
-                assert [job.task_kwargs["execution_id"] for job in handed if job] == started[:2]
-                for job in handed:  # stopped before they ran: procrastinate retries them
-                    assert job is not None
-                    await manager.retry_job(job)
-                await manager.unregister_worker(worker_id)
-        finally:
-            await solder.db.dispose()
+        async with a_worker(api_only, slots=3) as (manager, worker_id):
+            first = await manager.fetch_job([QUEUE], worker_id)
+            assert fetches == [3], "one fetch, a job for each of the three free slots"
+            assert statuses() == ["running"] * 3 + ["queued"] * 2
+            second = await manager.fetch_job([QUEUE], worker_id)
+            assert fetches == [3], "handed out without a fetch"
+            handed = [first, second]
+            assert [job.task_kwargs["execution_id"] for job in handed if job] == started[:2]
+            for job in handed:  # stopped before they ran: procrastinate retries them
+                assert job is not None
+                await manager.retry_job(job)
+            await manager.unregister_worker(worker_id)
 
     asyncio.run(run())
     assert [status for _, status, _, _ in jobs_of(api_only)] == ["todo"] * 5

@@ -21,7 +21,7 @@ from sqlalchemy import column, table, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from solder.store.prepared import Prepared, Reader, Row, execute, fetch_one, on_postgres
+from solder.store.prepared import Prepared, Reader, Row, execute, fetch, fetch_one, on_postgres
 
 TASK = "solder.run_execution"
 QUEUE = "executions"
@@ -118,17 +118,35 @@ async def defer(
 
 # procrastinate's workers listen on the queue's channel and fetch on any notification
 # whose type is `job_inserted`. Its trigger no longer sends one per job (migration 0012):
-# `solder.workers.Waker` sends this one after the runs are committed.
+# `solder.workers.Waker` sends this one after the runs are committed. Its `turn` says
+# which of the live workers fetches at once (`solder.workers._JobManager.my_turn`); a
+# notification without one (procrastinate's own) wakes them all.
 CHANNEL = f"procrastinate_queue_v1#{QUEUE}"
 _WAKE = Prepared(text("SELECT pg_notify(:channel, :payload)"))
-_WAKE_PAYLOAD = orjson.dumps({"type": "job_inserted"}).decode()
 
 
-async def wake(conn: Reader) -> None:
-    """Wake the workers waiting on the queue. A statement of its own: a transaction that
-    writes nothing else does not wait for a WAL flush, and holds PostgreSQL's
-    notification lock for a few microseconds."""
-    await execute(conn, _WAKE, channel=CHANNEL, payload=_WAKE_PAYLOAD)
+async def wake(conn: Reader, turn: int) -> None:
+    """Wake the workers waiting on the queue, the one whose `turn` it is first. A
+    statement of its own: a transaction that writes nothing else does not wait for a WAL
+    flush, and holds PostgreSQL's notification lock for a few microseconds."""
+    payload = orjson.dumps({"type": "job_inserted", "turn": turn}).decode()
+    await execute(conn, _WAKE, channel=CHANNEL, payload=payload)
+
+
+_LIVE_WORKERS = Prepared(
+    text(
+        "SELECT id FROM procrastinate_workers"
+        " WHERE last_heartbeat >= NOW() - make_interval(secs => :seconds) ORDER BY id"
+    )
+)
+
+
+async def live_workers(conn: Reader, dead_after_seconds: float) -> tuple[int, ...]:
+    """The ids of the workers that sent a heartbeat within `dead_after_seconds`, in order:
+    the ones a wake's turn is counted among."""
+    return tuple(
+        int(row["id"]) for row in await fetch(conn, _LIVE_WORKERS, seconds=dead_after_seconds)
+    )
 
 
 _WAITING = Prepared(
