@@ -426,6 +426,8 @@ class QueueWorker:
         self.app.task(name=jobs.TASK, queue=jobs.QUEUE, retry=_RunAgain(), pass_context=True)(
             self.run_job
         )
+        # A worker silent for two thirds of the timeout is presumed dead: by the crash
+        # sweep, by procrastinate's own check, and by the wakes' turns (`dead_after`).
         self.app.job_manager = self.jobs = _JobManager(
             self.app.connector, db, concurrency, settings.worker_timeout_seconds * 2 / 3
         )
@@ -495,7 +497,7 @@ class QueueWorker:
         rescued = 0
         await self.jobs.see_peers()
         async with self.db.read() as conn:
-            stalled = await jobs.stalled(conn, timeout * 2 / 3)
+            stalled = await jobs.stalled(conn, self.jobs.dead_after)
         for job_id, tenant_id, execution_id in stalled:
             async with self.db.write() as conn:
                 if await jobs.retry(conn, job_id):
@@ -550,7 +552,7 @@ class QueueWorker:
                         shutdown_graceful_timeout=self.settings.shutdown_grace_seconds,
                         fetch_job_polling_interval=_POLL_SECONDS,
                         update_heartbeat_interval=timeout / 6,
-                        stalled_worker_timeout=timeout * 2 / 3,
+                        stalled_worker_timeout=self.jobs.dead_after,
                         delete_jobs="successful",
                     )
                 delay = 0.5
