@@ -186,16 +186,16 @@ def queue_by_hand(
     asyncio.run(run())
 
 
-def wait_until_a_worker_listens(data_dir: Path) -> None:
-    """Return once a worker's listener has run its LISTEN (a wake sent before it would
-    reach nobody)."""
+def wait_until_a_worker_listens(data_dir: Path, workers: int = 1) -> None:
+    """Return once `workers` workers' listeners have run their LISTEN (a wake sent before
+    would reach none, or fewer)."""
     deadline = time.monotonic() + TIMEOUT
-    while not databases.rows(
+    while databases.rows(
         data_dir,
-        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
         f" AND query LIKE 'LISTEN \"{CHANNEL}\"%'",
-    ):
-        assert time.monotonic() < deadline, "no worker listened"
+    ) < [(workers,)]:
+        assert time.monotonic() < deadline, f"fewer than {workers} workers listened"
         time.sleep(0.05)
 
 
@@ -329,19 +329,14 @@ def test_a_wake_is_fetched_at_once_by_the_worker_whose_turn_it_names(
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        solders = [Solder(api_only.settings), Solder(api_only.settings)]
-        managers = []
-        for solder in solders:
-            assert isinstance(solder.dispatcher, QueueWorker)
-            managers.append(solder.dispatcher.jobs)
         listeners: list[asyncio.Task[None]] = []
         try:
             async with contextlib.AsyncExitStack() as stack:
-                for solder in solders:
-                    assert isinstance(solder.dispatcher, QueueWorker)
-                    await stack.enter_async_context(solder.dispatcher.app.open_async())
-                first_id = await managers[0].register_worker()
-                await managers[1].register_worker()
+                registered = [
+                    await stack.enter_async_context(a_worker(api_only, slots=8)) for _ in woken
+                ]
+                managers = [manager for manager, _ in registered]
+                first_id = registered[0][1]
                 await managers[0].see_peers()  # it registered before the second
                 peers = managers[0].peers
                 assert len(peers) == 2
@@ -358,10 +353,10 @@ def test_a_wake_is_fetched_at_once_by_the_worker_whose_turn_it_names(
                             manager.listen_for_jobs(on_notification=record, queues=[QUEUE])
                         )
                     )
-                await asyncio.to_thread(wait_until_two_listen, api_only.settings.data_dir)
+                await asyncio.to_thread(wait_until_a_worker_listens, api_only.settings.data_dir, 2)
 
                 sent = loop.time()
-                async with solders[0].db.write() as conn:  # five wakes, one commit
+                async with managers[0].db.write() as conn:  # five wakes, one commit
                     for n in range(5):
                         await jobs.wake(conn, first_turn + 2 * n)
                 assert await counts_reach(5, 1) == [5, 1], (
@@ -372,7 +367,7 @@ def test_a_wake_is_fetched_at_once_by_the_worker_whose_turn_it_names(
                 for times in woken.values():
                     times.clear()
                 managers[1].in_hand = managers[1].concurrency // 2  # half its slots taken
-                async with solders[0].db.write() as conn:
+                async with managers[0].db.write() as conn:
                     for n in range(3):
                         await jobs.wake(conn, first_turn + 2 * n)
                 assert await counts_reach(3, 3) == [3, 3], (
@@ -382,7 +377,7 @@ def test_a_wake_is_fetched_at_once_by_the_worker_whose_turn_it_names(
 
                 for times in woken.values():
                     times.clear()
-                async with solders[0].db.write() as conn:
+                async with managers[0].db.write() as conn:
                     await conn.execute(
                         text('SELECT pg_notify(:channel, \'{"type": "job_inserted"}\')'),
                         {"channel": CHANNEL},
@@ -393,21 +388,8 @@ def test_a_wake_is_fetched_at_once_by_the_worker_whose_turn_it_names(
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
-            for solder in solders:
-                await solder.db.dispose()
 
     asyncio.run(run())
-
-
-def wait_until_two_listen(data_dir: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while databases.rows(
-        data_dir,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        f" AND query LIKE 'LISTEN \"{CHANNEL}\"%'",
-    ) != [(2,)]:
-        assert time.monotonic() < deadline, "the two workers did not both listen"
-        time.sleep(0.05)
 
 
 def test_runs_whose_turn_names_a_silent_worker_are_run_by_another(
