@@ -1,7 +1,7 @@
 """What a run of scenario 2 costs on PostgreSQL: CPU by process, and the database's work.
 
     .venv/bin/python bench/pg_run_probe.py [--seconds 20] [--workers 2] [--rate R]
-        [--prefill N] [--checkpoint-after S] [--sql STATEMENT]...
+        [--prefill N] [--checkpoint-after S] [--sql STATEMENT]... [--setting NAME=VALUE]...
         [--postgres-url postgresql://postgres@127.0.0.1:5432]
 
 Starts scenario 2's stack on PostgreSQL (`solder serve --no-worker` and `--workers`
@@ -18,7 +18,8 @@ server's). A probe for bench/RESULTS.md, not part of `make bench`.
 under test; a store of the issue's scale), `--checkpoint-after S` runs a CHECKPOINT
 before the load and S seconds into it, and `--sql` runs statements of one's own on the
 benchmark's database before the warm-up (a schema or settings change, tried before it
-is written).
+is written). `--setting` sets a `SOLDER_*` variable of the stack's processes: with
+`--workers 0 --setting SOLDER_PROCESSES=2`, two serving processes, each with its worker.
 
 With `--against REV --pairs N`: N pairs in turns, REV's tree (a temporary git work tree)
 and this one, REV first in odd pairs and this tree in even ones, each pair the probe
@@ -152,6 +153,14 @@ def main() -> None:
         help="run on the benchmark's database before the warm-up (after --prefill): what a"
         " change of schema or settings would do, before writing it (repeatable)",
     )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a SOLDER_* setting of the stack's processes (repeatable), e.g."
+        " SOLDER_PROCESSES=2 with --workers 0: two serving processes, each with its worker",
+    )
     parser.add_argument("--against", metavar="REV", help="pairs in turns: REV, then this tree")
     parser.add_argument("--pairs", type=int, default=4)
     options = parser.parse_args()
@@ -167,6 +176,7 @@ def main() -> None:
             Path(workdir),
             workers=options.workers,
             upstream=True,
+            settings=dict(setting.split("=", 1) for setting in options.setting),
         ) as stack,
     ):
         bench = Bench(stack, Path(workdir))

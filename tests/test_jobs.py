@@ -564,6 +564,31 @@ def test_a_run_ended_takes_its_job_with_it(
     assert said == [], "a job finished twice, or a worker restarted"
 
 
+def test_procrastinates_records_of_a_job_carry_its_extras_when_logged(
+    make_server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Solder's worker builds procrastinate's log extras only for a record made: with
+    procrastinate's logger at INFO, a job's records still carry the job and the worker."""
+    caplog.set_level(logging.INFO, logger="procrastinate")
+    server = make_server()
+    with api_client(server) as api:
+        user_id, workflow_id = api.install(WORKFLOW)
+        execution_id = api.run(user_id, workflow_id, {"n": 1})
+        assert api.wait_for(workflow_id, execution_id)["status"] == "succeeded"
+    records = {
+        record.__dict__["action"]: record.__dict__
+        for record in caplog.records
+        if record.name.startswith("procrastinate.worker") and "action" in record.__dict__
+    }
+    started, ended = records["start_job"], records["job_success"]
+    for extras in (started, ended):
+        assert extras["job"]["task_kwargs"]["execution_id"] == execution_id
+        assert extras["job"]["call_string"].startswith(f"{jobs.TASK}[")
+        assert extras["worker"]["queues"] == [QUEUE]
+        assert extras["worker"]["job_id"] == extras["job"]["id"]
+    assert ended["end_timestamp"] >= ended["start_timestamp"]
+
+
 def test_a_worker_fetches_a_job_for_each_free_slot_at_once(
     make_server: Callable[..., Server],
     api_only: Server,
