@@ -259,11 +259,38 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     Longest first, so that a derived form (`Bearer <token>`) goes whole rather than
     leaving its prefix around a redacted token. Secrets under 4 characters are kept:
     replacing them would mangle ordinary text and hide next to nothing.
+
+    A secret found outside a string (a password of digits inside a number: an id, a
+    timestamp) would leave the text no longer JSON, and the step's log unreadable: then
+    the value is redacted value by value instead, a number, `true`, `false` or `null`
+    that holds a secret becoming the string [redacted] whole (`_scrub_value`).
     """
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) >= 4:
-            text = text.replace(orjson.dumps(secret).decode()[1:-1], REDACTED)
-    return text
+    kept = [secret for secret in sorted(set(secrets), key=len, reverse=True) if len(secret) >= 4]
+    scrubbed = text
+    for secret in kept:
+        scrubbed = scrubbed.replace(orjson.dumps(secret).decode()[1:-1], REDACTED)
+    if scrubbed == text:
+        return text
+    try:
+        orjson.loads(scrubbed)  # a secret outside a string leaves a bare word: not JSON
+    except orjson.JSONDecodeError:
+        return orjson.dumps(_scrub_value(orjson.loads(text), kept)).decode()
+    return scrubbed
+
+
+def _scrub_value(value: Any, secrets: list[str]) -> Any:
+    """`value` (parsed JSON) with each secret in a string, a key included, replaced by
+    [redacted], and any other scalar whose JSON holds a secret replaced by [redacted]."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {_scrub_value(k, secrets): _scrub_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_value(item, secrets) for item in value]
+    shown = orjson.dumps(value).decode()
+    return REDACTED if any(secret in shown for secret in secrets) else value
 
 
 def _public(row: RowMapping) -> dict[str, Any]:

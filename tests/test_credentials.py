@@ -367,3 +367,30 @@ def test_scrub_replaces_each_form_whole_and_leaves_short_values() -> None:
     recorded = json.dumps({"auth": f"Bearer {token}", "echo": token, "n": "abc"})
     scrubbed = scrub(recorded, [token, f"Bearer {token}", "abc"])
     assert json.loads(scrubbed) == {"auth": "[redacted]", "echo": "[redacted]", "n": "abc"}
+
+
+def test_a_secret_of_digits_inside_numbers_is_redacted_and_the_log_stays_whole(
+    api: Api, upstream: Upstream
+) -> None:
+    """A password of digits that also appears inside a number of a step's output (an id,
+    a timestamp): the number is redacted as a whole, and the log is still JSON."""
+    secret = "20241234"
+    upstream.route("/numbers", lambda request: Reply(200, {"id": 9920241234, "n": 7, "s": "x"}))
+    user_id = api.create_user("ada")
+    body = {"type": "basic", "name": "digits", "data": {"username": "ada", "password": secret}}
+    assert api.post(f"/users/{user_id}/credentials", json=body).status_code == 201
+    workflow_id = api.create_workflow(call_with(upstream, "digits", "/numbers", "stop"))
+    api.activate(user_id, workflow_id)
+    log = api.wait_for(workflow_id, api.run(user_id, workflow_id))
+
+    assert log["status"] == "succeeded", log
+    served = api.get(f"/workflows/{workflow_id}/logs").text
+    assert secret not in served
+    assert log["results"][1]["data"][0][0]["json"] == {"id": "[redacted]", "n": 7, "s": "x"}
+
+
+def test_scrub_keeps_the_text_json_wherever_a_secret_is_found() -> None:
+    recorded = json.dumps({"id": 9920241234, "2024-12": [True, None, 1.5], "s": "a2024b"})
+    scrubbed = json.loads(scrub(recorded, ["2024"]))
+    assert scrubbed == {"id": "[redacted]", "[redacted]-12": [True, None, 1.5], "s": "a[redacted]b"}
+    assert json.loads(scrub(json.dumps([True, "ok"]), ["true"])) == ["[redacted]", "ok"]
