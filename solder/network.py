@@ -134,7 +134,8 @@ class HttpClient:
     It connects only to addresses that pass `check_address`: an IP address in a URL is
     checked before the request, a host name as it resolves (`CheckedResolver`). Redirects
     are not followed (each hop would need the check again), proxies from the environment
-    are not used (a proxy resolves names itself, past the check), and certificates are
+    are not used (a proxy resolves names itself, past the check), cookies are neither kept
+    nor sent (the client is every tenant's and every end user's), and certificates are
     verified against the system's store.
     """
 
@@ -151,6 +152,9 @@ class HttpClient:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # Shared by every tenant and end user: a cookie an API set in answer to one
+            # user's call would go with every later call to it, another tenant's too.
+            cookie_jar=aiohttp.DummyCookieJar(),
             headers={"User-Agent": f"Solder/{__version__}"},
             # A body the block gives as text goes without a Content-Type it did not set.
             skip_auto_headers=("Content-Type",),

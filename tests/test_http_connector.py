@@ -205,3 +205,20 @@ def test_a_compressed_answer_is_recorded_decompressed_and_bounded_as_such(
     assert "gzip" in upstream.requests[0].headers["accept-encoding"]
     assert bomb_log["status"] == "failed"
     assert "more than 65536 bytes" in bomb_log["results"][1]["error"]["message"]
+
+
+def test_cookies_an_api_sets_are_not_sent_on_later_calls(api: Api, upstream: Upstream) -> None:
+    """The client is shared by every tenant and end user: a session cookie that an API set
+    in answer to one user's call is not sent with another's (or with any later call)."""
+    upstream.route("/login", Reply(200, {"ok": True}, {"Set-Cookie": "session=ada-only; Path=/"}))
+    url = upstream.base_url.replace("127.0.0.1", "localhost") + "/login"
+    ada, workflow_id = api.install(one_call({"url": url}), "ada")
+    grace = api.create_user("grace")
+    api.activate(grace, workflow_id)
+
+    first = api.wait_for(workflow_id, api.run(ada, workflow_id))
+    second = api.wait_for(workflow_id, api.run(grace, workflow_id))
+
+    assert first["status"] == second["status"] == "succeeded"
+    assert [r.path for r in upstream.requests] == ["/login", "/login"]
+    assert "cookie" not in upstream.requests[1].headers, upstream.requests[1].headers
