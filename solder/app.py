@@ -56,7 +56,7 @@ class Solder:
             raise ValueError("on SQLite the server runs its executions itself")
         self.connectors: Mapping[str, Connector] = registry()
         # Every worker keeps its connection alive between calls.
-        concurrency = concurrency or settings.worker_concurrency
+        concurrency = concurrency or settings.concurrency
         self.http = HttpClient(
             allow_private=settings.http_allow_private_networks,
             connections=max(100, concurrency),

@@ -67,12 +67,13 @@ class Settings(BaseSettings):
         "to write: at most one per core, and only where one leaves cores free "
         "(bench/RESULTS.md).",
     )
-    worker_concurrency: int = Field(
-        default=8,
+    worker_concurrency: int | None = Field(
+        default=None,
         ge=1,
         le=1024,
         description="How many executions one process runs at once: the embedded worker pool "
-        "of `solder serve`, or each `solder worker` (its `--concurrency` overrides this).",
+        "of `solder serve`, or each `solder worker` (its `--concurrency` overrides this). "
+        "Unset: 8 on SQLite, 16 on PostgreSQL (`Settings.concurrency`).",
     )
     queue_high_water: int = Field(
         default=100,
@@ -188,3 +189,13 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def concurrency(self) -> int:
+        """How many executions one process runs at once: `worker_concurrency`, or by
+        default 8 on SQLite and 16 on PostgreSQL. SQLite's one process ran 0.8 times the
+        runs a second with 16; PostgreSQL's workers 1.02 to 1.12 times with 16 than with
+        8, each fetch taking more jobs at once (bench/RESULTS.md)."""
+        if self.worker_concurrency is not None:
+            return self.worker_concurrency
+        return 8 if self.is_sqlite else 16
