@@ -82,7 +82,7 @@ class _Worker(Worker):
     procrastinate builds a job's extras (the job's fields as a dict, the worker's, the
     result's) for each of the four records a job logs, before the logger is asked whether
     it logs them at all; Solder keeps procrastinate's logger at WARNING, and so made them
-    for nothing: 6 % of a worker's CPU a run (bench/RESULTS.md). The extras are now
+    for nothing: 3.5 to 6.3 % of a worker's CPU a run (bench/RESULTS.md). The extras are
     built when a record is made, from what they would have been built of then.
     """
 
