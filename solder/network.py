@@ -4,6 +4,7 @@ client that calls only those."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Mapping
@@ -76,12 +77,30 @@ async def check_host(host: str, port: int, *, allow_private: bool) -> None:
 
 def check_literal(host: str, *, allow_private: bool) -> bool:
     """Check `host` if it is an IP address (raising AddressRefused); False for a name."""
+    literal, refused = _literal_verdict(host, allow_private)
+    if refused is not None:
+        raise AddressRefused(refused)
+    return literal
+
+
+@functools.lru_cache(maxsize=1024)
+def _literal_verdict(host: str, allow_private: bool) -> tuple[bool, str | None]:
+    """Whether `host` is an IP address, and why it may not be called if it may not.
+
+    Every call checks its host: `ipaddress`'s parsing and its properties (`is_private`
+    and the others each test the address against lists of networks) were 2 to 4 % of a
+    worker's CPU a run with the `http` block calling an IP address (bench/RESULTS.md).
+    The verdicts of the last 1,024 hosts are kept; the rules they follow do not change
+    while the process runs."""
     try:
         literal: IPAddress = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
-    check_address(literal, allow_private=allow_private)
-    return True
+        return False, None
+    try:
+        check_address(literal, allow_private=allow_private)
+    except AddressRefused as exc:
+        return True, str(exc)
+    return True, None
 
 
 class CheckedResolver(AbstractResolver):

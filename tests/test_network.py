@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from solder.network import AddressRefused, HostNotFound, check_address, check_host
+from solder.network import AddressRefused, HostNotFound, check_address, check_host, check_literal
 
 ALWAYS_REFUSED = ["169.254.169.254", "169.254.1.1", "fe80::1", "fd00:ec2::254", "100.100.100.200"]
 PRIVATE = ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "::1", "fc00::1", "100.64.0.1"]
@@ -64,3 +64,21 @@ def test_broadcast_is_refused_even_with_private_networks_allowed() -> None:
 def test_a_name_that_does_not_resolve_is_not_an_address_refusal() -> None:
     with pytest.raises(HostNotFound):
         asyncio.run(check_host("no-such-host.invalid", 80, allow_private=False))
+
+
+@pytest.mark.parametrize("address", ["10.1.2.3", "[::1]", "169.254.169.254"])
+def test_a_literal_is_refused_on_every_call_and_by_its_own_setting(address: str) -> None:
+    """Verdicts are kept per host and setting: a refusal is raised each time, with the
+    same message, and a private address allowed with the setting is still refused
+    without it."""
+    refusals = []
+    for _ in range(3):
+        with pytest.raises(AddressRefused) as refused:
+            check_literal(address, allow_private=False)
+        refusals.append(str(refused.value))
+    assert len(set(refusals)) == 1
+    if address != "169.254.169.254":
+        assert check_literal(address, allow_private=True) is True
+        with pytest.raises(AddressRefused):
+            check_literal(address, allow_private=False)
+    assert check_literal("api.example.com", allow_private=False) is False
