@@ -5,9 +5,10 @@
 Scenarios, each on SQLite and, when a server answers at --postgres-url, on PostgreSQL:
 1. logs read (logs_read.py, load from wrk: `apt-get install wrk`); 2. runs and 6. memory
 (runs.py); 3. engine overhead (engine_overhead.py); 4. storage (storage.py); 5. retention
-under load (retention_load.py, wrk too); 7. the insert ceiling (insert_ceiling.py). Their figures
-make one table; then the scale-out benchmark (scale_out.py, PostgreSQL only) prints its
-own. Figures, machine and commands are recorded in bench/RESULTS.md.
+under load (retention_load.py, wrk too); 7. the insert ceiling (insert_ceiling.py), and the
+write path alone against it (write_path.py). Their figures make one table; then the
+scale-out benchmark (scale_out.py, PostgreSQL only) prints its own. Figures, machine and
+commands are recorded in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import psycopg
 import retention_load
 import runs
 import storage
+import write_path
 from common import elapsed, machine, require_wrk
 from logs_dataset import Dataset
 from rich.table import Table
@@ -162,11 +164,14 @@ def main() -> int:
         attempt("runs and memory", load, failures)
 
     ceilings: dict[str, insert_ceiling.Measured] = {}
+    alones: dict[str, write_path.Measured] = {}
     if "insert_ceiling" in chosen:
 
         def ceiling() -> None:
             for measured in insert_ceiling.run(postgres_url, runs=options.runs):
                 ceilings[measured.backend] = measured
+            for alone in write_path.run(postgres_url, runs=options.runs):
+                alones[alone.backend] = alone
 
         attempt("insert ceiling", ceiling, failures)
 
@@ -230,7 +235,11 @@ def main() -> int:
         # The write path at its best: with its processes, on SQLite.
         rates = [m.max_rate() for m in ran.values() if m.backend == backend]
         rate = max(rates) if rates else None
-        rows.extend((r[0], backend, *r[1:]) for r in insert_ceiling.figures(writes, rate))
+        alone = alones.get(backend)
+        described = None if alone is None else (alone.rate(), alone.describe())
+        rows.extend(
+            (r[0], backend, *r[1:]) for r in insert_ceiling.figures(writes, rate, described)
+        )
 
     if rows:
         console.print(table(rows))
