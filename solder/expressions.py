@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+import math
+import operator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -21,8 +24,16 @@ class ExpressionError(Exception):
 class Expression:
     source: str
     compiled: Any
+    direct: Callable[[Mapping[str, Any]], Any] | None = None
+    """The expression as plain Python, for the few forms most templates are (`_direct`);
+    it raises `_Evaluator` when a value calls for jsonata's own rules."""
 
     def evaluate(self, context: Mapping[str, Any], timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Any:
+        if self.direct is not None:
+            try:
+                return self.direct(context)
+            except _Evaluator:
+                pass
         # A fresh frame per evaluation carries the time bound: a runaway expression
         # (endless recursion, a huge range) fails instead of freezing the event loop.
         frame = self.compiled.create_frame()
@@ -75,7 +86,127 @@ def compile_expression(source: str) -> Expression:
     # holds JSON types only: Solder's contexts are parsed JSON, and the walk grew with
     # every block's output (half the engine's time on a workflow of 100 transforms).
     compiled.set_validate_input(False)
-    return Expression(source, compiled)
+    return Expression(source, compiled, _direct(compiled.ast))
+
+
+class _Evaluator(Exception):
+    """A value outside what `_direct`'s functions decide alone: jsonata evaluates it."""
+
+
+_MISSING = object()
+_LEAF = {"type", "value"}
+
+
+def _direct(node: Any) -> Callable[[Mapping[str, Any]], Any] | None:
+    """`node`, a parsed expression, as a Python function of the context, when it is one
+    of the forms most templates are: a path of plain names (`blocks.fetch.data.id`), a
+    number or string literal, `+`, `-` or `*` between those, an object of them with
+    literal keys (`{'id': blocks.fetch.data.id}`). None for anything else.
+
+    jsonata evaluates each expression by walking its tree, some 40 µs for
+    `trigger.n + 1` (a tenth of a run's CPU on one core: bench/RESULTS.md); these take
+    a few. They give jsonata's answer or raise `_Evaluator`, so that jsonata answers
+    (or raises its error): a list anywhere on a path (jsonata maps over it), a name
+    missing or null where that changes the answer, anything but numbers around an
+    operator, a result out of range (tests/test_expressions.py holds them to jsonata's
+    answers).
+    """
+    kind = getattr(node, "type", None)
+    given = _given(node)
+    if kind in ("number", "string") and given <= _LEAF:
+        literal = node.value
+        if kind == "number" and (isinstance(literal, bool) or not isinstance(literal, int | float)):
+            return None
+        return lambda _context: literal
+    if kind == "path" and given == {"type", "steps"}:
+        steps = node.steps
+        if not all(
+            getattr(step, "type", None) == "name"
+            and isinstance(step.value, str)
+            and _given(step) <= _LEAF
+            for step in steps
+        ):
+            return None
+        return functools.partial(_path, tuple(step.value for step in steps))
+    if kind == "binary" and node.value in _ARITHMETIC and given <= _LEAF | {"lhs", "rhs"}:
+        lhs, rhs = _direct(node.lhs), _direct(node.rhs)
+        if lhs is None or rhs is None:
+            return None
+        return functools.partial(_arithmetic, _ARITHMETIC[node.value], lhs, rhs)
+    if kind == "unary" and node.value == "{" and given <= _LEAF | {"lhs_object"}:
+        pairs = []
+        for key, value in node.lhs_object:
+            if getattr(key, "type", None) != "string" or not isinstance(key.value, str):
+                return None
+            pairs.append((key.value, _direct(value)))
+        keys = [key for key, _ in pairs]
+        if len(set(keys)) != len(keys):
+            return None  # jsonata's error for a key given twice
+        if any(value is None for _, value in pairs):
+            return None
+        return functools.partial(_object, tuple(pairs))  # type: ignore[arg-type]
+    return None
+
+
+def _given(node: Any) -> set[str]:
+    """The attributes the parser set on `node`, its bookkeeping aside: any beyond those
+    `_direct` expects (a predicate, a stage, a sort, a focus, an index) make it jsonata's."""
+    return {
+        key
+        for key, value in vars(node).items()
+        if key not in _BOOKKEEPING
+        and not key.startswith("_")
+        and value is not None
+        and value is not False
+        and not (isinstance(value, list | dict) and not value)
+    }
+
+
+_BOOKKEEPING = {"id", "position", "bp", "lbp", "level"}
+
+
+def _path(names: tuple[str, ...], context: Mapping[str, Any]) -> Any:
+    value: Any = context
+    for name in names:
+        if type(value) is not dict:
+            raise _Evaluator  # a list (mapped over), a scalar, another mapping
+        value = value.get(name, _MISSING)
+        if value is _MISSING or value is None:
+            raise _Evaluator  # undefined and null differ inside operators and objects
+    if type(value) is list:
+        raise _Evaluator  # jsonata's sequences
+    return value
+
+
+_ARITHMETIC: dict[str, Callable[[float, float], float]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+}
+
+
+def _arithmetic(
+    op: Callable[[float, float], float],
+    lhs: Callable[[Mapping[str, Any]], Any],
+    rhs: Callable[[Mapping[str, Any]], Any],
+    context: Mapping[str, Any],
+) -> int | float:
+    left, right = lhs(context), rhs(context)
+    if type(left) not in (int, float) or type(right) not in (int, float):
+        raise _Evaluator  # jsonata's type errors, strings, booleans
+    try:
+        result = op(float(left), float(right))  # as jsonata computes it, in floats
+    except OverflowError:  # an integer beyond a float's range
+        raise _Evaluator from None
+    if not math.isfinite(result):
+        raise _Evaluator  # jsonata's "number out of range"
+    return int(result) if result.is_integer() else result
+
+
+def _object(
+    pairs: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...], context: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {key: value(context) for key, value in pairs}
 
 
 @lru_cache(maxsize=8192)

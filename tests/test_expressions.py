@@ -60,3 +60,88 @@ def test_block_references_are_found_anywhere_in_an_expression() -> None:
     )
     assert referenced_blocks(expression) == {"a", "b c", "d"}
     assert referenced_blocks(compile_expression("trigger.blocks.x")) == set()
+
+
+# The expressions most templates are, which Solder evaluates without jsonata's tree walk,
+# held to jsonata's own answers over values that take each of its rules.
+DIRECT = [
+    "trigger.n",
+    "trigger.n + 1",
+    "trigger.n - 2.5",
+    "trigger.f * 3",
+    "trigger.n + trigger.f",
+    "2 * 3 + 1",
+    "'text'",
+    "7",
+    "blocks.getProfile.id",
+    "blocks.getProfile",
+    "{'id': blocks.getProfile.id, 'next': trigger.n + 1}",
+    "{'a': {'b': trigger.n}}",
+    "trigger.deep.er.est",
+]
+VALUES: list[object] = [
+    2,
+    -7,
+    3.0,
+    2.5,
+    0.1,
+    2**60,
+    2**70,
+    1e308,
+    True,
+    False,
+    None,
+    "2",
+    "",
+    [],
+    [4],
+    [[1], [2]],
+    {},
+    {"er": {"est": 1}},
+    {"er": [{"est": 1}, {"est": 2}]},
+    {"er": {"est": None}},
+]
+
+
+def _jsonata(source: str, context: dict[str, object]) -> object:
+    import jsonata
+
+    expression = jsonata.Jsonata(source)
+    expression.set_validate_input(False)
+    try:
+        return expression.evaluate(context)
+    except Exception:
+        return ExpressionError
+
+
+@pytest.mark.parametrize("source", DIRECT)
+def test_the_usual_expressions_give_jsonatas_answers_without_its_evaluator(source: str) -> None:
+    expression = compile_expression(source)
+    assert expression.direct is not None
+    for value in VALUES:
+        for other in (3, 2.5, "x", None, [1]):
+            context: dict[str, object] = {
+                "trigger": {"n": value, "f": other, "deep": value},
+                "blocks": {"getProfile": {"id": value, "tags": ["a"]}},
+            }
+            try:
+                answer: object = expression.evaluate(context)
+            except ExpressionError:
+                answer = ExpressionError
+            expected = _jsonata(source, context)
+            assert answer == expected, (source, context)
+            assert type(answer) is type(expected), (source, context)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "trigger.items[0]",
+        "trigger.items[]",
+        "$count(trigger.items)",
+        "trigger.n = 2",
+        "{'a': 1, 'a': 2}",
+    ],
+)
+def test_other_expressions_are_left_to_jsonata(source: str) -> None:
+    assert compile_expression(source).direct is None
