@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import secrets
@@ -57,7 +58,25 @@ def time_prefix(ms: int) -> str:
 
 def item_id() -> str:
     """A random (version 4) UUID for an item or a block."""
-    return str(uuid.UUID(bytes=_random_bytes(16), version=4))
+    return _uuid_text(_random_bytes(16), 4)
+
+
+def name_uuid(namespace: uuid.UUID, name: str) -> str:
+    """`str(uuid.uuid5(namespace, name))`: the same UUID, for a name in a namespace."""
+    return _uuid_text(
+        hashlib.sha1(namespace.bytes + name.encode(), usedforsecurity=False).digest(), 5
+    )
+
+
+def _uuid_text(raw: bytes, version: int) -> str:
+    """The first 16 bytes of `raw` as a UUID of `version` (RFC 4122's variant), in its
+    usual text: what `str(uuid.UUID(bytes=..., version=...))` gives, in a third of the
+    time (every item of every step has one: bench/RESULTS.md)."""
+    data = bytearray(raw[:16])
+    data[6] = (data[6] & 0x0F) | (version << 4)
+    data[8] = (data[8] & 0x3F) | 0x80
+    text = data.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class _Entropy:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from solder.ids import iso_ms
+from solder.ids import iso_ms, name_uuid
 
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -36,7 +36,7 @@ def trigger_step(execution: Mapping[Any, Any]) -> dict[str, Any]:
         "started_at": execution["started_at"],
         "stopped_at": execution["started_at"],
         "data": f'[[{{"json":{execution["trigger_data"]},'
-        f'"id":"{uuid.uuid5(_TRIGGER_ITEMS, execution["id"])}"}}]]',
+        f'"id":"{name_uuid(_TRIGGER_ITEMS, execution["id"])}"}}]]',
         "inputs": "{}",
         "error": None,
         "meta": None,

@@ -10,7 +10,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from solder.ids import execution_id, iso_ms, item_id, now_ms
+from solder.ids import execution_id, iso_ms, item_id, name_uuid, now_ms
 
 NANOID = re.compile(r"^[0-9A-Za-z_-]{21}$")
 
@@ -43,7 +43,16 @@ def test_execution_ids_begin_with_their_time_and_sort_by_it() -> None:
 def test_item_ids_are_random_uuids_that_do_not_repeat() -> None:
     ids = [item_id() for _ in range(20_000)]
     assert all(uuid.UUID(one).version == 4 for one in ids)
+    assert all(str(uuid.UUID(one)) == one for one in ids)  # the usual text: lower case, dashes
+    assert all(uuid.UUID(one).variant == uuid.RFC_4122 for one in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_a_name_gives_the_uuid5_of_the_standard_library() -> None:
+    namespace = uuid.uuid4()
+    names = ["", "x", "é", "exec-" + execution_id(), *(execution_id() for _ in range(2_000))]
+    for name in names:
+        assert name_uuid(namespace, name) == str(uuid.uuid5(namespace, name))
 
 
 def _ids_in_child(queue: multiprocessing.Queue[list[str]]) -> None:
