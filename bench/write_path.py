@@ -39,6 +39,7 @@ from typing import Any
 import psycopg
 from common import postgres_database
 from logs_read import progress
+from runs import workflow as runs_workflow
 from scale_out import BenchError
 from sqlalchemy import text
 
@@ -51,15 +52,13 @@ WARM_UP_SECONDS = 3.0
 WINDOW_SECONDS = 20.0
 DRAIN_TIMEOUT = 120.0
 
+# Scenario 2's workflow, its `http` block a `transform` giving what the upstream answers.
+_RUNS = runs_workflow("http://127.0.0.1:9/unused")
 WORKFLOW: dict[str, Any] = {
+    **_RUNS,
     "name": "Bench write path",
-    "trigger": {"type": "webhook"},
     "blocks": [
-        {
-            "name": "prepare",
-            "connector": "transform",
-            "config": {"expression": "{{ trigger.n + 1 }}"},
-        },
+        _RUNS["blocks"][0],
         {
             "name": "call",
             "connector": "transform",

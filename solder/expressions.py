@@ -103,9 +103,10 @@ def _direct(node: Any) -> Callable[[Mapping[str, Any]], Any] | None:
     number or string literal, `+`, `-` or `*` between those, an object of them with
     literal keys (`{'id': blocks.fetch.data.id}`). None for anything else.
 
-    jsonata evaluates each expression by walking its tree, some 40 µs for
-    `trigger.n + 1` (a tenth of a run's CPU on one core: bench/RESULTS.md); these take
-    a few. They give jsonata's answer or raise `_Evaluator`, so that jsonata answers
+    jsonata evaluates each expression by walking its tree: 13 to 19 µs for
+    `trigger.n + 1` in a loop, more among a run's other work (a fifth of a run's CPU in
+    one process with two such expressions: bench/RESULTS.md); these take 0.25 to 1 µs.
+    They give jsonata's answer or raise `_Evaluator`, so that jsonata answers
     (or raises its error): a list anywhere on a path (jsonata maps over it), a name
     missing or null where that changes the answer, anything but numbers around an
     operator, a result out of range (tests/test_expressions.py holds them to jsonata's
@@ -115,7 +116,11 @@ def _direct(node: Any) -> Callable[[Mapping[str, Any]], Any] | None:
     given = _given(node)
     if kind in ("number", "string") and given <= _LEAF:
         literal = node.value
-        if kind == "number" and (isinstance(literal, bool) or not isinstance(literal, int | float)):
+        if kind == "number" and (
+            isinstance(literal, bool)
+            or not isinstance(literal, int | float)
+            or not math.isfinite(literal)
+        ):
             return None
         return lambda _context: literal
     if kind == "path" and given == {"type", "steps"}:
