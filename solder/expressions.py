@@ -100,8 +100,9 @@ _LEAF = {"type", "value"}
 def _direct(node: Any) -> Callable[[Mapping[str, Any]], Any] | None:
     """`node`, a parsed expression, as a Python function of the context, when it is one
     of the forms most templates are: a path of plain names (`blocks.fetch.data.id`), a
-    number or string literal, `+`, `-` or `*` between those, an object of them with
-    literal keys (`{'id': blocks.fetch.data.id}`). None for anything else.
+    number or string literal, `+`, `-` or `*` between those, a comparison of them (`=`,
+    `!=`, `<`, `<=`, `>`, `>=`: a branch's condition), an object of them with literal
+    keys (`{'id': blocks.fetch.data.id}`). None for anything else.
 
     jsonata evaluates each expression by walking its tree: 13 to 19 µs for
     `trigger.n + 1` in a loop, more among a run's other work (a fifth of a run's CPU in
@@ -109,8 +110,9 @@ def _direct(node: Any) -> Callable[[Mapping[str, Any]], Any] | None:
     They give jsonata's answer or raise `_Evaluator`, so that jsonata answers
     (or raises its error): a list anywhere on a path (jsonata maps over it), a name
     missing or null where that changes the answer, anything but numbers around an
-    operator, a result out of range (tests/test_expressions.py holds them to jsonata's
-    answers).
+    arithmetic operator, or but strings, numbers and booleans around a comparison (two
+    of one kind for an order), a result out of range (tests/test_expressions.py holds
+    them to jsonata's answers).
     """
     kind = getattr(node, "type", None)
     given = _given(node)
@@ -133,11 +135,14 @@ def _direct(node: Any) -> Callable[[Mapping[str, Any]], Any] | None:
         ):
             return None
         return functools.partial(_path, tuple(step.value for step in steps))
-    if kind == "binary" and node.value in _ARITHMETIC and given <= _LEAF | {"lhs", "rhs"}:
+    if kind == "binary" and given <= _LEAF | {"lhs", "rhs"}:
+        operation = _ARITHMETIC.get(node.value) or _COMPARISON.get(node.value)
+        if operation is None:
+            return None
         lhs, rhs = _direct(node.lhs), _direct(node.rhs)
         if lhs is None or rhs is None:
             return None
-        return functools.partial(_arithmetic, _ARITHMETIC[node.value], lhs, rhs)
+        return functools.partial(operation, lhs, rhs)
     if kind == "unary" and node.value == "{" and given <= _LEAF | {"lhs_object"}:
         pairs = []
         for key, value in node.lhs_object:
@@ -183,18 +188,11 @@ def _path(names: tuple[str, ...], context: Mapping[str, Any]) -> Any:
     return value
 
 
-_ARITHMETIC: dict[str, Callable[[float, float], float]] = {
-    "+": operator.add,
-    "-": operator.sub,
-    "*": operator.mul,
-}
+_Direct = Callable[[Mapping[str, Any]], Any]
 
 
 def _arithmetic(
-    op: Callable[[float, float], float],
-    lhs: Callable[[Mapping[str, Any]], Any],
-    rhs: Callable[[Mapping[str, Any]], Any],
-    context: Mapping[str, Any],
+    op: Callable[[float, float], float], lhs: _Direct, rhs: _Direct, context: Mapping[str, Any]
 ) -> int | float:
     left, right = lhs(context), rhs(context)
     if type(left) not in (int, float) or type(right) not in (int, float):
@@ -208,10 +206,59 @@ def _arithmetic(
     return int(result) if result.is_integer() else result
 
 
-def _object(
-    pairs: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...], context: Mapping[str, Any]
-) -> dict[str, Any]:
+def _equality(equal: bool, lhs: _Direct, rhs: _Direct, context: Mapping[str, Any]) -> bool:
+    """jsonata's `=` (`equal`) or `!=` between two strings, numbers or booleans: numbers
+    compared as floats, a boolean equal to a boolean only."""
+    left, right = _scalar(lhs(context)), _scalar(rhs(context))
+    same = left == right and (type(left) is bool) == (type(right) is bool)
+    return same if equal else not same
+
+
+def _scalar(value: Any) -> str | float | bool:
+    if type(value) is str or type(value) is bool:
+        return value
+    if type(value) in (int, float):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond a float's range
+            raise _Evaluator from None
+    raise _Evaluator  # an object or a list (jsonata's deep equality)
+
+
+def _order(
+    op: Callable[[Any, Any], bool], lhs: _Direct, rhs: _Direct, context: Mapping[str, Any]
+) -> bool:
+    """jsonata's `<`, `<=`, `>` or `>=` between two numbers or two strings; numbers of
+    different types compared as floats, as jsonata does."""
+    left, right = lhs(context), rhs(context)
+    kinds = type(left), type(right)
+    if kinds in ((int, int), (float, float), (str, str)):
+        return op(left, right)
+    if kinds in ((int, float), (float, int)):
+        try:
+            return op(float(left), float(right))
+        except OverflowError:
+            raise _Evaluator from None
+    raise _Evaluator  # jsonata's type errors
+
+
+def _object(pairs: tuple[tuple[str, _Direct], ...], context: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value(context) for key, value in pairs}
+
+
+_ARITHMETIC: dict[str, Callable[..., Any]] = {
+    "+": functools.partial(_arithmetic, operator.add),
+    "-": functools.partial(_arithmetic, operator.sub),
+    "*": functools.partial(_arithmetic, operator.mul),
+}
+_COMPARISON: dict[str, Callable[..., Any]] = {
+    "=": functools.partial(_equality, True),
+    "!=": functools.partial(_equality, False),
+    "<": functools.partial(_order, operator.lt),
+    "<=": functools.partial(_order, operator.le),
+    ">": functools.partial(_order, operator.gt),
+    ">=": functools.partial(_order, operator.ge),
+}
 
 
 @lru_cache(maxsize=8192)

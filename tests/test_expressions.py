@@ -78,6 +78,15 @@ DIRECT = [
     "{'id': blocks.getProfile.id, 'next': trigger.n + 1}",
     "{'a': {'b': trigger.n}}",
     "trigger.deep.er.est",
+    "trigger.n = 2",
+    "trigger.n != trigger.f",
+    "trigger.n = trigger.f",
+    "trigger.n < 3",
+    "trigger.n <= trigger.f",
+    "trigger.f > trigger.n",
+    "trigger.n >= 'b'",
+    "blocks.getProfile.id = 'x'",
+    "{'big': trigger.n > 100, 'same': trigger.n = trigger.f}",
 ]
 VALUES: list[object] = [
     2,
@@ -119,7 +128,7 @@ def test_the_usual_expressions_give_jsonatas_answers_without_its_evaluator(sourc
     expression = compile_expression(source)
     assert expression.direct is not None
     for value in VALUES:
-        for other in (3, 2.5, "x", None, [1]):
+        for other in (3, 2.5, 1, True, "x", "2", None, [1]):
             context: dict[str, object] = {
                 "trigger": {"n": value, "f": other, "deep": value},
                 "blocks": {"getProfile": {"id": value, "tags": ["a"]}},
@@ -139,7 +148,9 @@ def test_the_usual_expressions_give_jsonatas_answers_without_its_evaluator(sourc
         "trigger.items[0]",
         "trigger.items[]",
         "$count(trigger.items)",
-        "trigger.n = 2",
+        "trigger.n = true",
+        "trigger.n / 2",
+        "trigger.n in [1, 2]",
         "{'a': 1, 'a': 2}",
     ],
 )
