@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import statistics
 import tempfile
 import time
@@ -40,7 +39,7 @@ import psycopg
 from common import postgres_database
 from logs_read import progress
 from runs import workflow as runs_workflow
-from scale_out import BenchError
+from scale_out import BenchError, machine_busy_seconds
 from sqlalchemy import text
 
 from solder import keys, users, workflows
@@ -101,13 +100,6 @@ class Measured:
             f"{self.rate():,.0f} exec/s (each: {each}); this process's CPU "
             f"{self.cpu_ms():.2f} ms a run; the machine {self.busy():.2f} cores busy"
         )
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the machine's cores have been busy since boot (all but idle and iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 class Bench:

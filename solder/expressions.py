@@ -144,17 +144,17 @@ def _direct(node: Any) -> Callable[[Mapping[str, Any]], Any] | None:
             return None
         return functools.partial(operation, lhs, rhs)
     if kind == "unary" and node.value == "{" and given <= _LEAF | {"lhs_object"}:
-        pairs = []
+        pairs: list[tuple[str, _Direct]] = []
         for key, value in node.lhs_object:
+            direct = _direct(value)
             if getattr(key, "type", None) != "string" or not isinstance(key.value, str):
                 return None
-            pairs.append((key.value, _direct(value)))
-        keys = [key for key, _ in pairs]
-        if len(set(keys)) != len(keys):
+            if direct is None:
+                return None
+            pairs.append((key.value, direct))
+        if len({key for key, _ in pairs}) != len(pairs):
             return None  # jsonata's error for a key given twice
-        if any(value is None for _, value in pairs):
-            return None
-        return functools.partial(_object, tuple(pairs))  # type: ignore[arg-type]
+        return functools.partial(_object, tuple(pairs))
     return None
 
 
