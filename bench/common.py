@@ -38,6 +38,8 @@ from scale_out import (
     wait_until,
 )
 
+# What autovacuum would do after a load on PostgreSQL (it is off on the test server).
+VACUUM = "VACUUM ANALYZE executions, steps, procrastinate_jobs, procrastinate_events"
 WRK_MISSING = "wrk is missing: install it (Debian/Ubuntu: `apt-get install -y wrk`) and rerun"
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -230,9 +232,7 @@ class Stack:
         """On PostgreSQL, what autovacuum would do after a run (it is off on the test
         server): without statistics, each step's foreign-key check scans `executions`."""
         if not isinstance(self.db, sqlite3.Connection):
-            self.db.execute(
-                "VACUUM ANALYZE executions, steps, procrastinate_jobs, procrastinate_events"
-            )
+            self.db.execute(VACUUM)
 
     def first_error(self) -> str:
         """The first traceback in the server's logs, or their last lines."""

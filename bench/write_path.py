@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from common import postgres_database
+import uvloop
+from common import VACUUM, postgres_database
 from logs_read import progress
 from runs import workflow as runs_workflow
 from scale_out import BenchError, machine_busy_seconds
@@ -179,9 +180,7 @@ def vacuum(url: str) -> None:
     server), as scenario 2 does after each run; not timed."""
     if url.startswith("postgresql"):
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                "VACUUM ANALYZE executions, steps, procrastinate_jobs, procrastinate_events"
-            )
+            conn.execute(VACUUM)
 
 
 async def _measure(url: str, workdir: Path, backend: str, runs: int, seconds: float) -> Measured:
@@ -205,16 +204,6 @@ async def _measure(url: str, workdir: Path, backend: str, runs: int, seconds: fl
     return measured
 
 
-def _run(coroutine: Any) -> Measured:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        result: Measured = asyncio.run(coroutine)
-        return result
-    measured: Measured = uvloop.run(coroutine)
-    return measured
-
-
 @contextlib.contextmanager
 def _database(backend: str, postgres_url: str | None, workdir: Path) -> Iterator[str]:
     if backend == "SQLite":
@@ -231,7 +220,7 @@ def measure(
         tempfile.TemporaryDirectory(prefix="solder-bench-write-path-") as workdir,
         _database(backend, postgres_url, Path(workdir)) as url,
     ):
-        return _run(_measure(url, Path(workdir), backend, runs, seconds))
+        return uvloop.run(_measure(url, Path(workdir), backend, runs, seconds))
 
 
 def run(postgres_url: str | None, *, runs: int, seconds: float = WINDOW_SECONDS) -> list[Measured]:

@@ -15,6 +15,9 @@ import orjson
 
 DEFAULT_TIMEOUT_MS = 1000
 
+_Direct = Callable[[Mapping[str, Any]], Any]
+"""An expression as plain Python: its value in a context (`_direct`)."""
+
 
 class ExpressionError(Exception):
     """An expression does not parse or fails to evaluate."""
@@ -24,7 +27,7 @@ class ExpressionError(Exception):
 class Expression:
     source: str
     compiled: Any
-    direct: Callable[[Mapping[str, Any]], Any] | None = None
+    direct: _Direct | None = None
     """The expression as plain Python, for the few forms most templates are (`_direct`);
     it raises `_Evaluator` when a value calls for jsonata's own rules."""
 
@@ -97,7 +100,7 @@ _MISSING = object()
 _LEAF = {"type", "value"}
 
 
-def _direct(node: Any) -> Callable[[Mapping[str, Any]], Any] | None:
+def _direct(node: Any) -> _Direct | None:
     """`node`, a parsed expression, as a Python function of the context, when it is one
     of the forms most templates are: a path of plain names (`blocks.fetch.data.id`), a
     number or string literal, `+`, `-` or `*` between those, a comparison of them (`=`,
@@ -136,7 +139,7 @@ def _direct(node: Any) -> Callable[[Mapping[str, Any]], Any] | None:
             return None
         return functools.partial(_path, tuple(step.value for step in steps))
     if kind == "binary" and given <= _LEAF | {"lhs", "rhs"}:
-        operation = _ARITHMETIC.get(node.value) or _COMPARISON.get(node.value)
+        operation = _OPERATORS.get(node.value)
         if operation is None:
             return None
         lhs, rhs = _direct(node.lhs), _direct(node.rhs)
@@ -146,9 +149,9 @@ def _direct(node: Any) -> Callable[[Mapping[str, Any]], Any] | None:
     if kind == "unary" and node.value == "{" and given <= _LEAF | {"lhs_object"}:
         pairs: list[tuple[str, _Direct]] = []
         for key, value in node.lhs_object:
-            direct = _direct(value)
             if getattr(key, "type", None) != "string" or not isinstance(key.value, str):
                 return None
+            direct = _direct(value)
             if direct is None:
                 return None
             pairs.append((key.value, direct))
@@ -186,9 +189,6 @@ def _path(names: tuple[str, ...], context: Mapping[str, Any]) -> Any:
     if type(value) is list:
         raise _Evaluator  # jsonata's sequences
     return value
-
-
-_Direct = Callable[[Mapping[str, Any]], Any]
 
 
 def _arithmetic(
@@ -246,12 +246,11 @@ def _object(pairs: tuple[tuple[str, _Direct], ...], context: Mapping[str, Any]) 
     return {key: value(context) for key, value in pairs}
 
 
-_ARITHMETIC: dict[str, Callable[..., Any]] = {
+# The binary operators `_direct` evaluates, each a function of its two sides and the context.
+_OPERATORS: dict[str, Callable[..., Any]] = {
     "+": functools.partial(_arithmetic, operator.add),
     "-": functools.partial(_arithmetic, operator.sub),
     "*": functools.partial(_arithmetic, operator.mul),
-}
-_COMPARISON: dict[str, Callable[..., Any]] = {
     "=": functools.partial(_equality, True),
     "!=": functools.partial(_equality, False),
     "<": functools.partial(_order, operator.lt),
