@@ -152,6 +152,7 @@ class Stack:
     workers: list[Process]
     upstream_url: str
     db: sqlite3.Connection | psycopg.Connection[tuple[Any, ...]]
+    upstream_pid: int | None = None
 
     def server_pids(self) -> dict[str, int]:
         """The processes that make up the server, by the name the tables give them."""
@@ -310,16 +311,16 @@ def solder_stack(
             return process
 
         try:
-            upstream_url = ""
+            upstream_url, upstream_pid = "", None
             if upstream:
                 port = free_port()
                 upstream_url = f"http://127.0.0.1:{port}"
                 script = str(Path(__file__).with_name("scale_out.py"))
-                start(
+                upstream_pid = start(
                     "upstream",
                     [sys.executable, script, "--upstream", str(port)],
                     lambda: answers_http(f"{upstream_url}/echo?n=1"),
-                )
+                ).process.pid
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             sqlite = backend == "SQLite"
@@ -347,7 +348,7 @@ def solder_stack(
                     cleanup.enter_context(autovacuum(url))
             cleanup.callback(db.close)
             headers = {"Authorization": f"bearer {key}", "x-api-version": "2025-09"}
-            yield Stack(backend, url, base, headers, api, started, upstream_url, db)
+            yield Stack(backend, url, base, headers, api, started, upstream_url, db, upstream_pid)
         except BenchError:
             for process in processes:
                 console.print(f"--- {process.log.name} (last lines)\n{process.tail()}")

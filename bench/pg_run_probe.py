@@ -8,8 +8,9 @@ Starts scenario 2's stack on PostgreSQL (`solder serve --no-worker` and `--worke
 `solder worker` processes, bench/common.py's `solder_stack`), warms it up, then runs a
 closed loop of 32 clients for `--seconds` (or, with `--rate`, an open loop at that
 rate). Per run accepted, over the load and the drain of its backlog: the CPU of each of
-Solder's processes and of all of PostgreSQL's (the server's processes, found as the
-`postgres` user's; the VACUUM after the load included), the transactions and rows of
+Solder's processes, of the loopback upstream the `http` block calls, and of all of
+PostgreSQL's (the server's processes, found as the `postgres` user's; the VACUUM after
+the load included), the transactions and rows of
 the benchmark's database (`pg_stat_database`), each table's inserts, updates, deletes
 and scans (`pg_stat_user_tables`), and the WAL written (`pg_stat_wal`: the whole
 server's). A probe for bench/RESULTS.md, not part of `make bench`.
@@ -195,6 +196,8 @@ def main() -> None:
             )
             checkpoint.start()
         pids = stack.server_pids()
+        if stack.upstream_pid is not None:
+            pids["upstream (the benchmark's)"] = stack.upstream_pid
         solder_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         postgres_before, stats_before = postgres_cpu(), stats(stack.database_url)
         if options.rate:

@@ -40,13 +40,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, cast
+from urllib.parse import parse_qs
 
+import httptools
 import httpx
 import psycopg
+import uvloop
 from cryptography.fernet import Fernet
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -98,37 +99,67 @@ def http_workflow(upstream_url: str) -> dict[str, Any]:
 
 
 # The loopback upstream, run in a process of its own so that it competes with the load
-# generator for a core, not for this process's GIL.
+# generator for a core, not for this process's GIL. A real deployment's upstream is on
+# another machine: this one is as cheap as Python can make it, so that scenario 2's two
+# cores go to Solder (the standard library's threaded server it replaced cost 0.15 to
+# 0.2 ms of CPU a request under load, about a tenth of a run's; bench/RESULTS.md).
 
 
-class EchoHandler(BaseHTTPRequestHandler):
-    """`GET /echo?n=3` answers `{"n": 3}` at once, keeping the connection open."""
+class EchoProtocol(asyncio.Protocol):
+    """`GET /echo?n=3` answers `{"n": 3}` at once, keeping the connection open (HTTP/1.1
+    on uvloop, parsed by httptools, as uvicorn serves it)."""
 
-    protocol_version = "HTTP/1.1"
-    # The headers and the body go out in two writes: with Nagle's algorithm on, the body
-    # waits for the client's delayed ACK of the headers, 40 ms a request.
-    disable_nagle_algorithm = True
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
 
-    def do_GET(self) -> None:
-        query = parse_qs(urlsplit(self.path).query)
-        body = json.dumps({"n": int(query.get("n", ["0"])[0])}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transport, which sets TCP_NODELAY (asyncio's does too).
+        self.transport = cast(asyncio.Transport, transport)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.answer(400, b'{"error": "not HTTP/1.1"}', keep_alive=False)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_message_complete(self) -> None:
+        query = parse_qs(httptools.parse_url(self.url).query or b"")
+        self.url = b""
+        try:
+            n = int(query.get(b"n", [b"0"])[0])
+        except ValueError:
+            self.answer(400, b'{"error": "n is not an integer"}', keep_alive=False)
+            return
+        self.answer(200, json.dumps({"n": n}).encode(), self.parser.should_keep_alive())
+
+    def answer(self, status: int, body: bytes, keep_alive: bool) -> None:
+        assert self.transport is not None
+        reason = b"OK" if status == 200 else b"Bad Request"
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (status, reason, len(body), b"" if keep_alive else b"Connection: close\r\n", body)
+        )
+        if not keep_alive:
+            self.transport.close()
 
 
 def serve_upstream(port: int) -> None:
-    ThreadingHTTPServer.daemon_threads = True
-    # The standard library listens with a backlog of 5: more clients connecting at once
-    # than that overflow it, and a connection the client took as made could wait for an
-    # answer until its timeout (30 s, seen with 32 at once).
-    ThreadingHTTPServer.request_queue_size = 128
-    ThreadingHTTPServer(("127.0.0.1", port), EchoHandler).serve_forever()
+    async def serve() -> None:
+        # A backlog of 128: more clients connecting at once than the backlog overflow it,
+        # and a connection the client took as made could wait for its timeout (seen with
+        # the standard library's 5 and 32 clients at once).
+        server = await asyncio.get_running_loop().create_server(
+            EchoProtocol, "127.0.0.1", port, backlog=128
+        )
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(serve())
 
 
 def free_port() -> int:
