@@ -10,10 +10,10 @@ closed loop of 32 clients for `--seconds` (or, with `--rate`, an open loop at th
 rate). Per run accepted, over the load and the drain of its backlog: the CPU of each of
 Solder's processes, of the loopback upstream the `http` block calls, and of all of
 PostgreSQL's (the server's processes, found as the `postgres` user's; the VACUUM after
-the load included), the transactions and rows of
-the benchmark's database (`pg_stat_database`), each table's inserts, updates, deletes
-and scans (`pg_stat_user_tables`), and the WAL written (`pg_stat_wal`: the whole
-server's). A probe for bench/RESULTS.md, not part of `make bench`.
+the load included), the transactions and rows of the benchmark's database
+(`pg_stat_database`), each table's inserts, updates, deletes and scans
+(`pg_stat_user_tables`), and the WAL written (`pg_stat_wal`: the whole server's). A
+probe for bench/RESULTS.md, not part of `make bench`.
 
 `--prefill N` copies N finished executions into the table first (ids drawn by the code
 under test; a store of the issue's scale), `--checkpoint-after S` runs a CHECKPOINT

@@ -5,8 +5,9 @@ The workflow: a webhook trigger, a `transform` block (`{{ trigger.n + 1 }}`), th
 own process (scale_out.py's, on uvloop and httptools: some 25 µs of CPU a request, so
 that the machine's two cores go to Solder); every step is durably logged, as always.
 Solder runs as in production (common.solder_stack): `solder serve` on SQLite; `solder
-serve --no-worker` plus `--workers` `solder worker` processes on PostgreSQL. The load comes from
-loadgen.py, a separate process (its CPU use is reported: it is no bottleneck).
+serve --no-worker` plus `--workers` `solder worker` processes on PostgreSQL. The load
+comes from loadgen.py, a separate process (its CPU use is reported: it is no
+bottleneck).
 
 Each run, after a warm-up:
 

@@ -101,8 +101,9 @@ def http_workflow(upstream_url: str) -> dict[str, Any]:
 # The loopback upstream, run in a process of its own so that it competes with the load
 # generator for a core, not for this process's GIL. A real deployment's upstream is on
 # another machine: this one is as cheap as Python can make it, so that scenario 2's two
-# cores go to Solder (the standard library's threaded server it replaced cost 0.15 to
-# 0.2 ms of CPU a request under load, about a tenth of a run's; bench/RESULTS.md).
+# cores go to Solder (the standard library's threaded server it replaced cost 118 to 138
+# µs of CPU a request in a probe, 0.16 to 0.22 ms a run under scenario 2's load on
+# PostgreSQL, about a tenth of a run's; bench/RESULTS.md).
 
 
 class EchoProtocol(asyncio.Protocol):
