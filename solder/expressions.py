@@ -113,9 +113,9 @@ def _direct(node: Any) -> _Direct | None:
     They give jsonata's answer or raise `_Evaluator`, so that jsonata answers
     (or raises its error): a list anywhere on a path (jsonata maps over it), a name
     missing or null where that changes the answer, anything but numbers around an
-    arithmetic operator, or but strings, numbers and booleans around a comparison (two
-    of one kind for an order), a result out of range (tests/test_expressions.py holds
-    them to jsonata's answers).
+    arithmetic operator, anything but strings, numbers and booleans around a comparison
+    (two of one kind for an order), a result out of range (tests/test_expressions.py
+    holds them to jsonata's answers).
     """
     kind = getattr(node, "type", None)
     given = _given(node)
