@@ -163,7 +163,12 @@ class Stack:
                 pids.update({f"process {n}": pid for n, pid in enumerate(supervised, 1)})
                 return pids
             return {"solder serve": self.api.process.pid}
-        pids = {"API (serve --no-worker)": self.api.process.pid}
+        supervised = serving_children(self.api.process.pid)
+        if supervised:  # `--processes N`: its supervisor, and the N serving processes
+            pids = {"API supervisor (serve --no-worker --processes)": self.api.process.pid}
+            pids.update({f"API process {n}": pid for n, pid in enumerate(supervised, 1)})
+        else:
+            pids = {"API (serve --no-worker)": self.api.process.pid}
         for n, worker in enumerate(self.workers, 1):
             pids[f"worker {n}"] = worker.process.pid
         return pids

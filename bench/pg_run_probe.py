@@ -12,22 +12,25 @@ Solder's processes, of the loopback upstream the `http` block calls, and of all 
 PostgreSQL's (the server's processes, found as the `postgres` user's; the VACUUM after
 the load included), the transactions and rows of the benchmark's database
 (`pg_stat_database`), each table's inserts, updates, deletes and scans
-(`pg_stat_user_tables`), and the WAL written (`pg_stat_wal`: the whole server's). A
-probe for bench/RESULTS.md, not part of `make bench`.
+(`pg_stat_user_tables`), the WAL written (`pg_stat_wal`: the whole server's), and the
+wakes the workers received (the notifications on their channel, counted by a listener
+of the probe's own). A probe for bench/RESULTS.md, not part of `make bench`.
 
 `--prefill N` copies N finished executions into the table first (ids drawn by the code
 under test; a store of the issue's scale), `--checkpoint-after S` runs a CHECKPOINT
 before the load and S seconds into it, and `--sql` runs statements of one's own on the
 benchmark's database before the warm-up (a schema or settings change, tried before it
 is written). `--setting` sets a `SOLDER_*` variable of the stack's processes: with
-`--workers 0 --setting SOLDER_PROCESSES=2`, two serving processes, each with its worker.
+`--workers 0 --setting SOLDER_PROCESSES=2`, two serving processes, each with its worker;
+with `--setting SOLDER_PROCESSES=2` alone, two API processes (`serve --no-worker
+--processes 2`) and the workers.
 
 With `--against REV --pairs N`: N pairs in turns, REV's tree (a temporary git work tree)
 and this one, REV first in odd pairs and this tree in even ones, each pair the probe
-run once from each tree; a table of each pair's
-runs a second, their ratio, and each one's CPU a run and WAL. How two versions of the
-code are compared on this shared machine, whose speed moves from one minute to the
-next (bench/RESULTS.md).
+run once from each tree; a table of each pair's runs a second (or p99 and p50 with
+`--rate`), their ratio, and each one's CPU a run, WAL, commits and wakes a run. How two
+versions of the code are compared on this shared machine, whose speed moves from one
+minute to the next (bench/RESULTS.md).
 
 To see the statements themselves, one run at a time: `ALTER ROLE postgres SET
 log_statement = 'all'` before the stack starts (its connections take it), and `RESET`
@@ -52,6 +55,8 @@ from rich.console import Console
 from rich.table import Table
 from runs import CLIENTS, Bench
 from scale_out import cpu_seconds
+
+from solder.store.jobs import CHANNEL
 
 Stats = tuple[list[Any], dict[str, list[Any]], list[Any]]
 
@@ -117,6 +122,28 @@ def prefill(url: str, count: int) -> None:
                     )
                 )
         conn.execute("VACUUM ANALYZE executions")
+
+
+class WakeCounter(threading.Thread):
+    """Counts the notifications on the workers' channel (`jobs.CHANNEL`) until stopped:
+    the wakes the workers received."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute(f'LISTEN "{CHANNEL}"')
+        self.count = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.count += sum(1 for _ in self.conn.notifies(timeout=0.2))
+
+    def stop(self) -> int:
+        self.stopping.set()
+        self.join()
+        self.conn.close()
+        return self.count
 
 
 def run_checkpoint(url: str) -> None:
@@ -200,6 +227,8 @@ def main() -> None:
             pids["upstream (the benchmark's)"] = stack.upstream_pid
         solder_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         postgres_before, stats_before = postgres_cpu(), stats(stack.database_url)
+        wakes = WakeCounter(stack.database_url)
+        wakes.start()
         if options.rate:
             latency = bench.open(options.rate, options.seconds)
             runs, how = latency.executions, f"open loop at {options.rate:,.0f}/s"
@@ -225,6 +254,7 @@ def main() -> None:
         solder_cpu = {name: cpu_seconds(pid) - solder_before[name] for name, pid in pids.items()}
         postgres = postgres_cpu() - postgres_before
         stats_after = stats(stack.database_url)
+        woken = wakes.stop()
 
     console.print(f"{how}, {options.seconds:.0f} s: {runs:,} runs; {done}")
     cpu = Table("process", "CPU a run accepted")
@@ -239,7 +269,7 @@ def main() -> None:
         + ", ".join(
             f"{name} {delta / runs:.2f}" for name, delta in zip(names, deltas, strict=False)
         )
-        + f", deletes {deltas[6] / runs:.2f}"
+        + f", deletes {deltas[6] / runs:.2f}; the workers' wakes {woken / runs:.2f}"
     )
     tables = Table(
         "table", "inserts", "updates", "of which HOT", "deletes", "seq scans", "index scans"
@@ -258,10 +288,11 @@ def main() -> None:
     )
 
 
-def probe_in(tree: Path, options: argparse.Namespace) -> tuple[float, list[float], str]:
+def probe_in(tree: Path, options: argparse.Namespace) -> tuple[float, list[float], str, str]:
     """This probe run on `tree`'s code (this tree's probe, `tree`'s package): runs a second
-    (closed loop) or p99 ms (`--rate`); CPU a run (ms) of the API, the workers together
-    and PostgreSQL; WAL bytes a run."""
+    (closed loop) or p99 ms (`--rate`); the p50 (ms, `--rate`, else 0) and the CPU a run
+    (ms) of the API, the workers together and PostgreSQL; WAL bytes a run; commits and the
+    workers' wakes a run."""
     args = ["--seconds", str(options.seconds), "--workers", str(options.workers)]
     args += ["--postgres-url", options.postgres_url, "--prefill", str(options.prefill)]
     if options.rate:
@@ -270,6 +301,8 @@ def probe_in(tree: Path, options: argparse.Namespace) -> tuple[float, list[float
         args += ["--checkpoint-after", str(options.checkpoint_after)]
     for statement in options.sql:
         args += ["--sql", statement]
+    for setting in options.setting:
+        args += ["--setting", setting]
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "200"}
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "pg_run_probe.py"), *args],
@@ -286,13 +319,29 @@ def probe_in(tree: Path, options: argparse.Namespace) -> tuple[float, list[float
     for name, ms in re.findall(r"│ (API|worker|PostgreSQL)[^│]*│ ([\d.]+) ms", out):
         cpu[name] += float(ms)
     wal = re.search(r"WAL a run \(whole server\): [\d.]+ records, ([\d,]+) bytes", out)
-    return float(figure.group(1).replace(",", "")), list(cpu.values()), wal.group(1) if wal else "?"
+    commits = re.search(r"database, a run: commits ([\d.]+)", out)
+    woken = re.search(r"the workers' wakes ([\d.]+)", out)
+    p50 = re.search(r"p50 ([\d,]+) ms, p99", out)
+    return (
+        float(figure.group(1).replace(",", "")),
+        [float(p50.group(1).replace(",", "")) if p50 else 0.0, *cpu.values()],
+        wal.group(1) if wal else "?",
+        f"{commits.group(1) if commits else '?'}, {woken.group(1) if woken else '?'}",
+    )
 
 
 def compare(console: Console, options: argparse.Namespace) -> None:
     figure = "p99 ms" if options.rate else "runs/s"
     table = Table(
-        "pair", figure, "after ÷ before", "API ms a run", "workers", "PostgreSQL", "WAL bytes"
+        "pair",
+        figure,
+        "after ÷ before",
+        "p50 ms (--rate)",
+        "API ms a run",
+        "workers",
+        "PostgreSQL",
+        "WAL bytes",
+        "commits, wakes",
     )
     with work_tree(options.against) as before:
         for pair in range(1, options.pairs + 1):
@@ -300,17 +349,22 @@ def compare(console: Console, options: argparse.Namespace) -> None:
             first = "this tree" if pair % 2 == 0 else options.against
             console.print(f"pair {pair} of {options.pairs}: {first} first")
             if pair % 2 == 0:
-                new, new_cpu, new_wal = probe_in(ROOT, options)
-                old, old_cpu, old_wal = probe_in(before, options)
+                new, new_cpu, new_wal, new_commits = probe_in(ROOT, options)
+                old, old_cpu, old_wal, old_commits = probe_in(before, options)
             else:
-                old, old_cpu, old_wal = probe_in(before, options)
-                new, new_cpu, new_wal = probe_in(ROOT, options)
+                old, old_cpu, old_wal, old_commits = probe_in(before, options)
+                new, new_cpu, new_wal, new_commits = probe_in(ROOT, options)
             table.add_row(
                 str(pair),
                 f"{old:,.0f} → {new:,.0f}",
                 f"{new / old:.2f}",
-                *(f"{was:.2f} → {now:.2f}" for was, now in zip(old_cpu, new_cpu, strict=True)),
+                f"{old_cpu[0]:.0f} → {new_cpu[0]:.0f}",
+                *(
+                    f"{was:.2f} → {now:.2f}"
+                    for was, now in zip(old_cpu[1:], new_cpu[1:], strict=True)
+                ),
                 f"{old_wal} → {new_wal}",
+                f"{old_commits} → {new_commits}",
             )
             console.print(f"pair {pair}: {old:,.0f} → {new:,.0f}")
     console.print(table)
