@@ -28,6 +28,7 @@ from solder.ids import now_ms
 from solder.store import jobs, queue
 from solder.store.database import Database
 from solder.store.jobs import CHANNEL, QUEUE, defer_params
+from solder.store.prepared import Prepared, fetch_one
 from solder.workers import QueueWorker
 from tests import databases
 from tests.conftest import TIMEOUT, Api, Server, api_client
@@ -683,6 +684,42 @@ def test_a_jobs_fetch_claims_its_execution(api_only: Server, api: Api) -> None:
         "succeeded",
         "succeeded",
     ]
+
+
+def test_only_a_fetch_commits_without_waiting_for_its_wal_flush(api_only: Server, api: Api) -> None:
+    """A job's fetch (its claim of the execution included) commits without waiting for
+    PostgreSQL's WAL flush: lost in a crash of the database, it is lost whole, and any
+    durable write of the run after it (a step kept, the end) flushes it first. The
+    setting is the fetch's transaction's own: the connection's next transaction, such as
+    a run's end or an accept, waits for its flush again."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    execution_id = api.run(user_id, workflow_id, {"n": 1})
+    data_dir = api_only.settings.data_dir
+    [(worker_id,)] = databases.rows(
+        data_dir, "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id"
+    )
+    setting = Prepared(text("SELECT current_setting('synchronous_commit') AS value"))
+
+    async def fetch_then_look() -> tuple[list[Any], Any, Any]:
+        db = Database(api_only.settings.database_url, pool_size=1)  # one connection
+        try:
+            async with db.write_inline() as conn:  # BEGIN, the fetch, then a look
+                fetched = await queue.fetch_and_take(
+                    conn, [QUEUE], int(str(worker_id)), "lease-1", now_ms()
+                )
+                during = await fetch_one(conn, setting)
+            async with db.write_inline() as conn:
+                after = await fetch_one(conn, setting)
+            assert during is not None
+            assert after is not None
+            return fetched, during["value"], after["value"]
+        finally:
+            await db.dispose()
+
+    fetched, during, after = asyncio.run(fetch_then_look())
+    assert [job["args"]["execution_id"] for job, _ in fetched] == [execution_id]
+    assert executions_of(data_dir) == {execution_id: ("running", "lease-1")}
+    assert (during, after) == ("off", "on")
 
 
 def test_an_end_not_written_leaves_the_job_to_procrastinate(api_only: Server, api: Api) -> None:

@@ -38,6 +38,13 @@ JOBS = table("procrastinate_jobs", column("id"), column("status"))
 # it took: as many calls one after the other, in one round trip. Its rows are the jobs
 # taken, in order, or one row of nulls if there was none; its columns the names of the
 # job's columns procrastinate reads (`procrastinate.jobs.Job.from_row`).
+#
+# The statement's transaction commits without waiting for its WAL flush
+# (`synchronous_commit` off for it alone, set before the first call): a fetch lost in a
+# crash of the database is lost whole, jobs and claims, and runs again; any durable
+# write of the run after it (a step kept, the end) flushes it first, the WAL being one
+# sequence. A run no longer waits for that flush before it starts (docs/decisions.md,
+# "The fetch's commit without its flush").
 _JOB_COLUMNS = (
     "id",
     "status",
@@ -56,6 +63,7 @@ FETCHED_PREFIX = "fetched_"
 FETCHED = (
     text(
         f"WITH RECURSIVE calls (n, job) AS (SELECT 1, {_CALL}"  # noqa: S608 (names, not values)
+        " WHERE set_config('synchronous_commit', 'off', true) = 'off'"
         f" UNION ALL SELECT n + 1, {_CALL} FROM calls"
         " WHERE n < :batch AND (job).id IS NOT NULL)"
         f" SELECT {', '.join(f'(job).{name}' for name in _JOB_COLUMNS)} FROM calls"
