@@ -156,19 +156,14 @@ class Stack:
 
     def server_pids(self) -> dict[str, int]:
         """The processes that make up the server, by the name the tables give them."""
-        if not self.workers:
-            supervised = serving_children(self.api.process.pid)
-            if supervised:  # `solder serve --processes N`: its supervisor, and the N
-                pids = {"supervisor (serve --processes)": self.api.process.pid}
-                pids.update({f"process {n}": pid for n, pid in enumerate(supervised, 1)})
-                return pids
-            return {"solder serve": self.api.process.pid}
-        supervised = serving_children(self.api.process.pid)
+        pid = self.api.process.pid
+        supervised = serving_children(pid)
+        api = "API " if self.workers else ""  # `serve --no-worker` beside `solder worker`s
         if supervised:  # `--processes N`: its supervisor, and the N serving processes
-            pids = {"API supervisor (serve --no-worker --processes)": self.api.process.pid}
-            pids.update({f"API process {n}": pid for n, pid in enumerate(supervised, 1)})
+            pids = {f"{api}supervisor (serve --processes)": pid}
+            pids.update({f"{api}process {n}": child for n, child in enumerate(supervised, 1)})
         else:
-            pids = {"API (serve --no-worker)": self.api.process.pid}
+            pids = {"API (serve --no-worker)" if self.workers else "solder serve": pid}
         for n, worker in enumerate(self.workers, 1):
             pids[f"worker {n}"] = worker.process.pid
         return pids

@@ -40,6 +40,7 @@ after; the server's log then lists each statement with the connection's process 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -47,7 +48,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from common import ROOT, solder_stack, work_tree
@@ -288,11 +289,18 @@ def main() -> None:
     )
 
 
-def probe_in(tree: Path, options: argparse.Namespace) -> tuple[float, list[float], str, str]:
-    """This probe run on `tree`'s code (this tree's probe, `tree`'s package): runs a second
-    (closed loop) or p99 ms (`--rate`); the p50 (ms, `--rate`, else 0) and the CPU a run
-    (ms) of the API, the workers together and PostgreSQL; WAL bytes a run; commits and the
-    workers' wakes a run."""
+class Probed(NamedTuple):
+    """What `probe_in` read from one probe's output."""
+
+    figure: float  # runs a second (closed loop) or p99 ms (`--rate`)
+    p50: float  # ms (`--rate`; NaN for a closed loop)
+    cpu: list[float]  # ms a run: the API, the workers together, PostgreSQL
+    wal: str  # bytes a run
+    commits_wakes: str  # commits and the workers' wakes a run
+
+
+def probe_in(tree: Path, options: argparse.Namespace) -> Probed:
+    """This probe run on `tree`'s code (this tree's probe, `tree`'s package)."""
     args = ["--seconds", str(options.seconds), "--workers", str(options.workers)]
     args += ["--postgres-url", options.postgres_url, "--prefill", str(options.prefill)]
     if options.rate:
@@ -322,9 +330,12 @@ def probe_in(tree: Path, options: argparse.Namespace) -> tuple[float, list[float
     commits = re.search(r"database, a run: commits ([\d.]+)", out)
     woken = re.search(r"the workers' wakes ([\d.]+)", out)
     p50 = re.search(r"p50 ([\d,]+) ms, p99", out)
-    return (
+    if options.rate and p50 is None:
+        raise SystemExit(f"the probe in {tree} printed no p50:\n{out}")
+    return Probed(
         float(figure.group(1).replace(",", "")),
-        [float(p50.group(1).replace(",", "")) if p50 else 0.0, *cpu.values()],
+        float(p50.group(1).replace(",", "")) if p50 else math.nan,
+        list(cpu.values()),
         wal.group(1) if wal else "?",
         f"{commits.group(1) if commits else '?'}, {woken.group(1) if woken else '?'}",
     )
@@ -336,7 +347,7 @@ def compare(console: Console, options: argparse.Namespace) -> None:
         "pair",
         figure,
         "after ÷ before",
-        "p50 ms (--rate)",
+        *(["p50 ms"] if options.rate else []),
         "API ms a run",
         "workers",
         "PostgreSQL",
@@ -349,24 +360,21 @@ def compare(console: Console, options: argparse.Namespace) -> None:
             first = "this tree" if pair % 2 == 0 else options.against
             console.print(f"pair {pair} of {options.pairs}: {first} first")
             if pair % 2 == 0:
-                new, new_cpu, new_wal, new_commits = probe_in(ROOT, options)
-                old, old_cpu, old_wal, old_commits = probe_in(before, options)
+                new = probe_in(ROOT, options)
+                old = probe_in(before, options)
             else:
-                old, old_cpu, old_wal, old_commits = probe_in(before, options)
-                new, new_cpu, new_wal, new_commits = probe_in(ROOT, options)
+                old = probe_in(before, options)
+                new = probe_in(ROOT, options)
             table.add_row(
                 str(pair),
-                f"{old:,.0f} → {new:,.0f}",
-                f"{new / old:.2f}",
-                f"{old_cpu[0]:.0f} → {new_cpu[0]:.0f}",
-                *(
-                    f"{was:.2f} → {now:.2f}"
-                    for was, now in zip(old_cpu[1:], new_cpu[1:], strict=True)
-                ),
-                f"{old_wal} → {new_wal}",
-                f"{old_commits} → {new_commits}",
+                f"{old.figure:,.0f} → {new.figure:,.0f}",
+                f"{new.figure / old.figure:.2f}",
+                *([f"{old.p50:.0f} → {new.p50:.0f}"] if options.rate else []),
+                *(f"{was:.2f} → {now:.2f}" for was, now in zip(old.cpu, new.cpu, strict=True)),
+                f"{old.wal} → {new.wal}",
+                f"{old.commits_wakes} → {new.commits_wakes}",
             )
-            console.print(f"pair {pair}: {old:,.0f} → {new:,.0f}")
+            console.print(f"pair {pair}: {old.figure:,.0f} → {new.figure:,.0f}")
     console.print(table)
 
 
