@@ -79,6 +79,14 @@ def jobs_of(server: Server) -> list[tuple[Any, ...]]:
     )
 
 
+def a_registered_worker(data_dir: Path) -> int:
+    """A worker's row, as procrastinate registers one (its heartbeat now): its id."""
+    [(worker_id,)] = databases.rows(
+        data_dir, "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id"
+    )
+    return int(str(worker_id))
+
+
 def executions_of(data_dir: Path) -> dict[str, tuple[Any, Any]]:
     """Each execution's status and lease, by id."""
     found = databases.rows(data_dir, "SELECT id, status, lease FROM executions")
@@ -283,10 +291,7 @@ def test_a_wake_that_comes_while_a_fetch_finds_nothing_is_not_lost(
             pass
 
         monkeypatch.setattr(queue, "fetch_and_take", racing)
-        [(worker_id,)] = databases.rows(
-            api_only.settings.data_dir,
-            "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id",
-        )
+        worker_id = a_registered_worker(api_only.settings.data_dir)
         try:
             async with solder.dispatcher.app.open_async():
                 listener = asyncio.create_task(
@@ -294,7 +299,7 @@ def test_a_wake_that_comes_while_a_fetch_finds_nothing_is_not_lost(
                 )
                 try:
                     await asyncio.to_thread(wait_until_a_worker_listens, api_only.settings.data_dir)
-                    return await manager.fetch_job([QUEUE], int(str(worker_id)))
+                    return await manager.fetch_job([QUEUE], worker_id)
                 finally:
                     listener.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -404,7 +409,7 @@ def test_runs_whose_turn_names_a_silent_worker_are_run_by_another(
     not at its poll (an hour here)."""
     monkeypatch.setattr(workers, "_POLL_SECONDS", 3600.0)
     data_dir = api_only.settings.data_dir
-    databases.rows(data_dir, "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id")
+    a_registered_worker(data_dir)
     make_server(data_dir=data_dir, worker_timeout_seconds=600)
     wait_until_a_worker_listens(data_dir)
     user_id, workflow_id = api.install(WORKFLOW)
@@ -646,11 +651,9 @@ def test_a_jobs_fetch_claims_its_execution(api_only: Server, api: Api) -> None:
         assert isinstance(solder.dispatcher, QueueWorker)
         manager = solder.dispatcher.jobs
         manager.concurrency = 1  # one slot: one job a fetch
-        [(worker_id,)] = databases.rows(
-            data_dir, "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id"
-        )
+        worker_id = a_registered_worker(data_dir)
         try:
-            job = await manager.fetch_job([QUEUE], int(str(worker_id)))
+            job = await manager.fetch_job([QUEUE], worker_id)
             assert job is not None
             assert job.task_kwargs["execution_id"] == first
             lease, taken = manager.taken[job.id or 0]
@@ -658,7 +661,7 @@ def test_a_jobs_fetch_claims_its_execution(api_only: Server, api: Api) -> None:
             assert executions_of(data_dir) == {first: ("running", lease), second: ("queued", None)}
 
             databases.execute(data_dir, f"UPDATE executions SET id = 'x' WHERE id = '{second}'")
-            hidden = await manager.fetch_job([QUEUE], int(str(worker_id)))
+            hidden = await manager.fetch_job([QUEUE], worker_id)
             assert hidden is not None
             assert hidden.task_kwargs["execution_id"] == second
             assert hidden.id not in manager.taken, "nothing claimed"
@@ -695,18 +698,14 @@ def test_only_a_fetch_commits_without_waiting_for_its_wal_flush(api_only: Server
     user_id, workflow_id = api.install(WORKFLOW)
     execution_id = api.run(user_id, workflow_id, {"n": 1})
     data_dir = api_only.settings.data_dir
-    [(worker_id,)] = databases.rows(
-        data_dir, "INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id"
-    )
+    worker_id = a_registered_worker(data_dir)
     setting = Prepared(text("SELECT current_setting('synchronous_commit') AS value"))
 
     async def fetch_then_look() -> tuple[list[Any], Any, Any]:
         db = Database(api_only.settings.database_url, pool_size=1)  # one connection
         try:
             async with db.write_inline() as conn:  # BEGIN, the fetch, then a look
-                fetched = await queue.fetch_and_take(
-                    conn, [QUEUE], int(str(worker_id)), "lease-1", now_ms()
-                )
+                fetched = await queue.fetch_and_take(conn, [QUEUE], worker_id, "lease-1", now_ms())
                 during = await fetch_one(conn, setting)
             async with db.write_inline() as conn:
                 after = await fetch_one(conn, setting)
