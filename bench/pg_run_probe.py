@@ -32,8 +32,13 @@ run once from each tree; a table of each pair's runs a second (or p99 and p50 wi
 versions of the code are compared on this shared machine, whose speed moves from one
 minute to the next (bench/RESULTS.md).
 
-To see the statements themselves, one run at a time: `ALTER ROLE postgres SET
-log_statement = 'all'` before the stack starts (its connections take it), and `RESET`
+`--statements` lists the statements that took the database's time, a run: their calls,
+time and rows (`pg_stat_statements`, the top-level statements of every connection to the
+benchmark's database, procrastinate's function calls as one each). The server must have
+loaded the module at its start (`ALTER SYSTEM SET shared_preload_libraries =
+'pg_stat_statements'`, a restart; `RESET` and a restart after): the probe says so if it
+has not. To see each statement in order instead, one run at a time: `ALTER ROLE postgres
+SET log_statement = 'all'` before the stack starts (its connections take it), and `RESET`
 after; the server's log then lists each statement with the connection's process id.
 """
 
@@ -147,6 +152,68 @@ class WakeCounter(threading.Thread):
         return self.count
 
 
+class Statements:
+    """What `pg_stat_statements` saw of the benchmark's database from `start` on."""
+
+    HOW = (
+        "--statements needs pg_stat_statements loaded at the server's start: ALTER SYSTEM SET"
+        " shared_preload_libraries = 'pg_stat_statements', restart PostgreSQL, probe; then"
+        " ALTER SYSTEM RESET shared_preload_libraries and restart it again"
+    )
+
+    def __init__(self, url: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            loaded = conn.execute("SHOW shared_preload_libraries").fetchone()
+            if loaded is None or "pg_stat_statements" not in str(loaded[0]):
+                raise SystemExit(self.HOW)
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        self.url = url
+
+    def start(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_statements_reset()")
+
+    def table(self, runs: int, top: int = 15) -> Table:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT calls, total_exec_time + total_plan_time, rows, shared_blks_hit"
+                " + shared_blks_read, query"
+                " FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " ORDER BY 2 DESC"
+            ).fetchall()
+        total = sum(row[1] for row in found) or 1.0
+        table = Table(
+            "statement (pg_stat_statements)",
+            "calls a run",
+            "ms a run",
+            "share",
+            "rows a call",
+            "pages a call",
+        )
+        for calls, ms, rows, pages, query in found[:top]:
+            text = " ".join(str(query).split())
+            table.add_row(
+                text if len(text) <= 90 else text[:87] + "...",
+                f"{calls / runs:.3f}",
+                f"{ms / runs:.3f}",
+                f"{ms / total:.0%}",
+                f"{rows / calls:.1f}" if calls else "",
+                f"{pages / calls:.1f}" if calls else "",
+            )
+        rest = found[top:]
+        if rest:
+            table.add_row(
+                f"{len(rest)} others",
+                f"{sum(row[0] for row in rest) / runs:.3f}",
+                f"{sum(row[1] for row in rest) / runs:.3f}",
+                f"{sum(row[1] for row in rest) / total:.0%}",
+                "",
+                "",
+            )
+        return table
+
+
 def run_checkpoint(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CHECKPOINT")
@@ -190,6 +257,11 @@ def main() -> None:
         help="a SOLDER_* setting of the stack's processes (repeatable), e.g."
         " SOLDER_PROCESSES=2 with --workers 0: two serving processes, each with its worker",
     )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="the statements that took the database's time, a run (pg_stat_statements)",
+    )
     parser.add_argument("--against", metavar="REV", help="pairs in turns: REV, then this tree")
     parser.add_argument("--pairs", type=int, default=4)
     options = parser.parse_args()
@@ -209,6 +281,7 @@ def main() -> None:
         ) as stack,
     ):
         bench = Bench(stack, Path(workdir))
+        statements = Statements(stack.database_url) if options.statements else None
         if options.prefill:
             prefill(stack.database_url, options.prefill)
         if options.sql:
@@ -230,6 +303,8 @@ def main() -> None:
         postgres_before, stats_before = postgres_cpu(), stats(stack.database_url)
         wakes = WakeCounter(stack.database_url)
         wakes.start()
+        if statements is not None:
+            statements.start()
         if options.rate:
             latency = bench.open(options.rate, options.seconds)
             runs, how = latency.executions, f"open loop at {options.rate:,.0f}/s"
@@ -256,6 +331,7 @@ def main() -> None:
         postgres = postgres_cpu() - postgres_before
         stats_after = stats(stack.database_url)
         woken = wakes.stop()
+        by_statement = None if statements is None else statements.table(runs)
 
     console.print(f"{how}, {options.seconds:.0f} s: {runs:,} runs; {done}")
     cpu = Table("process", "CPU a run accepted")
@@ -287,6 +363,8 @@ def main() -> None:
     console.print(
         f"WAL a run (whole server): {records / runs:.1f} records, {float(size) / runs:,.0f} bytes"
     )
+    if by_statement is not None:
+        console.print(by_statement)
 
 
 class Probed(NamedTuple):
