@@ -33,13 +33,15 @@ versions of the code are compared on this shared machine, whose speed moves from
 minute to the next (bench/RESULTS.md).
 
 `--statements` lists the statements that took the database's time, a run: their calls,
-time and rows (`pg_stat_statements`, the top-level statements of every connection to the
-benchmark's database, procrastinate's function calls as one each). The server must have
-loaded the module at its start (`ALTER SYSTEM SET shared_preload_libraries =
-'pg_stat_statements'`, a restart; `RESET` and a restart after): the probe says so if it
-has not. To see each statement in order instead, one run at a time: `ALTER ROLE postgres
-SET log_statement = 'all'` before the stack starts (its connections take it), and `RESET`
-after; the server's log then lists each statement with the connection's process id.
+executor time, rows and buffer pages (`pg_stat_statements`, the top-level statements of
+every connection to the benchmark's database, procrastinate's function calls as one
+each). The server must have loaded the module at its start (`ALTER SYSTEM SET
+shared_preload_libraries = 'pg_stat_statements'`, a restart; `RESET` and a restart
+after): the probe says so, before it starts the stack, if it has not. One probe's, not
+with `--against`. To see each statement in order instead, one run at a time: `ALTER
+ROLE postgres SET log_statement = 'all'` before the stack starts (its connections take
+it), and `RESET` after; the server's log then lists each statement with the connection's
+process id.
 """
 
 from __future__ import annotations
@@ -161,11 +163,16 @@ class Statements:
         " ALTER SYSTEM RESET shared_preload_libraries and restart it again"
     )
 
+    @classmethod
+    def check(cls, server_url: str) -> None:
+        """Stop, saying how, if the server has not loaded the module."""
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            loaded = conn.execute("SHOW shared_preload_libraries").fetchone()
+        if loaded is None or "pg_stat_statements" not in str(loaded[0]):
+            raise SystemExit(cls.HOW)
+
     def __init__(self, url: str) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
-            loaded = conn.execute("SHOW shared_preload_libraries").fetchone()
-            if loaded is None or "pg_stat_statements" not in str(loaded[0]):
-                raise SystemExit(self.HOW)
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         self.url = url
 
@@ -266,6 +273,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4)
     options = parser.parse_args()
     console = Console()
+    if options.statements:
+        if options.against:
+            parser.error("--statements shows one probe's statements: not with --against")
+        Statements.check(options.postgres_url)
     if options.against:
         compare(console, options)
         return
