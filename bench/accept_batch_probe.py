@@ -53,9 +53,11 @@ class Counted(executions.KeyedAccepts):
 
     statements = 0
 
-    async def _queue(self, runs: list[queue.KeyedRun]) -> set[str]:
+    async def _queue(
+        self, runs: list[queue.KeyedRun], here: queue.Here | None
+    ) -> dict[str, queue.Taken | None]:
         self.statements += 1
-        return await super()._queue(runs)
+        return await super()._queue(runs, here)
 
 
 async def load(
@@ -73,9 +75,9 @@ async def load(
         while time.monotonic() < deadline:
             run = queue.KeyedRun(key_hash, workflow_id, user_id, execution_id(), '{"n": 1}')
             if batch is None:  # a statement each, as before KeyedAccepts
-                queued = run.id in await accepts._queue([run])
+                queued = run.id in await accepts._queue([run], None)
             else:
-                queued = await accepts.accept(run)
+                queued = await accepts.accept(run) is not None
             if not queued:
                 raise RuntimeError("an accept found no target")
             done += 1

@@ -153,6 +153,7 @@ class Stack:
     upstream_url: str
     db: sqlite3.Connection | psycopg.Connection[tuple[Any, ...]]
     upstream_pid: int | None = None
+    serve_worker: bool = False  # `solder serve` runs a worker beside the `workers`
 
     def server_pids(self) -> dict[str, int]:
         """The processes that make up the server, by the name the tables give them."""
@@ -163,7 +164,10 @@ class Stack:
             pids = {f"{api}supervisor (serve --processes)": pid}
             pids.update({f"{api}process {n}": child for n, child in enumerate(supervised, 1)})
         else:
-            pids = {"API (serve --no-worker)" if self.workers else "solder serve": pid}
+            serving = (
+                "API (serve, with its worker)" if self.serve_worker else "API (serve --no-worker)"
+            )
+            pids = {serving if self.workers else "solder serve": pid}
         for n, worker in enumerate(self.workers, 1):
             pids[f"worker {n}"] = worker.process.pid
         return pids
@@ -281,9 +285,11 @@ def solder_stack(
     workers: int,
     upstream: bool = False,
     settings: Mapping[str, str] | None = None,
+    serve_worker: bool = False,
 ) -> Iterator[Stack]:
     """Solder as in production on `backend` (SQLite or PostgreSQL), in `workdir`, with
-    `settings` (`SOLDER_*` variables) changed."""
+    `settings` (`SOLDER_*` variables) changed; on PostgreSQL `solder serve` runs a worker
+    of its own if it has no `workers` beside it, or if `serve_worker`."""
     with contextlib.ExitStack() as cleanup:
         if backend == "SQLite":
             url = f"sqlite:///{workdir / 'solder.db'}"
@@ -331,7 +337,7 @@ def solder_stack(
                     "serve",
                     "--port",
                     str(port),
-                    *(["--no-worker"] if workers and not sqlite else []),
+                    *(["--no-worker"] if workers and not sqlite and not serve_worker else []),
                 ],
                 lambda: answers_http(f"{base}/health"),
             )
@@ -348,7 +354,18 @@ def solder_stack(
                     cleanup.enter_context(autovacuum(url))
             cleanup.callback(db.close)
             headers = {"Authorization": f"bearer {key}", "x-api-version": "2025-09"}
-            yield Stack(backend, url, base, headers, api, started, upstream_url, db, upstream_pid)
+            yield Stack(
+                backend,
+                url,
+                base,
+                headers,
+                api,
+                started,
+                upstream_url,
+                db,
+                upstream_pid,
+                serve_worker and bool(started),
+            )
         except BenchError:
             for process in processes:
                 console.print(f"--- {process.log.name} (last lines)\n{process.tail()}")

@@ -232,6 +232,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rate", type=float, help="an open loop at this rate, not a closed one")
     parser.add_argument(
+        "--serve-worker",
+        action="store_true",
+        help="`solder serve` runs a worker of its own beside the --workers ones",
+    )
+    parser.add_argument(
         "--postgres-url",
         default=os.environ.get("SOLDER_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432"),
     )
@@ -288,6 +293,7 @@ def main() -> None:
             Path(workdir),
             workers=options.workers,
             upstream=True,
+            serve_worker=options.serve_worker,
             settings=dict(setting.split("=", 1) for setting in options.setting),
         ) as stack,
     ):
@@ -394,6 +400,8 @@ def probe_in(tree: Path, options: argparse.Namespace) -> Probed:
     args += ["--postgres-url", options.postgres_url, "--prefill", str(options.prefill)]
     if options.rate:
         args += ["--rate", str(options.rate)]
+    if options.serve_worker:
+        args.append("--serve-worker")
     if options.checkpoint_after is not None:
         args += ["--checkpoint-after", str(options.checkpoint_after)]
     for statement in options.sql:
@@ -413,8 +421,11 @@ def probe_in(tree: Path, options: argparse.Namespace) -> Probed:
     if figure is None:
         raise SystemExit(f"the probe in {tree} printed no figure:\n{out}")
     cpu = {"API": 0.0, "worker": 0.0, "PostgreSQL": 0.0}
-    for name, ms in re.findall(r"│ (API|worker|PostgreSQL)[^│]*│ ([\d.]+) ms", out):
-        cpu[name] += float(ms)
+    # `solder serve` and its processes (`--workers 0`) are the API's column.
+    for name, ms in re.findall(
+        r"│ (API|solder serve|process|worker|PostgreSQL)[^│]*│ ([\d.]+) ms", out
+    ):
+        cpu["API" if name in ("solder serve", "process") else name] += float(ms)
     wal = re.search(r"WAL a run \(whole server\): [\d.]+ records, ([\d,]+) bytes", out)
     commits = re.search(r"database, a run: commits ([\d.]+)", out)
     woken = re.search(r"the workers' wakes ([\d.]+)", out)

@@ -80,6 +80,9 @@ class Solder:
             self.dispatcher = EmbeddedDispatcher(self.db, self.engine, concurrency)
         elif worker:
             self.dispatcher = QueueWorker(self.db, self.engine, settings, concurrency, self.waker)
+            # The runs this process accepts are claimed for its own worker while it has
+            # slots free (`executions.KeyedAccepts`).
+            executions.keyed_accepts(self.db).here = self.dispatcher.jobs
         self.backlog = None if self.db.is_sqlite else Backlog(self.db, settings.queue_high_water)
         self.retention = Retention(self.db, settings)
         self.compaction = Compaction(
@@ -124,12 +127,14 @@ class Solder:
         """`executions.run_workflow_by_key`, as `accept` runs an action: after the
         dispatcher has room, and waking a worker."""
         await self._room()
-        answer = await executions.run_workflow_by_key(
+        accepted = await executions.run_workflow_by_key(
             self.db, key_hash, user_id=user_id, workflow_id=workflow_id, data=data
         )
-        if answer is not None:
+        if accepted is None:
+            return None
+        if not accepted.here:
             self._notify()
-        return answer
+        return accepted.answer
 
     async def start(self) -> None:
         if self.db.sqlite_file is not None and not self.supervised:

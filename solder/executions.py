@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NamedTuple, Protocol
 
 import orjson
 
@@ -149,9 +149,16 @@ async def _queue_run(
     return {"message": "success", "executionId": new_id}
 
 
+class Accepted(NamedTuple):
+    answer: dict[str, Any]
+    here: bool = False
+    """Claimed at its accept for this process's own worker (`KeyedAccepts`): no worker
+    needs waking for it."""
+
+
 async def run_workflow_by_key(
     db: Database, key_hash: str, *, user_id: str, workflow_id: str, data: Any
-) -> dict[str, Any] | None:
+) -> Accepted | None:
     """The usual run request (user and workflow by id, no idempotency key), its API key
     found with its target as the accept's first read: queued, and the answer. Or None,
     nothing written, when that read finds nothing (an unknown or revoked key, no such
@@ -165,21 +172,45 @@ async def run_workflow_by_key(
     if not db.is_sqlite:
         trigger_data = orjson.dumps(data).decode()
         run = queue.KeyedRun(key_hash, workflow_id, user_id, execution_id(), trigger_data)
-        if await _keyed_accepts(db).accept(run):
-            return {"message": "success", "executionId": run.id}
-        return None
+        queued = await keyed_accepts(db).accept(run)
+        if queued is None:
+            return None
+        return Accepted({"message": "success", "executionId": run.id}, here=queued == "here")
     async with db.write_inline(single=True) as conn:
         target = await q.keyed_webhook_target(conn, key_hash, workflow_id, user_id)
         if target is None:
             return None
         tenant = Tenant(target["tenant_id"], target["tenant_name"])
-        return await _queue_run(conn, tenant, workflow_id, user_id, target, data)
+        return Accepted(await _queue_run(conn, tenant, workflow_id, user_id, target, data))
 
 
-class KeyedAccepts(Grouped[queue.KeyedRun, bool]):
+class OwnWorker(Protocol):
+    """The accepting process's own worker, which runs what it accepts when it has slots
+    free (`workers._JobManager`)."""
+
+    def reserve(self, runs: int) -> queue.Here | None: ...
+
+    def release(self, here: queue.Here) -> None: ...
+
+    def hand(self, here: queue.Here, claimed: Iterable[queue.Taken]) -> None: ...
+
+
+Queued = Literal["queued", "here"]
+"""How a run request by key was queued (`KeyedAccepts`): for any worker, or claimed for
+the accepting process's own."""
+
+
+class KeyedAccepts(Grouped[queue.KeyedRun, Queued | None]):
     """PostgreSQL: the run requests by key that wait, queued in one statement
-    (`queue.queue_by_keys`), its own transaction: each request's answer is whether it
-    was (False: its key or its target not found, nothing written).
+    (`queue.queue_by_keys`), its own transaction: each request's answer is how it was
+    queued (`Queued`), or None if it was not (its key or its target not found, nothing
+    written).
+
+    A process that serves with a worker (`here`) has the runs it accepts claimed for
+    that worker in the accepting statement, as many as it has slots free, and runs them
+    with no wake and no fetch: the wake's statement, the fetch's, and the hops between
+    the processes and PostgreSQL's backends they cost (docs/decisions.md, "Runs claimed
+    where they are accepted"). The rest are queued for any worker, and woken.
 
     A statement a request cost PostgreSQL 1.86 ms of CPU an accept with 32 clients on one
     workflow, eight a statement 0.22 (bench/RESULTS.md, "a loop turn's accepts in one
@@ -193,23 +224,36 @@ class KeyedAccepts(Grouped[queue.KeyedRun, bool]):
     def __init__(self, db: Database) -> None:
         super().__init__()
         self.db = db
+        self.here: OwnWorker | None = None
 
-    async def accept(self, run: queue.KeyedRun) -> bool:
+    async def accept(self, run: queue.KeyedRun) -> Queued | None:
         return await self.ask(run)
 
-    async def _answer(self, runs: list[queue.KeyedRun]) -> list[bool]:
-        queued = await self._queue(runs)
-        return [run.id in queued for run in runs]
+    async def _answer(self, runs: list[queue.KeyedRun]) -> list[Queued | None]:
+        here = None if self.here is None else self.here.reserve(len(runs))
+        try:
+            queued = await self._queue(runs, here)
+        finally:
+            if here is not None and self.here is not None:
+                self.here.release(here)
+        if here is not None and self.here is not None:
+            self.here.hand(here, [taken for taken in queued.values() if taken is not None])
+        return [
+            None if run.id not in queued else "queued" if queued[run.id] is None else "here"
+            for run in runs
+        ]
 
-    async def _queue(self, runs: list[queue.KeyedRun]) -> set[str]:
+    async def _queue(
+        self, runs: list[queue.KeyedRun], here: queue.Here | None
+    ) -> dict[str, queue.Taken | None]:
         async with self.db.write_inline(single=True) as conn:
-            return await queue.queue_by_keys(conn, runs)
+            return await queue.queue_by_keys(conn, runs, here)
 
 
 _KEYED_ACCEPTS: weakref.WeakKeyDictionary[Database, KeyedAccepts] = weakref.WeakKeyDictionary()
 
 
-def _keyed_accepts(db: Database) -> KeyedAccepts:
+def keyed_accepts(db: Database) -> KeyedAccepts:
     accepts = _KEYED_ACCEPTS.get(db)
     if accepts is None:
         accepts = _KEYED_ACCEPTS[db] = KeyedAccepts(db)

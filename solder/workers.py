@@ -90,6 +90,13 @@ class _Worker(Worker):
         build = functools.partial(super()._log_extra, *args, **kwargs)
         return cast(dict[str, Any], _Extra(build))
 
+    def stopping(self) -> bool:
+        return self._stop_event.is_set()
+
+    def new_jobs(self) -> None:
+        """Ask the job manager for jobs now, as a wake does (`_JobManager.hand`)."""
+        self._new_job_event.set()
+
 
 class _Extra(Mapping[str, Any]):
     """A log record's extras, built at their first read (`logging.Logger.makeRecord`)."""
@@ -147,12 +154,18 @@ class _JobManager(JobManager):
       claims the execution itself if the fetch did not).
     - A fetch that finds nothing is made again if a wake came while it ran
       (`fetch_job`). A batch that came back short found the queue empty: procrastinate's
-      next ask, at once, which would find it empty too, is answered without a statement
-      unless a wake came since (a fetch for nothing a wake, on every worker).
+      asks for the next half of a poll's interval, which would find it empty too, are
+      answered without a statement unless a wake came since (a fetch for nothing a
+      wake, on every worker; and with the runs claimed at their accept, `hand`, one
+      each time a slot came free).
     - Each wake is fetched at once by one worker only: the one whose turn the wake names
       among the live workers (`peers`); the others fetch `_OTHERS_WAKE_SECONDS` after,
       for whatever that one could not take (`listen_for_jobs`). procrastinate wakes every
       worker and every one fetched: with N workers, N - 1 fetches for nothing a wake.
+    - The runs this process accepts are claimed for its worker in the accepting
+      statement while it has slots free (`reserve`, then `hand`: docs/decisions.md,
+      "Runs claimed where they are accepted"); they wait in `fetched` and `taken` as a
+      fetched batch's do, and are handed out with no fetch.
     - Nothing is recorded of a job whose execution's end deleted it already
       (`queue.end`). The end deletes the job in its own statement, so the two are
       committed together: no finished execution keeps a job, and no job is deleted for a
@@ -179,6 +192,8 @@ class _JobManager(JobManager):
         # fetch has been made since.
         self._drained: tuple[int, float] | None = None
         self._later: asyncio.Task[None] | None = None  # another worker's turn, answered later
+        self.worker: _Worker | None = None  # procrastinate's worker running now, if any
+        self.reserved = 0  # slots promised to accepts in flight (`reserve`)
 
     async def register_worker(self) -> int:
         # A worker (re)starts: what the one before held is the crash sweep's now.
@@ -207,6 +222,45 @@ class _JobManager(JobManager):
             return True  # busy: so may be the one whose turn it is, its slots full
         return self.peers[turn % len(self.peers)] == self.worker_id
 
+    def reserve(self, runs: int) -> queue.Here | None:
+        """Slots of this worker for up to `runs` runs that this process is accepting, to
+        be claimed for it in the accepting statement (`queue.queue_by_keys`): as many as
+        are free, none taken or promised; None if none is, or the worker is not running.
+        `release` gives them back once the statement is done, `hand` the runs it claimed.
+        """
+        if self.worker is None or self.worker_id is None or self.worker.stopping():
+            return None
+        slots = min(runs, self.concurrency - self.in_hand - len(self.fetched) - self.reserved)
+        if slots <= 0:
+            return None
+        self.reserved += slots
+        return queue.Here(self.worker_id, slots, lease_id(), now_ms())
+
+    def release(self, here: queue.Here) -> None:
+        self.reserved -= here.slots
+
+    def hand(self, here: queue.Here, claimed: Iterable[queue.Taken]) -> None:
+        """Run the executions claimed for this worker at their accept (`reserve`): their
+        jobs are handed out as fetched ones are, with no fetch. If the worker restarted
+        meanwhile, they are left to the crash sweep, as a dead worker's are."""
+        if self.worker is None or self.worker_id != here.worker_id:
+            return
+        for execution, steps in claimed:
+            tenant_id, execution_id = execution["tenant_id"], execution["id"]
+            job = Job(
+                id=execution["job_id"],
+                status=Status.DOING.value,
+                queue=jobs.QUEUE,
+                lock=f"execution:{tenant_id}:{execution_id}",
+                queueing_lock=None,
+                task_name=jobs.TASK,
+                task_kwargs={"tenant_id": tenant_id, "execution_id": execution_id},
+                worker_id=here.worker_id,
+            )
+            self.taken[execution["job_id"]] = (here.lease, (execution, steps))
+            self.fetched.append(job)
+        self.worker.new_jobs()
+
     async def unregister_worker(self, worker_id: int) -> None:
         """Put the jobs fetched but not handed out back in the queue (their executions,
         claimed, are taken over by whoever fetches them next: `queue.take`), then let
@@ -215,6 +269,7 @@ class _JobManager(JobManager):
             job = self.fetched.popleft()
             self.taken.pop(job.id or 0, None)
             await super().retry_job(job)
+        self.worker_id = None
         await super().unregister_worker(worker_id)
 
     async def listen_for_jobs(
@@ -254,9 +309,9 @@ class _JobManager(JobManager):
         if not self.fetched:
             if self._drained is not None:
                 wakes, at = self._drained
-                self._drained = None
                 if wakes == self.wakes and _now() - at < _POLL_SECONDS / 2:
                     return None  # the last fetch, just now, found the queue empty
+                self._drained = None
             batch = max(1, min(self.concurrency - self.in_hand, _MAX_BATCH))
             while True:
                 wakes = self.wakes
@@ -274,6 +329,7 @@ class _JobManager(JobManager):
                 if batched:
                     break
                 if self.wakes == wakes:
+                    self._drained = (wakes, fetched_at)
                     return None
             if len(batched) < batch:
                 self._drained = (wakes, fetched_at)
@@ -586,7 +642,7 @@ class QueueWorker:
             try:
                 async with self.app.open_async():
                     # `App.run_worker_async`, with Solder's worker for procrastinate's
-                    worker = _Worker(
+                    worker = self.jobs.worker = _Worker(
                         app=self.app,
                         name=name,
                         concurrency=self.concurrency,
@@ -598,7 +654,10 @@ class QueueWorker:
                         stalled_worker_timeout=self.jobs.dead_after,
                         delete_jobs="successful",
                     )
-                    await worker.run()  # type: ignore[no-untyped-call]  # procrastinate's
+                    try:
+                        await worker.run()  # type: ignore[no-untyped-call]  # procrastinate's
+                    finally:
+                        self.jobs.worker = None
                 delay = 0.5
                 if not self._stopping:  # its heartbeat or listener lost the database
                     log.warning("the queue worker stopped; starting it again")

@@ -423,9 +423,10 @@ def test_a_worker_that_found_the_queue_empty_does_not_ask_again_at_once(
 ) -> None:
     """procrastinate asks for jobs until a fetch finds none: each wake cost a worker a
     fetch for nothing after the ones that found its runs. A batch that came back short
-    found the queue empty, so the ask right after it is answered without a statement;
-    the one after that (procrastinate's poll, a second later) fetches again, as does one
-    after a wake."""
+    found the queue empty, so the asks for half a poll's interval after it are answered
+    without a statement; one after that (procrastinate's poll) fetches again, as does
+    one after a wake."""
+    monkeypatch.setattr(workers, "_POLL_SECONDS", 0.4)
     user_id, workflow_id = api.install(WORKFLOW)
     started = api.run(user_id, workflow_id, {"n": 1})
     fetches = count_fetches(monkeypatch)
@@ -437,9 +438,11 @@ def test_a_worker_that_found_the_queue_empty_does_not_ask_again_at_once(
             assert job.task_kwargs["execution_id"] == started
             assert fetches == [1], "three asked for, one found: the queue is empty"
             assert await manager.fetch_job([QUEUE], worker_id) is None
-            assert fetches == [1], "not asked again"
             assert await manager.fetch_job([QUEUE], worker_id) is None
-            assert fetches == [1, 0], "the next ask is a fetch"
+            assert fetches == [1], "not asked again"
+            await asyncio.sleep(0.2)  # half the poll's interval
+            assert await manager.fetch_job([QUEUE], worker_id) is None
+            assert fetches == [1, 0], "the poll's ask is a fetch"
 
             await asyncio.to_thread(api.run, user_id, workflow_id, {"n": 2})
             manager.wakes += 1  # as its listener counts the wake that run sent
@@ -1055,7 +1058,9 @@ def test_a_request_that_fails_a_batch_fails_alone(api_only: Server, api: Api) ->
     user_id, workflow_id = api.install(WORKFLOW)
     key_hash = keys.hash_key(str(api.headers["Authorization"]).split()[-1])
 
-    async def accept_together() -> tuple[list[bool | BaseException], list[queue.KeyedRun]]:
+    async def accept_together() -> tuple[
+        list[executions.Queued | BaseException | None], list[queue.KeyedRun]
+    ]:
         db = Database(api_only.settings.database_url)
         accepts = executions.KeyedAccepts(db)
         try:
@@ -1073,8 +1078,8 @@ def test_a_request_that_fails_a_batch_fails_alone(api_only: Server, api: Api) ->
             await db.dispose()
 
     answers, runs = asyncio.run(accept_together())
-    assert answers[:2] == [True, True]
-    assert answers[3:] == [True, True]
+    assert answers[:2] == ["queued", "queued"]
+    assert answers[3:] == ["queued", "queued"]
     assert isinstance(answers[2], psycopg.DataError)
     queued = {
         str(row[0])
@@ -1099,14 +1104,16 @@ def test_run_requests_that_come_while_a_statement_is_in_flight_go_together_next(
     statements: list[int] = []
 
     class Counted(executions.KeyedAccepts):
-        async def _queue(self, runs: list[queue.KeyedRun]) -> set[str]:
+        async def _queue(
+            self, runs: list[queue.KeyedRun], here: queue.Here | None
+        ) -> dict[str, queue.Taken | None]:
             statements.append(len(runs))
-            return await super()._queue(runs)
+            return await super()._queue(runs, here)
 
     def run(n: int) -> queue.KeyedRun:
         return queue.KeyedRun(key_hash, workflow_id, user_id, ids.execution_id(), f'{{"n": {n}}}')
 
-    async def accept_while_held() -> tuple[list[bool], list[queue.KeyedRun]]:
+    async def accept_while_held() -> tuple[list[executions.Queued | None], list[queue.KeyedRun]]:
         db = Database(api_only.settings.database_url)
         accepts = Counted(db)
         runs = [run(n) for n in range(11)]
@@ -1133,7 +1140,7 @@ def test_run_requests_that_come_while_a_statement_is_in_flight_go_together_next(
             await db.dispose()
 
     answers, runs = asyncio.run(accept_while_held())
-    assert answers == [True] * len(runs)
+    assert answers == ["queued"] * len(runs)
     assert statements == [1, len(runs) - 1]
     positions = databases.rows(
         api_only.settings.data_dir,
@@ -1182,3 +1189,133 @@ def test_an_event_takes_its_workflows_listings_in_the_order_other_writers_do(
     started = response.json()["executionIds"]
     assert [log["executionId"] for log in api.logs(high)][:1] == started[:1]
     assert [log["executionId"] for log in api.logs(low)][:1] == started[1:]
+
+
+def test_a_process_with_a_worker_runs_what_it_accepts_with_no_wake_and_no_fetch(
+    make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`solder serve` with its worker claims the runs it accepts for that worker in the
+    accepting statement (`executions.KeyedAccepts`): they run at once, no NOTIFY sent and
+    no job fetched (the worker's poll is an hour here, so no fetch of its own finds them
+    either), and their logs are the same as any run's."""
+    monkeypatch.setattr(workers, "_POLL_SECONDS", 3600.0)
+    fetches = count_fetches(monkeypatch)
+    server = make_server(worker_timeout_seconds=1)
+    data_dir = server.settings.data_dir
+    wait_until_a_worker_listens(data_dir)
+    with api_client(server) as api, listening(data_dir) as listener:
+        user_id, workflow_id = api.install(WORKFLOW)
+        for n in range(3):
+            execution_id = api.run(user_id, workflow_id, {"n": n})
+            log = api.wait_for(workflow_id, execution_id)
+            assert log["status"] == "succeeded"
+            assert log["results"][1]["data"][0][0]["json"] == 2 * n
+        assert wakes(listener, 0.3) == [], "no worker was woken"
+    assert sum(fetches) == 0, "no fetch found a job"
+    assert jobs_of(server) == [], "each run's end took its job"
+
+
+@contextlib.asynccontextmanager
+async def accepting_here(
+    server: Server, *, slots: int
+) -> AsyncIterator[tuple[executions.KeyedAccepts, workers._JobManager, int]]:
+    """A process's accepts and its worker's job manager of `slots` slots, registered, as
+    `solder serve` has them (its procrastinate worker not running: what is handed to it
+    waits in the manager until it is asked for jobs)."""
+    solder = Solder(server.settings)
+    assert isinstance(solder.dispatcher, QueueWorker)
+    manager = solder.dispatcher.jobs
+    manager.concurrency = slots
+    accepts = executions.keyed_accepts(solder.db)
+    assert accepts.here is manager, "a process with a worker claims what it accepts for it"
+    try:
+        async with solder.dispatcher.app.open_async():
+            worker_id = await manager.register_worker()
+            manager.worker = workers._Worker(
+                app=solder.dispatcher.app, concurrency=slots, install_signal_handlers=False
+            )
+            yield accepts, manager, worker_id
+    finally:
+        await solder.db.dispose()
+
+
+def keyed_runs(api: Api, count: int) -> list[queue.KeyedRun]:
+    """`count` run requests of WORKFLOW by the client's key, as the API makes them."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    key_hash = keys.hash_key(str(api.headers["Authorization"]).split()[-1])
+    return [
+        queue.KeyedRun(key_hash, workflow_id, user_id, ids.execution_id(), f'{{"n": {n}}}')
+        for n in range(count)
+    ]
+
+
+def test_runs_beyond_the_workers_free_slots_are_queued_for_any_worker(
+    make_server: Callable[..., Server],
+    api_only: Server,
+    api: Api,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Of the runs accepted together, as many as the process's worker has slots free are
+    claimed for it (their jobs `doing` for it, their executions `running`, handed to it
+    with no fetch); the rest are queued for any worker. A worker that stops before running
+    what it was handed puts it back in the queue, as it does what it fetched."""
+    runs = keyed_runs(api, 5)
+    data_dir = api_only.settings.data_dir
+    fetches = count_fetches(monkeypatch)
+
+    async def run() -> tuple[list[Any], int, list[Any]]:
+        async with accepting_here(api_only, slots=3) as (accepts, manager, worker_id):
+            manager.in_hand = 1  # a slot taken by a run of its own
+            answers = await asyncio.gather(*(accepts.accept(run) for run in runs))
+            found = databases.rows(
+                data_dir,
+                "SELECT e.id, e.status, e.lease IS NOT NULL, j.status::text, j.worker_id"
+                " FROM executions AS e JOIN procrastinate_jobs AS j ON j.id = e.job_id",
+            )
+            handed = await manager.fetch_job([QUEUE], worker_id)
+            assert fetches == [], "handed out without a fetch"
+            assert handed is not None
+            assert handed.task_kwargs["execution_id"] == runs[0].id
+            await manager.retry_job(handed)
+            await manager.unregister_worker(worker_id)
+            return list(answers), worker_id, found
+
+    answers, worker_id, found = asyncio.run(run())
+    assert answers == ["here", "here", "queued", "queued", "queued"]
+    by_id = {str(row[0]): row[1:] for row in found}
+    assert [by_id[run.id] for run in runs] == [
+        ("running", True, "doing", worker_id),
+        ("running", True, "doing", worker_id),
+        ("queued", False, "todo", None),
+        ("queued", False, "todo", None),
+        ("queued", False, "todo", None),
+    ]
+    assert [status for _, status, _, _ in jobs_of(api_only)] == ["todo"] * 5
+    make_server(data_dir=data_dir, worker_timeout_seconds=1)
+    workflow_id = runs[0].workflow_id
+    ended = [api.wait_for(workflow_id, run.id) for run in runs]
+    assert [log["status"] for log in ended] == ["succeeded"] * 5
+    assert [log["results"][1]["data"][0][0]["json"] for log in ended] == [0, 2, 4, 6, 8]
+
+
+def test_a_worker_presumed_dead_is_claimed_nothing_at_the_accept(
+    make_server: Callable[..., Server], api_only: Server, api: Api
+) -> None:
+    """A process whose worker's registration is gone (another worker found it silent and
+    removed it) has its runs queued for any worker, not claimed for a worker no crash
+    sweep would look for; the accept does not fail on it."""
+    runs = keyed_runs(api, 2)
+    data_dir = api_only.settings.data_dir
+
+    async def run() -> list[Any]:
+        async with accepting_here(api_only, slots=4) as (accepts, _, worker_id):
+            databases.rows(
+                data_dir, f"DELETE FROM procrastinate_workers WHERE id = {worker_id} RETURNING id"
+            )
+            return list(await asyncio.gather(*(accepts.accept(run) for run in runs)))
+
+    assert asyncio.run(run()) == ["queued", "queued"]
+    assert [status for _, status, _, _ in jobs_of(api_only)] == ["todo"] * 2
+    make_server(data_dir=data_dir, worker_timeout_seconds=1)
+    ended = [api.wait_for(runs[0].workflow_id, run.id) for run in runs]
+    assert [log["status"] for log in ended] == ["succeeded"] * 2

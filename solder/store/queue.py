@@ -146,18 +146,27 @@ _QUEUE_ON_POSTGRES = _queue_on_postgres(
 # `defer_jobs` insert spelled here, each tied to its execution by its arguments. The
 # targets' eight joins are split in two CTEs: PostgreSQL plans one CTE of eight in 48
 # ms, its exhaustive join search.
+#
+# The first `:here` of them (in the requests' order) are claimed for the accepting
+# process's own worker, `:worker_id`, if that worker is registered: each job inserted
+# `doing` for it, as procrastinate's fetch leaves a job, and its execution `running`
+# under `:lease`, as the fetch's claim does (`fetch_and_take`); they come back with what
+# the engine starts a run from (`here`). The others are queued for any worker.
+_RUN_COLUMNS = tuple(c.name for c in numbers.COLUMNS if c.table is executions)
 _QUEUE_BY_KEYS_ON_POSTGRES = Prepared(
     text(  # constants of this code, no value: the values are bound
-        "WITH request AS MATERIALIZED (SELECT * FROM unnest(CAST(:key_hashes AS TEXT[]),"
+        "WITH request AS MATERIALIZED (SELECT * FROM unnest(CAST(:key_hashes AS TEXT[]),"  # noqa: S608
         " CAST(:workflow_ids AS TEXT[]), CAST(:user_ids AS TEXT[]), CAST(:ids AS TEXT[]),"
         " CAST(:trigger_data AS TEXT[])) WITH ORDINALITY"
         " AS r(key_hash, workflow_id, user_id, id, trigger_data, n)),"
-        " keyed AS MATERIALIZED (SELECT r.*, k.tenant_id, i.version FROM request AS r"
+        " keyed AS MATERIALIZED (SELECT r.*, k.tenant_id, i.version, u.username"
+        " FROM request AS r"
         " JOIN api_keys AS k ON k.key_hash = r.key_hash AND k.revoked_at IS NULL"
         " JOIN installations AS i ON i.tenant_id = k.tenant_id"
         " AND i.workflow_id = r.workflow_id AND i.user_id = r.user_id AND i.active"
         " JOIN users AS u ON u.tenant_id = i.tenant_id AND u.id = i.user_id),"
         " target AS MATERIALIZED (SELECT r.n, r.id, r.trigger_data, r.tenant_id, r.version,"
+        " r.workflow_id, r.user_id, r.username,"
         " CAST(v.definition AS json) -> 'trigger' ->> 'id' AS trigger_id,"
         " wn.number AS workflow_number, un.number AS user_number"
         " FROM keyed AS r"
@@ -172,12 +181,18 @@ _QUEUE_BY_KEYS_ON_POSTGRES = Prepared(
         " row_number() OVER (PARTITION BY workflow_number ORDER BY n) AS of_workflow,"
         " count(*) OVER (PARTITION BY workflow_number) AS in_workflow,"
         " row_number() OVER (PARTITION BY workflow_number, user_number ORDER BY n) AS of_user,"
-        " count(*) OVER (PARTITION BY workflow_number, user_number) AS in_user FROM target AS t),"
+        " count(*) OVER (PARTITION BY workflow_number, user_number) AS in_user,"
+        " row_number() OVER (ORDER BY n) <= :here"
+        " AND EXISTS (SELECT FROM procrastinate_workers WHERE id = :worker_id) AS here"
+        " FROM target AS t),"
         " job AS MATERIALIZED (INSERT INTO procrastinate_jobs"
-        " (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)"
-        " SELECT :queue, :task, 0, 'execution:' || t.tenant_id || ':' || t.id, NULL,"
-        " jsonb_build_object('tenant_id', t.tenant_id, 'execution_id', t.id), NULL"
-        " FROM target AS t ORDER BY t.n"
+        " (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, status,"
+        " worker_id)"
+        " SELECT :queue, :task, 0, 'execution:' || r.tenant_id || ':' || r.id, NULL,"
+        " jsonb_build_object('tenant_id', r.tenant_id, 'execution_id', r.id), NULL,"
+        " CAST(CASE WHEN r.here THEN 'doing' ELSE 'todo' END AS procrastinate_job_status),"
+        " CASE WHEN r.here THEN CAST(:worker_id AS BIGINT) END"
+        " FROM ranked AS r ORDER BY r.n"
         " RETURNING id AS job_id, args ->> 'execution_id' AS execution_id),"
         " positions AS (INSERT INTO log_listings"
         " (workflow_number, user_number, last_position, deleted, deleted_top)"
@@ -189,22 +204,27 @@ _QUEUE_BY_KEYS_ON_POSTGRES = Prepared(
         " ORDER BY counted.workflow_number, counted.user_number"
         " ON CONFLICT (workflow_number, user_number)"
         " DO UPDATE SET last_position = log_listings.last_position + EXCLUDED.last_position"
-        " RETURNING workflow_number, user_number, last_position)"
-        " INSERT INTO executions (tenant_id, id, workflow_version, status, trigger_id,"
-        " trigger_data, rerun_of, started_at, job_id, workflow_number, user_number,"
-        " workflow_position, user_position)"
-        " SELECT r.tenant_id, r.id, r.version, 'queued', r.trigger_id, r.trigger_data, NULL,"
-        " CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT), job.job_id,"
-        " r.workflow_number, r.user_number,"
+        " RETURNING workflow_number, user_number, last_position),"
+        " inserted AS (INSERT INTO executions (tenant_id, id, workflow_version, status,"
+        " trigger_id, trigger_data, rerun_of, started_at, job_id, workflow_number,"
+        " user_number, workflow_position, user_position, lease, claimed_at)"
+        " SELECT r.tenant_id, r.id, r.version,"
+        " CASE WHEN r.here THEN 'running' ELSE 'queued' END, r.trigger_id, r.trigger_data,"
+        " NULL, CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT),"
+        " job.job_id, r.workflow_number, r.user_number,"
         " of_workflow.last_position - r.in_workflow + r.of_workflow,"
-        " of_user.last_position - r.in_user + r.of_user"
+        " of_user.last_position - r.in_user + r.of_user,"
+        " CASE WHEN r.here THEN CAST(:lease AS VARCHAR) END,"
+        " CASE WHEN r.here THEN CAST(:claimed_at AS BIGINT) END"
         " FROM ranked AS r JOIN job ON job.execution_id = r.id"
         " JOIN positions AS of_workflow ON of_workflow.workflow_number = r.workflow_number"
         " AND of_workflow.user_number = 0"
         " JOIN positions AS of_user ON of_user.workflow_number = r.workflow_number"
         " AND of_user.user_number = r.user_number"
         " ORDER BY r.n"
-        " RETURNING id"
+        f" RETURNING {', '.join(_RUN_COLUMNS)})"
+        " SELECT inserted.*, r.workflow_id, r.user_id, r.username, r.here"
+        " FROM inserted JOIN ranked AS r ON r.id = inserted.id"
     )
 )
 
@@ -265,11 +285,26 @@ async def insert_execution(conn: Reader, *, started_at: int | None = None, **val
     return started
 
 
-async def queue_by_keys(conn: Reader, runs: Sequence[KeyedRun]) -> set[str]:
+class Here(NamedTuple):
+    """Runs claimed at their accept for the accepting process's own worker
+    (`queue_by_keys`): at most `slots` of them, for worker `worker_id`, under `lease`."""
+
+    worker_id: int
+    slots: int
+    lease: str
+    claimed_at: int
+
+
+async def queue_by_keys(
+    conn: Reader, runs: Sequence[KeyedRun], here: Here | None = None
+) -> dict[str, Taken | None]:
     """PostgreSQL: queue each run, a webhook-triggered workflow (by id) for a user (by
     id) found from an API key (its hash) as `queries.keyed_webhook_target` finds it, all
-    in one statement; the ids of those queued (one not there: nothing written for it, its
-    key, the user's active installation or its webhook trigger not found)."""
+    in one statement. The runs queued, by id (one not there: nothing written for it, its
+    key, the user's active installation or its webhook trigger not found): each None,
+    or, for the first `here.slots` of them if `here` is given, the run claimed for
+    `here`'s worker as `fetch_and_take` claims one (its job `doing` for that worker, its
+    id the execution's `job_id`), if that worker is registered."""
     rows = await fetch(
         conn,
         _QUEUE_BY_KEYS_ON_POSTGRES,
@@ -280,8 +315,16 @@ async def queue_by_keys(conn: Reader, runs: Sequence[KeyedRun]) -> set[str]:
         trigger_data=[run.trigger_data for run in runs],
         queue=jobs.QUEUE,
         task=jobs.TASK,
+        here=0 if here is None else here.slots,
+        worker_id=None if here is None else here.worker_id,
+        lease=None if here is None else here.lease,
+        claimed_at=None if here is None else here.claimed_at,
     )
-    return {row["id"] for row in rows}
+    queued: dict[str, Taken | None] = {}
+    for row in rows:
+        claimed = row.pop("here")
+        queued[row["id"]] = (row, []) if claimed else None
+    return queued
 
 
 def _pending() -> Any:
