@@ -364,7 +364,7 @@ def solder_stack(
                 upstream_url,
                 db,
                 upstream_pid,
-                serve_worker and bool(started),
+                serve_worker,
             )
         except BenchError:
             for process in processes:

@@ -230,14 +230,15 @@ class KeyedAccepts(Grouped[queue.KeyedRun, Queued | None]):
         return await self.ask(run)
 
     async def _answer(self, runs: list[queue.KeyedRun]) -> list[Queued | None]:
-        here = None if self.here is None else self.here.reserve(len(runs))
+        own = self.here
+        here = None if own is None else own.reserve(len(runs))
         try:
             queued = await self._queue(runs, here)
         finally:
-            if here is not None and self.here is not None:
-                self.here.release(here)
-        if here is not None and self.here is not None:
-            self.here.hand(here, [taken for taken in queued.values() if taken is not None])
+            if own is not None and here is not None:
+                own.release(here)
+        if own is not None and here is not None:
+            own.hand(here, [taken for taken in queued.values() if taken is not None])
         return [
             None if run.id not in queued else "queued" if queued[run.id] is None else "here"
             for run in runs

@@ -188,8 +188,8 @@ class _JobManager(JobManager):
         self.wakes = 0  # the `job_inserted` notifications this worker has acted on
         self.worker_id: int | None = None
         self.peers: tuple[int, ...] = ()  # the live workers' ids (`see_peers`)
-        # The wakes count and the loop's time when a fetch last came back short, if no
-        # fetch has been made since.
+        # The wakes count and the loop's time when a fetch last came back short or found
+        # nothing, if no fetch has been made since.
         self._drained: tuple[int, float] | None = None
         self._later: asyncio.Task[None] | None = None  # another worker's turn, answered later
         self.worker: _Worker | None = None  # procrastinate's worker running now, if any
@@ -251,7 +251,7 @@ class _JobManager(JobManager):
                 id=execution["job_id"],
                 status=Status.DOING.value,
                 queue=jobs.QUEUE,
-                lock=f"execution:{tenant_id}:{execution_id}",
+                lock=jobs.lock(tenant_id, execution_id),
                 queueing_lock=None,
                 task_name=jobs.TASK,
                 task_kwargs={"tenant_id": tenant_id, "execution_id": execution_id},

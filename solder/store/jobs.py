@@ -83,6 +83,12 @@ def fetched(row: Row) -> Row | None:
     return {name: row[FETCHED_PREFIX + name] for name in _JOB_COLUMNS}
 
 
+def lock(tenant_id: str, execution_id: str) -> str:
+    """The lock of an execution's job (`defer_params`; the accepting statements spell it
+    in SQL, `queue.queue_by_keys`)."""
+    return f"execution:{tenant_id}:{execution_id}"
+
+
 def defer_params(tenant_id: str, execution_id: str, *, at_ms: int | None = None) -> dict[str, Any]:
     """The parameters of `_DEFER` for the job of a queued execution, to run no sooner than
     `at_ms` (ms since the epoch).
@@ -94,7 +100,7 @@ def defer_params(tenant_id: str, execution_id: str, *, at_ms: int | None = None)
     return {
         "queue": QUEUE,
         "task": TASK,
-        "lock": f"execution:{tenant_id}:{execution_id}",
+        "lock": lock(tenant_id, execution_id),
         "args": orjson.dumps({"tenant_id": tenant_id, "execution_id": execution_id}).decode(),
         "at": None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC),
     }
