@@ -151,82 +151,98 @@ _QUEUE_ON_POSTGRES = _queue_on_postgres(
 # process's own worker, `:worker_id`, if that worker is registered: each job inserted
 # `doing` for it, as procrastinate's fetch leaves a job, and its execution `running`
 # under `:lease`, as the fetch's claim does (`fetch_and_take`); they come back with what
-# the engine starts a run from (`here`). The others are queued for any worker.
+# the engine starts a run from (`here`). The others are queued for any worker. A
+# process without a worker sends the statement without the claims, which returns ids.
 _RUN_COLUMNS = tuple(c.name for c in numbers.COLUMNS if c.table is executions)
-_QUEUE_BY_KEYS_ON_POSTGRES = Prepared(
-    text(  # constants of this code, no value: the values are bound
-        "WITH request AS MATERIALIZED (SELECT * FROM unnest(CAST(:key_hashes AS TEXT[]),"  # noqa: S608
-        " CAST(:workflow_ids AS TEXT[]), CAST(:user_ids AS TEXT[]), CAST(:ids AS TEXT[]),"
-        " CAST(:trigger_data AS TEXT[])) WITH ORDINALITY"
-        " AS r(key_hash, workflow_id, user_id, id, trigger_data, n)),"
-        " keyed AS MATERIALIZED (SELECT r.*, k.tenant_id, i.version, u.username"
-        " FROM request AS r"
-        " JOIN api_keys AS k ON k.key_hash = r.key_hash AND k.revoked_at IS NULL"
-        " JOIN installations AS i ON i.tenant_id = k.tenant_id"
-        " AND i.workflow_id = r.workflow_id AND i.user_id = r.user_id AND i.active"
-        " JOIN users AS u ON u.tenant_id = i.tenant_id AND u.id = i.user_id),"
-        " target AS MATERIALIZED (SELECT r.n, r.id, r.trigger_data, r.tenant_id, r.version,"
-        " r.workflow_id, r.user_id, r.username,"
-        " CAST(v.definition AS json) -> 'trigger' ->> 'id' AS trigger_id,"
-        " wn.number AS workflow_number, un.number AS user_number"
-        " FROM keyed AS r"
-        " JOIN workflows AS w ON w.tenant_id = r.tenant_id AND w.id = r.workflow_id"
-        " JOIN workflow_versions AS v ON v.tenant_id = r.tenant_id"
-        " AND v.workflow_id = r.workflow_id AND v.version = r.version"
-        " AND v.trigger_type = 'webhook'"
-        " JOIN workflow_numbers AS wn ON wn.tenant_id = r.tenant_id"
-        " AND wn.workflow_id = r.workflow_id"
-        " JOIN user_numbers AS un ON un.tenant_id = r.tenant_id AND un.user_id = r.user_id),"
-        " ranked AS (SELECT t.*,"
-        " row_number() OVER (PARTITION BY workflow_number ORDER BY n) AS of_workflow,"
-        " count(*) OVER (PARTITION BY workflow_number) AS in_workflow,"
-        " row_number() OVER (PARTITION BY workflow_number, user_number ORDER BY n) AS of_user,"
-        " count(*) OVER (PARTITION BY workflow_number, user_number) AS in_user,"
-        " row_number() OVER (ORDER BY n) <= :here"
-        " AND EXISTS (SELECT FROM procrastinate_workers WHERE id = :worker_id) AS here"
-        " FROM target AS t),"
-        " job AS MATERIALIZED (INSERT INTO procrastinate_jobs"
-        " (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, status,"
-        " worker_id)"
-        " SELECT :queue, :task, 0, 'execution:' || r.tenant_id || ':' || r.id, NULL,"
-        " jsonb_build_object('tenant_id', r.tenant_id, 'execution_id', r.id), NULL,"
-        " CAST(CASE WHEN r.here THEN 'doing' ELSE 'todo' END AS procrastinate_job_status),"
-        " CASE WHEN r.here THEN CAST(:worker_id AS BIGINT) END"
-        " FROM ranked AS r ORDER BY r.n"
-        " RETURNING id AS job_id, args ->> 'execution_id' AS execution_id),"
-        " positions AS (INSERT INTO log_listings"
-        " (workflow_number, user_number, last_position, deleted, deleted_top)"
-        " SELECT counted.workflow_number, counted.user_number, counted.taken, 0, 0 FROM ("
-        " SELECT workflow_number, 0 AS user_number, count(*) AS taken FROM target"
-        " GROUP BY workflow_number UNION ALL"
-        " SELECT workflow_number, user_number, count(*) FROM target"
-        " GROUP BY workflow_number, user_number) AS counted"
-        " ORDER BY counted.workflow_number, counted.user_number"
-        " ON CONFLICT (workflow_number, user_number)"
-        " DO UPDATE SET last_position = log_listings.last_position + EXCLUDED.last_position"
-        " RETURNING workflow_number, user_number, last_position),"
-        " inserted AS (INSERT INTO executions (tenant_id, id, workflow_version, status,"
-        " trigger_id, trigger_data, rerun_of, started_at, job_id, workflow_number,"
-        " user_number, workflow_position, user_position, lease, claimed_at)"
-        " SELECT r.tenant_id, r.id, r.version,"
-        " CASE WHEN r.here THEN 'running' ELSE 'queued' END, r.trigger_id, r.trigger_data,"
-        " NULL, CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT),"
-        " job.job_id, r.workflow_number, r.user_number,"
-        " of_workflow.last_position - r.in_workflow + r.of_workflow,"
-        " of_user.last_position - r.in_user + r.of_user,"
-        " CASE WHEN r.here THEN CAST(:lease AS VARCHAR) END,"
-        " CASE WHEN r.here THEN CAST(:claimed_at AS BIGINT) END"
-        " FROM ranked AS r JOIN job ON job.execution_id = r.id"
-        " JOIN positions AS of_workflow ON of_workflow.workflow_number = r.workflow_number"
-        " AND of_workflow.user_number = 0"
-        " JOIN positions AS of_user ON of_user.workflow_number = r.workflow_number"
-        " AND of_user.user_number = r.user_number"
-        " ORDER BY r.n"
-        f" RETURNING {', '.join(_RUN_COLUMNS)})"
+
+
+def _queue_by_keys_on_postgres(claims: bool) -> Prepared:
+    here = (
+        "row_number() OVER (ORDER BY n) <= :here"
+        " AND EXISTS (SELECT FROM procrastinate_workers WHERE id = :worker_id)"
+        if claims
+        else "false"
+    )
+    returning = (
+        f" RETURNING {', '.join(_RUN_COLUMNS)})"  # noqa: S608
         " SELECT inserted.*, r.workflow_id, r.user_id, r.username, r.here"
         " FROM inserted JOIN ranked AS r ON r.id = inserted.id"
+        if claims
+        else " RETURNING id) SELECT id, false AS here FROM inserted"
     )
-)
+    return Prepared(
+        text(  # constants of this code, no value: the values are bound
+            "WITH request AS MATERIALIZED (SELECT * FROM unnest(CAST(:key_hashes AS TEXT[]),"  # noqa: S608
+            " CAST(:workflow_ids AS TEXT[]), CAST(:user_ids AS TEXT[]), CAST(:ids AS TEXT[]),"
+            " CAST(:trigger_data AS TEXT[])) WITH ORDINALITY"
+            " AS r(key_hash, workflow_id, user_id, id, trigger_data, n)),"
+            " keyed AS MATERIALIZED (SELECT r.*, k.tenant_id, i.version, u.username"
+            " FROM request AS r"
+            " JOIN api_keys AS k ON k.key_hash = r.key_hash AND k.revoked_at IS NULL"
+            " JOIN installations AS i ON i.tenant_id = k.tenant_id"
+            " AND i.workflow_id = r.workflow_id AND i.user_id = r.user_id AND i.active"
+            " JOIN users AS u ON u.tenant_id = i.tenant_id AND u.id = i.user_id),"
+            " target AS MATERIALIZED (SELECT r.n, r.id, r.trigger_data, r.tenant_id, r.version,"
+            " r.workflow_id, r.user_id, r.username,"
+            " CAST(v.definition AS json) -> 'trigger' ->> 'id' AS trigger_id,"
+            " wn.number AS workflow_number, un.number AS user_number"
+            " FROM keyed AS r"
+            " JOIN workflows AS w ON w.tenant_id = r.tenant_id AND w.id = r.workflow_id"
+            " JOIN workflow_versions AS v ON v.tenant_id = r.tenant_id"
+            " AND v.workflow_id = r.workflow_id AND v.version = r.version"
+            " AND v.trigger_type = 'webhook'"
+            " JOIN workflow_numbers AS wn ON wn.tenant_id = r.tenant_id"
+            " AND wn.workflow_id = r.workflow_id"
+            " JOIN user_numbers AS un ON un.tenant_id = r.tenant_id AND un.user_id = r.user_id),"
+            " ranked AS (SELECT t.*,"
+            " row_number() OVER (PARTITION BY workflow_number ORDER BY n) AS of_workflow,"
+            " count(*) OVER (PARTITION BY workflow_number) AS in_workflow,"
+            " row_number() OVER (PARTITION BY workflow_number, user_number ORDER BY n) AS of_user,"
+            " count(*) OVER (PARTITION BY workflow_number, user_number) AS in_user,"
+            f" {here} AS here FROM target AS t),"
+            " job AS MATERIALIZED (INSERT INTO procrastinate_jobs"
+            " (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at, status,"
+            " worker_id)"
+            " SELECT :queue, :task, 0, 'execution:' || r.tenant_id || ':' || r.id, NULL,"
+            " jsonb_build_object('tenant_id', r.tenant_id, 'execution_id', r.id), NULL,"
+            " CAST(CASE WHEN r.here THEN 'doing' ELSE 'todo' END AS procrastinate_job_status),"
+            " CASE WHEN r.here THEN CAST(:worker_id AS BIGINT) END"
+            " FROM ranked AS r ORDER BY r.n"
+            " RETURNING id AS job_id, args ->> 'execution_id' AS execution_id),"
+            " positions AS (INSERT INTO log_listings"
+            " (workflow_number, user_number, last_position, deleted, deleted_top)"
+            " SELECT counted.workflow_number, counted.user_number, counted.taken, 0, 0 FROM ("
+            " SELECT workflow_number, 0 AS user_number, count(*) AS taken FROM target"
+            " GROUP BY workflow_number UNION ALL"
+            " SELECT workflow_number, user_number, count(*) FROM target"
+            " GROUP BY workflow_number, user_number) AS counted"
+            " ORDER BY counted.workflow_number, counted.user_number"
+            " ON CONFLICT (workflow_number, user_number)"
+            " DO UPDATE SET last_position = log_listings.last_position + EXCLUDED.last_position"
+            " RETURNING workflow_number, user_number, last_position),"
+            " inserted AS (INSERT INTO executions (tenant_id, id, workflow_version, status,"
+            " trigger_id, trigger_data, rerun_of, started_at, job_id, workflow_number,"
+            " user_number, workflow_position, user_position, lease, claimed_at)"
+            " SELECT r.tenant_id, r.id, r.version,"
+            " CASE WHEN r.here THEN 'running' ELSE 'queued' END, r.trigger_id, r.trigger_data,"
+            " NULL, CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT),"
+            " job.job_id, r.workflow_number, r.user_number,"
+            " of_workflow.last_position - r.in_workflow + r.of_workflow,"
+            " of_user.last_position - r.in_user + r.of_user,"
+            " CASE WHEN r.here THEN CAST(:lease AS VARCHAR) END,"
+            " CASE WHEN r.here THEN CAST(:claimed_at AS BIGINT) END"
+            " FROM ranked AS r JOIN job ON job.execution_id = r.id"
+            " JOIN positions AS of_workflow ON of_workflow.workflow_number = r.workflow_number"
+            " AND of_workflow.user_number = 0"
+            " JOIN positions AS of_user ON of_user.workflow_number = r.workflow_number"
+            " AND of_user.user_number = r.user_number"
+            " ORDER BY r.n" + returning
+        )
+    )
+
+
+_QUEUE_BY_KEYS_ON_POSTGRES = _queue_by_keys_on_postgres(claims=False)
+_QUEUE_BY_KEYS_CLAIMING = _queue_by_keys_on_postgres(claims=True)
 
 
 class KeyedRun(NamedTuple):
@@ -307,7 +323,7 @@ async def queue_by_keys(
     id the execution's `job_id`), if that worker is registered."""
     rows = await fetch(
         conn,
-        _QUEUE_BY_KEYS_ON_POSTGRES,
+        _QUEUE_BY_KEYS_ON_POSTGRES if here is None else _QUEUE_BY_KEYS_CLAIMING,
         key_hashes=[run.key_hash for run in runs],
         workflow_ids=[run.workflow_id for run in runs],
         user_ids=[run.user_id for run in runs],
