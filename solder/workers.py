@@ -230,7 +230,7 @@ class _JobManager(JobManager):
         """
         if self.worker is None or self.worker_id is None or self.worker.stopping():
             return None
-        slots = min(runs, self.concurrency - self.in_hand - len(self.fetched) - self.reserved)
+        slots = min(runs, self._free())
         if slots <= 0:
             return None
         self.reserved += slots
@@ -238,6 +238,11 @@ class _JobManager(JobManager):
 
     def release(self, here: queue.Here) -> None:
         self.reserved -= here.slots
+
+    def _free(self) -> int:
+        """Slots neither running a job, nor holding a fetched one, nor promised to an
+        accept in flight (`reserve`)."""
+        return self.concurrency - self.in_hand - len(self.fetched) - self.reserved
 
     def hand(self, here: queue.Here, claimed: Iterable[queue.Taken]) -> None:
         """Run the executions claimed for this worker at their accept (`reserve`): their
@@ -312,7 +317,7 @@ class _JobManager(JobManager):
                 if wakes == self.wakes and _now() - at < _POLL_SECONDS / 2:
                     return None  # the last fetch, just now, found the queue empty
                 self._drained = None
-            batch = max(1, min(self.concurrency - self.in_hand, _MAX_BATCH))
+            batch = max(1, min(self._free(), _MAX_BATCH))
             while True:
                 wakes = self.wakes
                 fetched_at = _now()

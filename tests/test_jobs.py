@@ -1298,6 +1298,37 @@ def test_runs_beyond_the_workers_free_slots_are_queued_for_any_worker(
     assert [log["results"][1]["data"][0][0]["json"] for log in ended] == [0, 2, 4, 6, 8]
 
 
+def test_a_fetch_leaves_the_slots_promised_to_an_accept_in_flight(
+    api_only: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an accepting statement has slots of the worker promised to it, a fetch
+    asks for the other free slots only: the runs the accept claims are not left waiting
+    behind jobs fetched for the same slots."""
+    user_id, workflow_id = api.install(WORKFLOW)
+    for n in range(4):
+        api.run(user_id, workflow_id, {"n": n})
+    fetches = count_fetches(monkeypatch)
+
+    async def run() -> None:
+        async with accepting_here(api_only, slots=3) as (_, manager, worker_id):
+            here = manager.reserve(2)
+            assert here is not None
+            assert here.slots == 2
+            rest = manager.reserve(5)
+            assert rest is not None
+            assert rest.slots == 1, "one slot is still free"
+            assert manager.reserve(5) is None, "none is"
+            manager.release(rest)
+            job = await manager.fetch_job([QUEUE], worker_id)
+            assert job is not None
+            assert fetches == [1], "one job fetched, for the one slot not promised"
+            manager.release(here)
+            await manager.retry_job(job)
+            await manager.unregister_worker(worker_id)
+
+    asyncio.run(run())
+
+
 def test_a_worker_presumed_dead_is_claimed_nothing_at_the_accept(
     make_server: Callable[..., Server], api_only: Server, api: Api
 ) -> None:
