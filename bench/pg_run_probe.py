@@ -61,7 +61,7 @@ import psycopg
 from common import ROOT, solder_stack, work_tree
 from rich.console import Console
 from rich.table import Table
-from runs import CLIENTS, Bench
+from runs import CLIENTS, Bench, busy_share
 from scale_out import cpu_seconds
 
 from solder.store.jobs import CHANNEL
@@ -334,13 +334,15 @@ def main() -> None:
                 " ms; slowest 10 s"
                 " windows (start: p99): "
                 + ", ".join(f"{at:.0f} s: {p99:.0f} ms" for at, p99 in latency.slowest)
+                + f"; the machine {busy_share(latency.machine_cores)} busy"
             )
         else:
             window = bench.closed(options.seconds)
             runs, how = window.accepted, f"closed loop of {CLIENTS} clients"
             done = (
                 f"{window.rate:,.0f} completed a second in the window, "
-                f"{window.accepted / window.seconds:,.0f} accepted"
+                f"{window.accepted / window.seconds:,.0f} accepted; the machine"
+                f" {busy_share(window.machine_cores)} busy"
             )
         if checkpoint is not None:
             checkpoint.join()

@@ -51,7 +51,7 @@ from typing import Any
 import orjson
 from common import Stack, percentile, rss_bytes, solder_stack
 from logs_read import meets, progress
-from scale_out import BenchError
+from scale_out import BenchError, machine_busy_seconds
 
 CLIENTS = 32
 WARM_UP_SECONDS = 3.0
@@ -99,6 +99,9 @@ class Window:
     client_cores: float
     drain: float
     memory: dict[str, list[tuple[float, int]]]  # process: (s since the start, RSS bytes)
+    # The whole machine's cores busy on average over the window (every process's CPU, the
+    # load generator's and the database's included; /proc/stat): 2.0 is all of both.
+    machine_cores: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -125,6 +128,7 @@ class Latency:
     sent: tuple[float, float] = (0.0, 0.0)
     answered: tuple[float, float] = (0.0, 0.0)
     ran: tuple[float, float] = (0.0, 0.0)
+    machine_cores: float = 0.0  # as in Window
 
 
 @dataclass
@@ -161,7 +165,7 @@ class Bench:
         spec.write_bytes(orjson.dumps({**self.spec, "seconds": seconds, **mode}))
         pids = self.stack.server_pids()
         memory: dict[str, list[tuple[float, int]]] = {name: [] for name in pids}
-        cpu, started = self.stack.server_cpu(), time.monotonic()
+        cpu, busy, started = self.stack.server_cpu(), machine_busy_seconds(), time.monotonic()
         generator = subprocess.Popen([sys.executable, str(LOADGEN), str(spec), str(out)])
         while True:
             for name, pid in pids.items():
@@ -173,7 +177,7 @@ class Bench:
                 if time.monotonic() - started > seconds + 120:
                     generator.kill()
                     raise BenchError("the load generator did not end") from None
-        cpu = self.stack.server_cpu() - cpu
+        cpu, busy = self.stack.server_cpu() - cpu, machine_busy_seconds() - busy
         if generator.returncode != 0:
             raise BenchError(f"the load generator failed (exit code {generator.returncode})")
         result: dict[str, Any] = orjson.loads(out.read_bytes())
@@ -191,6 +195,7 @@ class Bench:
             result["cpu"] / window,
             0.0,
             memory,
+            busy / (time.monotonic() - started),
         )
         return result, run
 
@@ -252,6 +257,7 @@ class Bench:
             (percentile(sends, 0.5), percentile(sends, 0.99)),
             (percentile(accepts, 0.5), percentile(accepts, 0.99)),
             (percentile(runs, 0.5), percentile(runs, 0.99)),
+            window.machine_cores,
         )
 
 
@@ -313,6 +319,12 @@ def median(values: Iterator[float] | list[float]) -> float:
     return statistics.median(list(values))
 
 
+def busy_share(cores: float) -> str:
+    """The machine's busy cores as a share of all of them: where a tail comes from the
+    cores (near 100 %) rather than from Solder's waits."""
+    return f"{cores / (os.cpu_count() or 1):.0%}"
+
+
 def figures(measured: Measured, ceiling: float | None) -> list[Row]:
     """Table rows of scenarios 2 and 6; `ceiling`: scenario 7's executions/s, if known."""
     windows, latencies = measured.windows, measured.latencies
@@ -326,7 +338,8 @@ def figures(measured: Measured, ceiling: float | None) -> list[Row]:
         f"{median(w.drain for w in windows):.0f} s, so all accepted runs ended at "
         f"{median(w.accepted / (w.seconds + w.drain) for w in windows):,.0f} exec/s; "
         "load generator "
-        f"{median(w.client_cores for w in windows):.2f} cores"
+        f"{median(w.client_cores for w in windows):.2f} cores; the machine "
+        f"{busy_share(median(w.machine_cores for w in windows))} busy"
     )
     who = "solder serve" if not measured.workers else f"API + {measured.workers} workers"
     if measured.processes > 1:
@@ -356,6 +369,7 @@ def figures(measured: Measured, ceiling: float | None) -> list[Row]:
             f"{median(lat.executions for lat in latencies):,.0f} executions a run, "
             f"{median(lat.late for lat in latencies):,.0f} sent > 10 ms late; "
             f"load generator {median(lat.client_cores for lat in latencies):.2f} cores; "
+            f"the machine {busy_share(median(lat.machine_cores for lat in latencies))} busy; "
             f"slowest {TAIL_WINDOW_SECONDS:g} s windows (start: p99): "
             + "; ".join(
                 ", ".join(f"{at:.0f} s: {tail:,.0f} ms" for at, tail in lat.slowest)

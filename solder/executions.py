@@ -215,11 +215,17 @@ class KeyedAccepts(Grouped[queue.KeyedRun, Queued | None]):
     A statement a request cost PostgreSQL 1.86 ms of CPU an accept with 32 clients on one
     workflow, eight a statement 0.22 (bench/RESULTS.md, "a loop turn's accepts in one
     statement"): the statement's start, its commit and WAL flush, and the turns on the
-    workflow's listing row, which each accept held through its commit, are shared. A
-    request waits for no timer: the statement goes when the loop comes round, with
-    whatever else arrived meanwhile, or, while one is in flight, when it is done
-    (`Grouped`).
+    workflow's listing row, which each accept held through its commit, are shared. The
+    statement goes when the loop comes round, with whatever else arrived meanwhile, or,
+    while one is in flight, when it is done; under load (a statement carried three or
+    more), `LINGER` later (`Grouped`; docs/decisions.md, "Accepts linger under load").
     """
+
+    # At 700 run requests a second on two cores, accepts about eight to a statement (and
+    # the wakes and job fetches they set off) cost the API, the workers and PostgreSQL 6
+    # to 21 % less CPU a run than four or five, which kept the machine 98 % busy
+    # (bench/RESULTS.md, "Accepts that linger under load").
+    LINGER = 0.008
 
     def __init__(self, db: Database) -> None:
         super().__init__()

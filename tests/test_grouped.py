@@ -113,3 +113,57 @@ def test_more_calls_in_flight_when_allowed(in_flight: int) -> None:
         return calls
 
     assert len(asyncio.run(scenario())) == in_flight
+
+
+async def loaded(grouped: Doubling) -> None:
+    """Bring `grouped` under load: a call in flight, then one of LINGER_FROM requests."""
+    grouped.release.clear()
+    asked = await asked_one_turn_apart(grouped, list(range(100, 101 + grouped.LINGER_FROM)))
+    grouped.release.set()
+    await asyncio.gather(*asked)
+    assert len(grouped.calls[-1]) == grouped.LINGER_FROM
+
+
+def test_under_load_a_call_lingers_for_the_requests_that_follow() -> None:
+    async def scenario() -> list[list[int]]:
+        grouped = Doubling()
+        grouped.LINGER = 0.2
+        await loaded(grouped)
+        first = asyncio.create_task(grouped.ask(1))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert grouped.calls[-1] != [1], "the call lingers, nothing in flight"
+        second = asyncio.create_task(grouped.ask(2))
+        assert list(await asyncio.gather(first, second)) == [2, 4]
+        return grouped.calls
+
+    assert asyncio.run(scenario())[-1] == [1, 2]
+
+
+def test_a_lighter_load_never_waits_for_the_linger() -> None:
+    async def scenario() -> list[list[int]]:
+        grouped = Doubling()
+        grouped.LINGER = 60.0  # a request that waited for it would time out below
+        grouped.release.set()
+        assert await asyncio.wait_for(grouped.ask(1), 5) == 2
+        grouped.release.clear()
+        asked = await asked_one_turn_apart(grouped, [2, 3, 4])  # calls of one, then two
+        grouped.release.set()
+        assert await asyncio.wait_for(asyncio.gather(*asked), 5) == [4, 6, 8]
+        assert await asyncio.wait_for(grouped.ask(5), 5) == 10
+        return grouped.calls
+
+    assert asyncio.run(scenario()) == [[1], [2], [3, 4], [5]]
+
+
+def test_a_calls_worth_of_requests_goes_without_waiting_out_the_linger() -> None:
+    async def scenario() -> list[list[int]]:
+        grouped = Doubling()
+        grouped.LINGER = 60.0
+        grouped.MOST = 4
+        await loaded(grouped)
+        asked = await asked_one_turn_apart(grouped, [1, 2, 3, 4])
+        assert await asyncio.wait_for(asyncio.gather(*asked), 5) == [2, 4, 6, 8]
+        return grouped.calls
+
+    assert asyncio.run(scenario())[-1] == [1, 2, 3, 4]
