@@ -885,9 +885,10 @@ def test_a_run_updates_its_execution_in_place(api_only: Server, api: Api) -> Non
     assert asyncio.run(run()) == (2, 2)
 
 
-def fetch_plan(server: Server) -> str:
-    """The plan procrastinate's own job fetch (`procrastinate_fetch_job_v2`) runs with
-    on this database now, as auto_explain logs it; the job it takes is put back."""
+def fetch_plans(server: Server, calls: int = 1) -> list[str]:
+    """The plans procrastinate's own job fetch (`procrastinate_fetch_job_v2`) runs with
+    on this database now, at each of `calls` calls in one session, as auto_explain logs
+    them; the jobs they take are put back."""
     import psycopg
 
     plans: list[str] = []
@@ -900,10 +901,37 @@ def fetch_plan(server: Server) -> str:
             "SET auto_explain.log_level = notice",
         ):
             conn.execute(setting)
-        conn.execute("SELECT procrastinate_fetch_job_v2(ARRAY['executions'], NULL)")
+        for _ in range(calls):
+            conn.execute("SELECT procrastinate_fetch_job_v2(ARRAY['executions'], NULL)")
         conn.rollback()
-    [plan] = [plan for plan in plans if "FOR UPDATE OF jobs SKIP LOCKED" in plan]
+    return [plan for plan in plans if "FOR UPDATE OF jobs SKIP LOCKED" in plan]
+
+
+def fetch_plan(server: Server) -> str:
+    """The plan of the fetch's first call in a session (`fetch_plans`)."""
+    [plan] = fetch_plans(server)
     return plan
+
+
+def test_the_fetch_runs_one_plan_made_for_any_call(api_only: Server, api: Api) -> None:
+    """PL/pgSQL caches the fetch's plan in each session, and by default chooses at every
+    call between that generic plan and one made for the call's arguments, by their
+    estimated costs. Under load, as ANALYZE changed the queue's statistics, the choice
+    turned to planning anew at a quarter or more of the calls, each plan costing three
+    times the query it planned (bench/RESULTS.md). Migration 0014: the fetch runs its
+    generic plan at every call, the first ones too. (A plan made for one call names the
+    queues it was called with; the generic plan names the function's parameter.)"""
+    user_id, workflow_id = api.install(WORKFLOW)
+    for n in range(8):
+        api.run(user_id, workflow_id, {"n": n})
+
+    plans = fetch_plans(api_only, calls=8)
+
+    assert len(plans) == 8
+    for plan in plans:
+        body = plan.split("RETURNING procrastinate_jobs.*", 1)[1]
+        assert "{executions}" not in body, plan
+        assert "ANY (($1)" in body, plan
 
 
 @pytest.mark.parametrize("vacuumed", [False, True], ids=["dead rows", "vacuumed empty"])
