@@ -388,6 +388,9 @@ def settle(postgres_url: str | None = None) -> None:
 # how often it analyzes the tables that churn.
 VACUUM_QUEUE_SECONDS = 5.0
 ANALYZE_SECONDS = 10.0
+# The stand-in's ANALYZEs of `executions` so far: (start, end), ms since the epoch. An
+# open loop's slowest runs are placed against them (`runs.during_analyze`).
+ANALYZES: list[tuple[float, float]] = []
 
 
 @contextlib.contextmanager
@@ -414,7 +417,9 @@ def autovacuum(url: str) -> Iterator[None]:
                     return
                 conn.execute("VACUUM (ANALYZE) procrastinate_jobs")
                 if tick % analyze_every == 0:
+                    started = time.time() * 1000
                     conn.execute("ANALYZE executions, steps")
+                    ANALYZES.append((started, time.time() * 1000))
 
     thread = threading.Thread(target=run, name="autovacuum", daemon=True)
     thread.start()

@@ -61,7 +61,7 @@ import psycopg
 from common import ROOT, solder_stack, work_tree
 from rich.console import Console
 from rich.table import Table
-from runs import CLIENTS, Bench, busy_share
+from runs import CLIENTS, Bench, analyze_share, busy_share
 from scale_out import cpu_seconds
 
 from solder.store.jobs import CHANNEL
@@ -335,6 +335,7 @@ def main() -> None:
                 " windows (start: p99): "
                 + ", ".join(f"{at:.0f} s: {p99:.0f} ms" for at, p99 in latency.slowest)
                 + f"; the machine {busy_share(latency.machine_cores)} busy"
+                + analyze_share([latency])
             )
         else:
             window = bench.closed(options.seconds)

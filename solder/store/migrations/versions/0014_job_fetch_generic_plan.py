@@ -15,10 +15,12 @@ PostgreSQL's CPU rose by a third from that moment in most loads, and stayed so
 (bench/RESULTS.md, "The job fetch planned at every call").
 
 Migration 0010 already leaves the planner one way to run the query (index scans in
-nested loops), whatever the arguments and the statistics: a custom plan is never
-better than the generic one. The fetch now always runs the generic plan
+nested loops), whatever the arguments and the statistics: a custom plan walks the same
+indexes, and only adds its planning. The fetch now always runs the generic plan
 (`plan_cache_mode = force_generic_plan` for the function alone, beside 0010's
 settings); it is made again only when the table's statistics or schema change.
+procrastinate's `CREATE OR REPLACE` of the function would drop this setting as it
+would 0010's (tests/test_jobs.py reads the plans of a session's first calls).
 PostgreSQL only: on SQLite there are no jobs.
 """
 
