@@ -356,3 +356,49 @@ def test_lean_executions_refuse_an_id_two_tenants_share_and_say_so(tmp_path: Pat
         with engine.connect() as conn:
             kept = conn.execute(text("SELECT count(*) FROM executions")).scalar_one()
     assert kept == 2, "nothing was changed"
+
+
+@pytest.mark.skipif(not databases.on_postgres(), reason="ANALYZE's sample is PostgreSQL's")
+def test_analyze_samples_few_executions(tmp_path: Path) -> None:
+    """Every column of `executions`, a later one too, keeps a statistics target of 10
+    (migration 0015), so an ANALYZE of the table (autovacuum's, every few seconds under
+    load) samples 3,000 rows, not the default's 30,000."""
+    db = empty_database(tmp_path)
+    db.migrate()
+    engine = create_engine(db.sync_url)
+    try:
+        with engine.connect() as conn:
+            targets: dict[str, int] = dict(
+                conn.execute(
+                    text(
+                        "SELECT attname, attstattarget FROM pg_attribute"
+                        " WHERE attrelid = 'executions'::regclass AND attnum > 0"
+                        " AND NOT attisdropped"
+                    )
+                ).all()
+            )
+            assert set(targets) == {
+                column["name"] for column in inspect(conn).get_columns("executions")
+            }
+            assert set(targets.values()) == {10}, targets
+            conn.execute(
+                text(
+                    "INSERT INTO executions (tenant_id, id, workflow_number, user_number,"
+                    " workflow_version, status, trigger_id, trigger_data, started_at,"
+                    " user_position, workflow_position)"
+                    " SELECT 't', 'e' || n, 1, 1, 1, 'succeeded', '', '{}', n, n, n"
+                    " FROM generate_series(1, 20000) AS n"
+                )
+            )
+            conn.commit()
+            notices: list[str] = []
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            raw.add_notice_handler(lambda notice: notices.append(str(notice.message_primary)))
+            conn.execute(text("ANALYZE VERBOSE executions"))
+            conn.commit()
+    finally:
+        engine.dispose()
+    sampled = [line for line in notices if "rows in sample" in line]
+    assert len(sampled) == 1, notices
+    assert "3000 rows in sample" in sampled[0]
