@@ -22,11 +22,11 @@ of the database's new sessions:
 
 The plans are read back from the server's log (`--log`; by default
 `pg_current_logfile()` or Debian's `/var/log/postgresql/postgresql-<version>-main.log`,
-which the probe must be allowed to read) and compared statement by statement by their
-shape: each node's type, relation, index, direction, join and strategy; not its
-estimates. Also timed: `ANALYZE executions` on the idle store under each set (the median
-of five). A probe for bench/RESULTS.md (a change of the statistics, migration 0015), not
-part of `make bench`.
+which the probe must be allowed to read; each entry's prefix ending with `%u@%d `, as
+Debian's does) and compared statement by statement by their shape: each node's type,
+relation, index, direction, join and strategy; not its estimates. Also timed: `ANALYZE
+executions` on the idle store under each set (the median of five). A probe for
+bench/RESULTS.md (a change of the statistics, migration 0015), not part of `make bench`.
 """
 
 from __future__ import annotations
@@ -110,19 +110,20 @@ def reads_executions(node: dict[str, Any]) -> bool:
 
 
 def logged_plans(log: Path, offset: int) -> Iterator[dict[str, Any]]:
-    """auto_explain's JSON plans of the probe's database, logged past `offset`."""
-    with log.open(errors="replace") as file:
+    """auto_explain's JSON plans of the probe's database, logged past `offset` (each
+    entry's first line as Debian's `log_line_prefix` writes it: `%m [%p] %q%u@%d `)."""
+    with log.open("rb") as file:
         file.seek(offset)
-        entry: list[str] | None = None
-        for line in [*file, "0000-00-00 00:00:00 end\n"]:
-            if LOG_ENTRY.match(line) or line[:4] == "0000":
-                if entry:
-                    yield json.loads("".join(entry))
-                entry = (
-                    [] if f"@{DATABASE} LOG:" in line and line.rstrip().endswith("plan:") else None
-                )
-            elif entry is not None:
-                entry.append(line[1:] if line.startswith("\t") else line)
+        lines = file.read().decode(errors="replace").splitlines()
+    entry: list[str] | None = None
+    for line in [*lines, "0000-00-00 00:00:00 (the end)"]:
+        if LOG_ENTRY.match(line):
+            if entry:
+                yield json.loads("\n".join(entry))
+            ours = f"@{DATABASE} LOG:" in line and line.rstrip().endswith("plan:")
+            entry = [] if ours else None
+        elif entry is not None:
+            entry.append(line.removeprefix("\t"))
 
 
 def server_log(admin: psycopg.Connection[Any], given: str | None) -> Path:
@@ -308,11 +309,18 @@ def capture(
         asyncio.run(drive_sweeps(url, dataset, calls))
     finally:
         explaining(admin, False)
+    found = 0
     for logged in logged_plans(log, offset):
+        found += 1
         if reads_executions(logged["Plan"]) and OWN not in logged["Query Text"]:
             text = " ".join(logged["Query Text"].split())
             drawn = "\n".join(shape(logged["Plan"]))
             plans.shapes[text][drawn] = plans.shapes[text].get(drawn, 0) + 1
+    if not found:
+        raise SystemExit(
+            f"no plan of {DATABASE} in {log} past byte {offset:,}: pass the server's log as "
+            "--log; its log_line_prefix must end with '%u@%d ' (Debian's: '%m [%p] %q%u@%d ')"
+        )
 
 
 def report(first: Plans, second: Plans) -> int:
