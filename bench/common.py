@@ -188,17 +188,7 @@ class Stack:
 
     def install(self, username: str, definition: dict[str, Any]) -> tuple[str, str]:
         """Create a user and a workflow, activate it for them: their ids."""
-        with httpx.Client(base_url=self.base, headers=self.headers, timeout=30) as api:
-            user = api.post("/users", json={"username": username})
-            flow = api.post("/workflows", json=definition)
-            if user.status_code != 201 or flow.status_code != 201:
-                raise BenchError(f"could not create the workflow: {user.text} {flow.text}")
-            ids = user.json()["userId"], flow.json()["workflowId"]
-            body = {"userId": ids[0], "workflowId": ids[1]}
-            active = api.put("/workflows/activate", json=body)
-            if active.status_code != 200:
-                raise BenchError(f"could not activate the workflow: {active.text}")
-        return ids
+        return install(self.base, self.headers, username, definition)
 
     def wait_idle(self, since_ms: float, timeout: float = RUN_TIMEOUT) -> float:
         """Wait until no execution started since `since_ms` is pending; fail if one failed.
@@ -249,6 +239,24 @@ class Stack:
                     shown = [lines[n - 1], "  ...", *lines[max(n, end - 8) : end + 1]]
                     return f"{process.log.name}:\n" + "\n".join(shown)
         return "\n".join(f"{p.log.name}:\n{p.tail(10)}" for p in (self.api, *self.workers))
+
+
+def install(
+    base: str, headers: dict[str, str], username: str, definition: dict[str, Any]
+) -> tuple[str, str]:
+    """Create a user and a workflow through the API at `base`, activate it for them:
+    their ids."""
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as api:
+        user = api.post("/users", json={"username": username})
+        flow = api.post("/workflows", json=definition)
+        if user.status_code != 201 or flow.status_code != 201:
+            raise BenchError(f"could not create the workflow: {user.text} {flow.text}")
+        ids = user.json()["userId"], flow.json()["workflowId"]
+        body = {"userId": ids[0], "workflowId": ids[1]}
+        active = api.put("/workflows/activate", json=body)
+        if active.status_code != 200:
+            raise BenchError(f"could not activate the workflow: {active.text}")
+    return ids
 
 
 def solder_cli(env: dict[str, str], *args: str) -> str:

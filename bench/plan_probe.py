@@ -49,8 +49,8 @@ from urllib.parse import quote
 
 import httpx
 import psycopg
-from common import postgres_database, settle
-from logs_dataset import Dataset, create_api_key, generate_postgres
+from common import install, postgres_database, settle
+from logs_dataset import Dataset, bench_tenant, create_api_key, generate_postgres
 from logs_dataset import user_id as user_ref
 from logs_dataset import workflow_id as workflow_ref
 from logs_read import deep_page, progress, solder_env
@@ -217,13 +217,10 @@ def drive_api(url: str, workdir: Path, dataset: Dataset, calls: int) -> None:
                     )
                     paths += [errors, errors.replace("/errors", "/analytics")]
             newest = api.get(f"/workflows/{workflow_ref(0)}/logs?userId={user_ref(1)}").json()
-            paths_post = [f"/workflows/{workflow_ref(0)}/rerun/{newest['data'][0]['executionId']}"]
-            stamp = time.time_ns()
-            user = created(api.post("/users", json={"username": f"plans-probe-{stamp}"}), "userId")
-            flow = created(
-                api.post("/workflows", json={**RUNS, "name": f"Plans probe {stamp}"}), "workflowId"
-            )
-            api.put("/workflows/activate", json={"userId": user, "workflowId": flow})
+            rerun = f"/workflows/{workflow_ref(0)}/rerun/{newest['data'][0]['executionId']}"
+            stamp = time.time_ns()  # each set's user and workflow new
+            definition = {**RUNS, "name": f"Plans probe {stamp}"}
+            user, flow = install(base, headers, f"plans-probe-{stamp}", definition)
             with progress() as bar:
                 task = bar.add_task("requests", total=calls * (len(paths) + 2))
                 for _ in range(calls):
@@ -234,8 +231,7 @@ def drive_api(url: str, workdir: Path, dataset: Dataset, calls: int) -> None:
                                 f"GET {path}: {answer.status_code} {answer.text[:300]}"
                             )
                         bar.advance(task)
-                    for path in paths_post:
-                        api.post(path)
+                    api.post(rerun)
                     bar.advance(task)
                     body = {"workflowId": flow, "userId": user, "data": {"n": 1}}
                     api.post("/run/workflow", json=body)
@@ -252,17 +248,11 @@ def drive_api(url: str, workdir: Path, dataset: Dataset, calls: int) -> None:
         server.stop()
 
 
-def created(answer: httpx.Response, key: str) -> str:
-    if answer.status_code != 201:
-        raise SystemExit(f"{answer.request.url}: {answer.status_code} {answer.text[:300]}")
-    return str(answer.json()[key])
-
-
 async def drive_sweeps(url: str, dataset: Dataset, calls: int) -> None:
     """The retention sweep's, the compaction's and an erasure's statements, `calls`
     times each, in transactions rolled back."""
     engine = create_async_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    tenant = await asyncio.to_thread(bench_tenant_id, url)
+    tenant = (await bench_tenant(url)).id
     big, ordinary = workflow_ref(dataset.workflows), workflow_ref(0)
     try:
         for _ in range(calls):
@@ -289,13 +279,6 @@ async def drive_sweeps(url: str, dataset: Dataset, calls: int) -> None:
             await conn.rollback()
     finally:
         await engine.dispose()
-
-
-def bench_tenant_id(url: str) -> str:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(f"SELECT tenant_id FROM executions LIMIT 1 {OWN}").fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 def capture(
