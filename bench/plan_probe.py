@@ -40,7 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +93,7 @@ class Plans:
 
     label: str
     analyze_ms: float = 0.0
-    shapes: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    shapes: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
 
 def shape(node: dict[str, Any], depth: int = 0) -> Iterator[str]:
@@ -298,7 +298,7 @@ def capture(
         if reads_executions(logged["Plan"]) and OWN not in logged["Query Text"]:
             text = " ".join(logged["Query Text"].split())
             drawn = "\n".join(shape(logged["Plan"]))
-            plans.shapes[text][drawn] = plans.shapes[text].get(drawn, 0) + 1
+            plans.shapes[text][drawn] += 1
     if not found:
         raise SystemExit(
             f"no plan of {DATABASE} in {log} past byte {offset:,}: pass the server's log as "
@@ -314,7 +314,7 @@ def report(first: Plans, second: Plans) -> int:
     table.add_column("the same plans")
     differing = []
     for text in sorted(set(first.shapes) | set(second.shapes)):
-        a, b = first.shapes.get(text, {}), second.shapes.get(text, {})
+        a, b = first.shapes.get(text, Counter()), second.shapes.get(text, Counter())
         same = set(a) == set(b)
         if not same:
             differing.append((text, a, b))
