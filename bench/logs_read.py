@@ -4,6 +4,7 @@
 wrk, a separate process, loads it with 16 connections on 2 threads. Each request is
 measured `runs` times, the requests taking turns, and the median of each figure kept.
 The deep page's cost relative to page 1 is the ratio of their rates within each turn.
+The big pair's failed executions and analytics are measured too, with no target.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -94,6 +95,17 @@ def requests(dataset: Dataset) -> list[Request]:
     ]
 
 
+def other_reads(dataset: Dataset) -> list[Request]:
+    """The logs' other reads on the big pair, none of whose executions failed (no target:
+    the issue's are the logs pages'): a page of its failed executions, the worst case of
+    a walk that looks for them, and its analytics, which count every execution."""
+    pair = f"/workflows/{workflow_ref(dataset.workflows)}/{{}}?userId={user_ref(0)}"
+    return [
+        Request("errors", "big pair, failed executions, page 1 (no target)", pair.format("errors")),
+        Request("analytics", "big pair, analytics (no target)", pair.format("analytics")),
+    ]
+
+
 def deep_page(dataset: Dataset) -> int:
     """The page at offset 30,000 (scaled with the data set) of 10 logs each."""
     return round(30_000 * dataset.scale) // 10 + 1
@@ -160,7 +172,9 @@ def measure(
     *,
     runs: int,
     seconds: float,
+    only: Collection[str] = (),
 ) -> Measured:
+    """Every request `runs` times in turns (those whose keys are in `only`, if given)."""
     headers = {
         "Authorization": f"bearer {asyncio.run(create_api_key(database_url))}",
         "x-api-version": "2025-09",
@@ -173,6 +187,8 @@ def measure(
         planned = requests(dataset)
         cursor = cursor_request(base, headers, dataset, planned[-1])
         planned += [cursor] if cursor is not None else []
+        planned += other_reads(dataset)
+        planned = [request for request in planned if not only or request.key in only]
         with progress() as bar:
             task = bar.add_task(f"{backend}: logs read", total=len(planned) * (runs + 1))
             for request in planned:
@@ -267,8 +283,12 @@ def figures(measured: Measured) -> list[tuple[str, str, str, str, str]]:
             reference = "8,900 req/s from memory; 4,300 from SQLite"
         elif key == "deep":
             reference = "190 req/s with OFFSET 1500 on wide rows"
+        elif key in ("errors", "analytics"):
+            target, met = "", []
         rows.append((label, value, target, "; ".join(met), reference))
     for key in ("deep", "cursor"):
+        if "big10" not in measured.loads:  # measured in part (`measure`'s `only`)
+            break
         if key not in measured.loads:
             label = f"big pair, cursor at offset {deep_page(measured.dataset) * 10:,}, limit=10"
             rows.append((label, "n/a (no nextCursor in the answer)", "", "", ""))

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     BigInteger,
+    Select,
     and_,
     bindparam,
     case,
@@ -800,13 +801,15 @@ def _of_workflow(tenant_id: str, workflow_id: str, user_id: str | None) -> list[
     return conditions
 
 
-async def failed_executions(
-    conn: Conn, tenant_id: str, workflow_id: str, user_id: str | None, *, limit: int, offset: int
-) -> Sequence[RowMapping]:
-    conditions = [*_of_workflow(tenant_id, workflow_id, user_id), executions.c.status == "failed"]
-    # Newest first as the logs pages are: by position, through their index.
+def failed_executions_page(
+    tenant_id: str, workflow_id: str, user_id: str | None, *, limit: int, offset: int
+) -> Select[Any]:
+    """A page of a workflow's failed executions (of one user, or of all), newest first."""
+    conditions = [*_of_workflow(tenant_id, workflow_id, user_id), executions.c.failed.is_not(None)]
+    # Newest first as the logs pages are: by position, through the failures' own index
+    # (migration 0016), which holds the failed executions only.
     position = executions.c.workflow_position if user_id is None else executions.c.user_position
-    result = await conn.execute(
+    return (
         select(
             executions.c.id,
             executions.c.error_block,
@@ -818,14 +821,21 @@ async def failed_executions(
         .limit(limit)
         .offset(offset)
     )
-    return result.mappings().all()
+
+
+async def failed_executions(
+    conn: Conn, tenant_id: str, workflow_id: str, user_id: str | None, *, limit: int, offset: int
+) -> Sequence[RowMapping]:
+    page = failed_executions_page(tenant_id, workflow_id, user_id, limit=limit, offset=offset)
+    rows: Sequence[RowMapping] = (await conn.execute(page)).mappings().all()
+    return rows
 
 
 async def execution_totals(
     conn: Conn, tenant_id: str, workflow_id: str, user_id: str | None
 ) -> RowMapping:
     conditions = _of_workflow(tenant_id, workflow_id, user_id)
-    failed = func.coalesce(func.sum(case((executions.c.status == "failed", 1), else_=0)), 0)
+    failed = func.count(executions.c.failed)
     result = await conn.execute(
         select(
             func.count().label("runs"),

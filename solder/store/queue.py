@@ -692,7 +692,10 @@ _ENDING: dict[str, Any] = {
     "trigger_data": "",
     **{
         name: bindparam(name)
-        for name in ("status", "stopped_at", "error_block", "error_message", "app_actions", "log")
+        for name in (
+            *("status", "failed", "stopped_at", "error_block", "error_message"),
+            *("app_actions", "log"),
+        )
     },
 }
 # The end of an execution still running under the lease (its parameter is not named
@@ -774,6 +777,9 @@ async def end(
         "id": execution_id,
         "held": lease,
         "status": status,
+        # Null unless it failed: a successful end leaves the failures' indexes alone and
+        # stays a heap-only update on PostgreSQL (schema.executions).
+        "failed": True if status == "failed" else None,
         "stopped_at": stopped_at,
         "error_block": error_block,
         "error_message": error_message,

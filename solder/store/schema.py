@@ -170,6 +170,10 @@ def _only_on(dialect: str, index: Index) -> Index:
     return index.ddl_if(dialect=dialect)
 
 
+# The condition of the failed executions' indexes (a query names it as
+# `executions.c.failed.is_not(None)`, and the planners match the two).
+FAILED = text("failed IS NOT NULL")
+
 # One row per execution. While it runs, its steps live in `steps`; when it ends, its
 # whole log is written here once as a pre-serialized JSON document (`log`) and the
 # steps are deleted, so reads of finished logs never rebuild JSON.
@@ -210,13 +214,38 @@ executions = Table(
     # at any depth is one seek to a position, not a walk over the pages before it.
     Column("user_position", BigInteger().with_variant(Integer(), "sqlite"), nullable=False),
     Column("workflow_position", BigInteger().with_variant(Integer(), "sqlite"), nullable=False),
+    # True once the execution ended failed, else null: what the failures' indexes below
+    # hold. Not `status`, which a run's claim and end change: a column in an index's keys
+    # or condition makes each update that changes it write an entry in every index of
+    # the table on PostgreSQL (migration 0013), and this one changes only when a run fails.
+    Column("failed", Boolean),
     # The logs pages: a workflow's executions of one user, and of all its users. A
     # workflow number belongs to one tenant, so the tenant need not lead. The workflow's
-    # is also the order retention, failed executions and compaction walk.
+    # is also the order retention and compaction walk.
     Index(
         "ix_executions_user_logs", "workflow_number", "user_number", "user_position", unique=True
     ),
     Index("ix_executions_workflow_positions", "workflow_number", "workflow_position", unique=True),
+    # The failed executions of a workflow, of one user and of all its users, in their logs
+    # pages' order (`GET /workflows/{id}/errors`): a page of them is read from these, not
+    # found by reading every execution of the workflow (migration 0016).
+    Index(
+        "ix_executions_failures_user",
+        "workflow_number",
+        "user_number",
+        "user_position",
+        unique=True,
+        sqlite_where=FAILED,
+        postgresql_where=FAILED,
+    ),
+    Index(
+        "ix_executions_failures",
+        "workflow_number",
+        "workflow_position",
+        unique=True,
+        sqlite_where=FAILED,
+        postgresql_where=FAILED,
+    ),
     # SQLite's dispatch queue: only unfinished executions are in this index. PostgreSQL
     # has none: procrastinate's jobs are its queue, and an index on `status` would make
     # each of a run's updates of its row write an entry in every index of the table, where
