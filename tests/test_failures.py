@@ -70,15 +70,20 @@ def test_errors_lists_the_failed_executions_newest_first_of_all_users_or_one(
     assert [error["executionId"] for error in errors()] == [again] + [e for e, _ in newest_first]
 
 
-def _fill(conn: Connection, *, succeeded: int, failed_every: int) -> list[str]:
-    """A workflow of two users with `succeeded` executions each, one in every
-    `failed_every` of them failed instead: the failed ids, newest first."""
+def _workflow(conn: Connection, *users: str) -> None:
+    """Tenant `t`, its workflow `w` (number 1) and `users` (numbered 1, 2... in order)."""
     conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t', 't', 1)"))
     conn.execute(text("INSERT INTO workflow_numbers (tenant_id, workflow_id) VALUES ('t', 'w')"))
-    for user in ("u1", "u2"):
+    for user in users:
         conn.execute(
             text("INSERT INTO user_numbers (tenant_id, user_id) VALUES ('t', :u)"), {"u": user}
         )
+
+
+def _fill(conn: Connection, *, succeeded: int, failed_every: int) -> list[str]:
+    """A workflow of two users with `succeeded` executions each, one in every
+    `failed_every` of them failed instead: the failed ids, newest first."""
+    _workflow(conn, "u1", "u2")
     rows, failures = [], []
     for n in range(1, 2 * succeeded + 1):
         failed = n % failed_every == 0
@@ -151,11 +156,7 @@ def test_executions_failed_before_the_indexes_are_in_them(tmp_path: Path) -> Non
     db = empty_database(tmp_path)
     with engine_at(db, "0015") as engine:
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t', 't', 1)"))
-            conn.execute(
-                text("INSERT INTO workflow_numbers (tenant_id, workflow_id) VALUES ('t', 'w')")
-            )
-            conn.execute(text("INSERT INTO user_numbers (tenant_id, user_id) VALUES ('t', 'u')"))
+            _workflow(conn, "u")
             for n, status in enumerate(("failed", "succeeded", "failed", "running"), 1):
                 conn.execute(
                     text(
