@@ -19,8 +19,9 @@ the failed executions only, in the order of each logs listing: of one user, and 
 its users. A successful run's end leaves `failed` null, so its update stays heap-only.
 
 The upgrade marks the executions that have already failed (one pass over the table) and
-builds both indexes (another, each holding the table's write lock while it runs: about
-a second a million executions on PostgreSQL).
+builds both indexes (a pass each), holding the table's write lock while it runs: 0.6 s
+for 1,100,000 executions, 11,000 of them failed, on SQLite and on PostgreSQL alike on
+the benchmark machine (the table in memory; docs/deploy.md).
 """
 
 from __future__ import annotations
