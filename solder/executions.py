@@ -16,7 +16,7 @@ from solder.errors import InvalidRequest, LogUnreadable, NotFound
 from solder.ids import OBJECT_ID, execution_id, iso_ms, now_ms
 from solder.keys import Tenant
 from solder.store import queries as q
-from solder.store import queue
+from solder.store import queue, totals
 from solder.store.database import Database
 from solder.store.grouped import Grouped
 from solder.store.prepared import INTEGRITY_ERRORS
@@ -465,12 +465,23 @@ async def errors(
 async def analytics(
     db: Database, tenant: Tenant, workflow_ref: str, user_ref: str | None
 ) -> dict[str, Any]:
+    """The runs, errors and calls to other apps of a workflow's executions, of one user
+    or of all: from its listing's totals, summed first if many executions were
+    recorded since they last were (store/totals.py)."""
     async with db.read() as conn:
         workflow = await workflows.resolve(conn, tenant, workflow_ref)
         user_id = await users.optional_id(conn, tenant, user_ref)
-        totals = await q.execution_totals(conn, tenant.id, workflow["id"], user_id)
+        listing, counted = await totals.read(conn, tenant.id, workflow["id"], user_id)
+    if listing is not None and counted is None:
+        more = True
+        while more:
+            async with db.write() as conn:
+                more = await totals.fold(conn, listing)
+        async with db.read() as conn:
+            _, counted = await totals.read(conn, tenant.id, workflow["id"], user_id, or_fold=False)
+    runs, errors, app_actions = counted or totals.Totals(0, 0, 0)
     return {
-        "totalWorkflowRuns": int(totals["runs"]),
-        "totalErrors": int(totals["errors"]),
-        "totalAppActions": int(totals["app_actions"]),
+        "totalWorkflowRuns": runs,
+        "totalErrors": errors,
+        "totalAppActions": app_actions,
     }

@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from solder.store import numbers
+from solder.store import numbers, totals
 from solder.store.numbers import user_number, workflow_number
 from solder.store.prepared import Prepared, Row, execute, fetch, fetch_one
 from solder.store.prepared import Reader as Reader  # re-exported: q.Reader
@@ -210,6 +210,7 @@ async def delete_workflow(conn: Conn, tenant_id: str, workflow_id: str) -> None:
             log_listings.c.workflow_number == workflow_number(tenant_id, workflow_id)
         )
     )
+    await totals.drop_workflow(conn, workflow_number(tenant_id, workflow_id))
     await conn.execute(
         delete(workflows).where(workflows.c.tenant_id == tenant_id, workflows.c.id == workflow_id)
     )
@@ -831,21 +832,6 @@ async def failed_executions(
     return rows
 
 
-async def execution_totals(
-    conn: Conn, tenant_id: str, workflow_id: str, user_id: str | None
-) -> RowMapping:
-    conditions = _of_workflow(tenant_id, workflow_id, user_id)
-    failed = func.count(executions.c.failed)
-    result = await conn.execute(
-        select(
-            func.count().label("runs"),
-            failed.label("errors"),
-            func.coalesce(func.sum(executions.c.app_actions), 0).label("app_actions"),
-        ).where(*conditions)
-    )
-    return result.mappings().one()
-
-
 async def purge_idempotency_keys(conn: Conn, created_before: int) -> int:
     result = await conn.execute(
         delete(idempotency_keys).where(idempotency_keys.c.created_at < created_before)
@@ -865,13 +851,8 @@ async def erase_user_logs(conn: Conn, tenant_id: str, user_id: str) -> None:
     await _forget_positions(conn, result.all())
 
 
-# What a deleted execution leaves in its logs pages (`_forget_positions`).
-_POSITIONS = (
-    executions.c.workflow_number,
-    executions.c.user_number,
-    executions.c.workflow_position,
-    executions.c.user_position,
-)
+# What a deleted execution leaves in its logs pages and their totals (`_forget_positions`).
+_POSITIONS = totals.DELETED
 
 
 _FORGET_POSITIONS = (
@@ -895,13 +876,14 @@ _FORGET_POSITIONS = (
 
 async def _forget_positions(conn: Conn, deleted: Sequence[Any]) -> None:
     """Say in `log_listings` which positions the executions `deleted` (rows of
-    `_POSITIONS`) left, in the transaction that deleted them: one statement for them all.
+    `_POSITIONS`) left, in the transaction that deleted them: one statement for them all;
+    then take them out of their listings' totals (`totals.forget`).
 
     The listings' rows are updated in their key's order, as recording an execution
     takes them: on PostgreSQL, concurrent writers queue rather than deadlock.
     """
     holes: dict[tuple[int, int], tuple[int, int]] = {}
-    for workflow, user, in_workflow, in_user in deleted:
+    for workflow, user, in_workflow, in_user, *_ in deleted:
         for key, position in (((workflow, 0), in_workflow), ((workflow, user), in_user)):
             count, top = holes.get(key, (0, 0))
             holes[key] = (count + 1, max(top, position))
@@ -913,6 +895,7 @@ async def _forget_positions(conn: Conn, deleted: Sequence[Any]) -> None:
                 for (workflow, user), (count, top) in sorted(holes.items())
             ],
         )
+    await totals.forget(conn, deleted)
 
 
 async def any_execution(conn: Conn, tenant_id: str, workflow_id: str) -> bool:

@@ -281,6 +281,34 @@ log_listings = Table(
     PrimaryKeyConstraint("workflow_number", "user_number"),
 )
 
+# What `GET /workflows/{id}/analytics` counts in a logs listing (`log_listings`' key):
+# the errors and the calls to other apps of its executions at positions up to
+# `summed_to`, summed once (solder/store/totals.py), so that an answer reads only the
+# executions recorded since, not the listing's whole history. Kept apart from
+# `log_listings`, whose row every run request updates: summing never waits on them.
+listing_totals = Table(
+    "listing_totals",
+    metadata,
+    Column("workflow_number", Integer, nullable=False, autoincrement=False),
+    Column("user_number", Integer, nullable=False, autoincrement=False),
+    Column("summed_to", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("app_actions", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workflow_number", "user_number"),
+)
+
+# The executions of a listing at or below its `summed_to` that had not ended when they
+# were summed (a delay may hold one for days): counted as they stand until a later sum
+# finds them ended (or deleted) and folds them in.
+listing_unsummed = Table(
+    "listing_unsummed",
+    metadata,
+    Column("workflow_number", Integer, nullable=False, autoincrement=False),
+    Column("user_number", Integer, nullable=False, autoincrement=False),
+    Column("position", BigInteger().with_variant(Integer(), "sqlite"), nullable=False),
+    PrimaryKeyConstraint("workflow_number", "user_number", "position"),
+)
+
 # A tenant's zstd dictionaries for its stored logs (solder/dictionaries.py). New logs are
 # written with its newest; an older one stays while a stored log still needs it. Ids count
 # from 1 within the tenant and are never reused: a log's first bytes name one
