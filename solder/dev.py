@@ -11,8 +11,8 @@ from solder import API_VERSION, executions, keys, users, workflows
 from solder.app import Solder
 from solder.errors import NotFound, Unauthorized
 from solder.keys import Tenant
-from solder.logs import TERMINAL
 from solder.store import queries as q
+from solder.store.schema import ENDED
 
 DEV_TENANT = "dev"
 DEMO_USER = "demo-user"
@@ -113,6 +113,6 @@ async def _wait_for(solder: Solder, tenant: Tenant, execution_id: str, seconds: 
     for _ in range(int(seconds * 10)):
         async with solder.db.read() as conn:
             row = await q.execution(conn, tenant.id, execution_id)
-        if row is None or row["status"] in TERMINAL:
+        if row is None or row["status"] in ENDED:
             return
         await asyncio.sleep(0.1)

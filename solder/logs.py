@@ -12,8 +12,7 @@ from typing import Any
 import orjson
 
 from solder.ids import iso_ms, name_uuid
-
-TERMINAL = ("succeeded", "failed", "canceled")
+from solder.store.schema import ENDED
 
 # The namespace of the trigger items' ids (version 5 UUIDs of their execution's id).
 _TRIGGER_ITEMS = uuid.UUID("5d1de7a2-4f0e-4c4b-9a53-7c0e6d2b1f38")
@@ -78,7 +77,7 @@ def render(execution: Mapping[Any, Any], steps: Iterable[Mapping[Any, Any]]) -> 
     return {
         "executionId": execution["id"],
         "startedAt": iso_ms(execution["started_at"]),
-        "stoppedAt": iso_ms(execution["stopped_at"]) if status in TERMINAL else None,
+        "stoppedAt": iso_ms(execution["stopped_at"]) if status in ENDED else None,
         "finished": status == "succeeded",
         "results": results,
         "inputs": inputs,

@@ -32,6 +32,7 @@ from solder.store.numbers import user_number, workflow_number
 from solder.store.prepared import Prepared, Row, execute, fetch, fetch_one
 from solder.store.prepared import Reader as Reader  # re-exported: q.Reader
 from solder.store.schema import (
+    ENDED,
     api_keys,
     credentials,
     executions,
@@ -972,8 +973,6 @@ async def delete_credential(conn: Conn, tenant_id: str, user_id: str, credential
 # A workflow's logs are kept for its own retention, else its tenant's, else the server's
 # (`default_ms`). Everything in milliseconds.
 
-_ENDED = ("succeeded", "failed", "canceled")
-
 
 async def tenant_retention(conn: Conn, tenant_id: str) -> int | None:
     """The tenant's own retention; None: it inherits the server's."""
@@ -1073,7 +1072,7 @@ async def count_expired(conn: Conn, now: int, default_ms: int) -> int:
                 executions.c.workflow_number
                 == workflow_number(workflows.c.tenant_id, workflows.c.id).correlate(workflows),
                 executions.c.started_at < cutoff,
-                executions.c.status.in_(_ENDED),
+                executions.c.status.in_(ENDED),
             ),
         )
     )
@@ -1126,7 +1125,7 @@ async def purge_workflow_executions(
             position > after,
             position < kept if kept is not None else position <= last,
             executions.c.started_at < started_before,
-            executions.c.status.in_(_ENDED),
+            executions.c.status.in_(ENDED),
         )
         .returning(*_POSITIONS)
     )

@@ -174,6 +174,10 @@ def _only_on(dialect: str, index: Index) -> Index:
 # `executions.c.failed.is_not(None)`, and the planners match the two).
 FAILED = text("failed IS NOT NULL")
 
+# The statuses an execution ends in (store/queue.py has its life); nothing changes an
+# ended execution's status, error or calls to other apps again.
+ENDED = ("succeeded", "failed", "canceled")
+
 # One row per execution. While it runs, its steps live in `steps`; when it ends, its
 # whole log is written here once as a pre-serialized JSON document (`log`) and the
 # steps are deleted, so reads of finished logs never rebuild JSON.

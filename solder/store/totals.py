@@ -46,7 +46,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from solder.store.numbers import user_number, workflow_number
-from solder.store.schema import executions, listing_totals, listing_unsummed, log_listings
+from solder.store.schema import (
+    ENDED,
+    executions,
+    listing_totals,
+    listing_unsummed,
+    log_listings,
+)
 
 Conn = AsyncConnection
 
@@ -55,7 +61,6 @@ FOLD_AFTER = 256
 # A fold's transaction sums at most this many positions (on SQLite, it holds the write
 # lock meanwhile: 10 to 20 ms).
 FOLD_CHUNK = 20_000
-ENDED = ("succeeded", "failed", "canceled")
 
 Key = tuple[int, int]
 """A listing: its workflow's number and its user's (0: all of the workflow's users)."""
