@@ -199,6 +199,13 @@ def test_analytics_stay_exact_as_runs_end_late_and_are_purged_or_erased(
         flow.end([flow.run(grace, fail=True), flow.run(ada, bad=True), flow.run(ada)])
         flow.check()
 
+        # Deleting the workflow drops its totals with its logs (ada's waiting run too).
+        response = api.delete(f"/workflows/{flow.id}")
+        assert response.status_code == 200, response.text
+        assert api.get(f"/workflows/{flow.id}/analytics").status_code == 404
+        assert databases.rows(data_dir, "SELECT count(*) FROM listing_totals") == [(0,)]
+        assert flow.unsummed() == 0
+
 
 @pytest.mark.usefixtures("tiny_folds")
 def test_analytics_stay_exact_while_answers_sum_as_retention_purges_and_runs_arrive(

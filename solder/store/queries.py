@@ -883,20 +883,21 @@ async def _forget_positions(conn: Conn, deleted: Sequence[Any]) -> None:
     The listings' rows are updated in their key's order, as recording an execution
     takes them: on PostgreSQL, concurrent writers queue rather than deadlock.
     """
-    holes: dict[tuple[int, int], tuple[int, int]] = {}
+    # Each listing's count of holes, its highest and its lowest.
+    holes: dict[tuple[int, int], tuple[int, int, int]] = {}
     for workflow, user, in_workflow, in_user, *_ in deleted:
         for key, position in (((workflow, 0), in_workflow), ((workflow, user), in_user)):
-            count, top = holes.get(key, (0, 0))
-            holes[key] = (count + 1, max(top, position))
+            count, top, low = holes.get(key, (0, 0, position))
+            holes[key] = (count + 1, max(top, position), min(low, position))
     if holes:
         await conn.execute(
             _FORGET_POSITIONS,
             [
                 {"b_workflow": workflow, "b_user": user, "b_count": count, "b_top": top}
-                for (workflow, user), (count, top) in sorted(holes.items())
+                for (workflow, user), (count, top, _) in sorted(holes.items())
             ],
         )
-    await totals.forget(conn, deleted)
+    await totals.forget(conn, deleted, {key: low for key, (_, _, low) in holes.items()})
 
 
 async def any_execution(conn: Conn, tenant_id: str, workflow_id: str) -> bool:

@@ -27,7 +27,7 @@ written only under that lock too. Answers read one snapshot (`Database.read`).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -38,8 +38,8 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
-    tuple_,
     union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -164,37 +164,62 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield items[start : start + _ROWS_A_STATEMENT]
 
 
-async def _take(conn: Conn, keys: Iterable[Key]) -> dict[Key, int]:
-    """Lock the listings' totals rows, made if missing, in their keys' order (so two
-    takers queue rather than deadlock); each one's `summed_to`."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+def _of(table: Any, keys: Iterable[Key]) -> Any:
+    """The rows of `table` of these listings, as each workflow's number and the list of
+    its users' (a search of the key's index on both databases, where SQLite scans the
+    table for a list of row values)."""
+    users: dict[int, list[int]] = defaultdict(list)
+    for workflow, user in keys:
+        users[workflow].append(user)
+    return or_(
+        *(
+            and_(table.c.workflow_number == workflow, table.c.user_number.in_(of_workflow))
+            for workflow, of_workflow in users.items()
+        )
+    )
+
+
+def _made(insert_of: Any) -> Any:
+    """A listing's totals row, made unless it is there (`_take`), in a dialect's words."""
+    return (
+        insert_of(listing_totals)
+        .values(
+            workflow_number=bindparam("b_workflow"),
+            user_number=bindparam("b_user"),
+            summed_to=0,
+            errors=0,
+            app_actions=0,
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+_MADE = {"postgresql": _made(postgresql.insert), "sqlite": _made(sqlite.insert)}
+
+
+async def _take(conn: Conn, keys: Collection[Key], *, make: bool = False) -> dict[Key, int]:
+    """Lock the listings' totals rows, in their keys' order (so two takers queue rather
+    than deadlock); each one's `summed_to` (0 for a listing never summed).
+
+    The rows are made first if missing with `make` (a fold, which writes its row), and
+    always on PostgreSQL, so that a fold and a delete meet on one even the first time.
+    SQLite has one writer at a time: nothing to meet on, and no row made for each
+    listing a purge walks.
+    """
     totals = listing_totals.c
     summed: dict[Key, int] = {}
     for some in _chunks(sorted(set(keys))):
-        await conn.execute(
-            dialect.insert(listing_totals)
-            .values(
-                [
-                    {
-                        "workflow_number": workflow,
-                        "user_number": user,
-                        "summed_to": 0,
-                        "errors": 0,
-                        "app_actions": 0,
-                    }
-                    for workflow, user in some
-                ]
-            )
-            .on_conflict_do_nothing()
-        )
+        if make or conn.dialect.name == "postgresql":
+            made = _MADE[conn.dialect.name]
+            await conn.execute(made, [{"b_workflow": w, "b_user": u} for w, u in some])
         rows = await conn.execute(
             select(totals.workflow_number, totals.user_number, totals.summed_to)
-            .where(tuple_(totals.workflow_number, totals.user_number).in_(some))
+            .where(_of(listing_totals, some))
             .order_by(totals.workflow_number, totals.user_number)
             .with_for_update()
         )
         summed.update({(int(w), int(u)): int(summed_to) for w, u, summed_to in rows.all()})
-    return summed
+    return {key: summed.get(key, 0) for key in keys}
 
 
 async def fold(conn: Conn, key: Key) -> bool:
@@ -202,7 +227,7 @@ async def fold(conn: Conn, key: Key) -> bool:
     of them, and those it had left unsummed that have ended since. Whether positions are
     left above the new `summed_to` (then fold again, in a new transaction)."""
     workflow, user = key
-    summed_to = (await _take(conn, [key]))[key]
+    summed_to = (await _take(conn, [key], make=True))[key]
     last = (
         await conn.execute(
             select(log_listings.c.last_position).where(
@@ -301,37 +326,37 @@ DELETED = (
 )
 
 
-async def forget(conn: Conn, deleted: Sequence[Any]) -> None:
+async def forget(conn: Conn, deleted: Sequence[Any], lowest: dict[Key, int]) -> None:
     """Take the executions `deleted` (rows of `DELETED`) back out of their listings'
     totals, in the transaction that deleted them: those summed, not those above
-    `summed_to` or left unsummed (whose unsummed rows go)."""
-    if not deleted:
+    `summed_to` or left unsummed (whose unsummed rows go). `lowest`: each listing's
+    lowest position among them (most purges delete none summed: nothing more to read)."""
+    if not lowest:
         return
-    held: dict[Key, list[tuple[int, bool, int]]] = defaultdict(list)
+    summed = await _take(conn, lowest)
+    reached = {key for key, low in lowest.items() if low <= summed[key]}
+    if not reached:
+        return
+    below: dict[tuple[Key, int], tuple[bool, int]] = {}
     for row in deleted:
         gone = Deleted(*row)
         counted = (gone.failed is not None, gone.app_actions or 0)
-        held[(gone.workflow_number, 0)].append((gone.workflow_position, *counted))
-        held[(gone.workflow_number, gone.user_number)].append((gone.user_position, *counted))
-    summed = await _take(conn, held)
-    below = {
-        (key, position): (failed, calls)
-        for key, gone_ones in held.items()
-        for position, failed, calls in gone_ones
-        if position <= summed[key]
-    }
-    if not below:
-        return
+        for key, position in (
+            ((gone.workflow_number, 0), gone.workflow_position),
+            ((gone.workflow_number, gone.user_number), gone.user_position),
+        ):
+            if key in reached and position <= summed[key]:
+                below[(key, position)] = counted
     # The unsummed rows of these listings are few (their executions had not ended when
     # summed): read them all, and drop those of the deleted executions, which were not
     # in the totals.
     unsummed = listing_unsummed.c
     left = [
         (int(w), int(u), int(position))
-        for some in _chunks(sorted(summed))
+        for some in _chunks(sorted(reached))
         for w, u, position in await conn.execute(
             select(unsummed.workflow_number, unsummed.user_number, unsummed.position).where(
-                tuple_(unsummed.workflow_number, unsummed.user_number).in_(some)
+                _of(listing_unsummed, some)
             )
         )
     ]
@@ -339,7 +364,16 @@ async def forget(conn: Conn, deleted: Sequence[Any]) -> None:
     for some in _chunks(dropped):
         await conn.execute(
             delete(listing_unsummed).where(
-                tuple_(unsummed.workflow_number, unsummed.user_number, unsummed.position).in_(some)
+                or_(
+                    *(
+                        and_(
+                            unsummed.workflow_number == w,
+                            unsummed.user_number == u,
+                            unsummed.position == position,
+                        )
+                        for w, u, position in some
+                    )
+                )
             )
         )
     for w, u, position in dropped:
