@@ -38,8 +38,8 @@ import pickle
 import random
 import time
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
-    AsyncIterator,
     Awaitable,
     Callable,
     Iterator,
@@ -235,7 +235,13 @@ class Compaction:
             current=rows[-1]["id"] if rows else None,
         )
         try:
-            result = await train_apart(request, self._sample(tenant_id))
+            # Closed however the training ends: the sample holds its read transaction
+            # open between chunks, and a child that ended early left it open until the
+            # garbage collector found the sample (on PostgreSQL a session idle in a
+            # transaction, holding back vacuum; its connection given back to a pool
+            # maybe disposed by then, and never closed).
+            async with contextlib.aclosing(self._sample(tenant_id)) as sample:
+                result = await train_apart(request, sample)
         finally:
             # The sample's pages passed through this process's heap: give back those
             # freed whole (bench/RESULTS.md, scenario 6).
@@ -281,7 +287,7 @@ class Compaction:
         )
         return True
 
-    async def _sample(self, tenant_id: str) -> AsyncIterator[list[bytes]]:
+    async def _sample(self, tenant_id: str) -> AsyncGenerator[list[bytes], None]:
         """A sample of the tenant's stored logs (all of them if it has no more),
         up to `SAMPLE_CHUNK` at a time: the sample goes to the training process without this
         one ever holding all of it (the C heap would keep the pages it took:

@@ -472,6 +472,51 @@ def test_a_training_process_that_fails_leaves_the_logs_as_they_were(
     assert compact(server.settings, by_hand=True).trained == 1, "the next sweep trains"
 
 
+def test_a_training_that_ends_part_way_leaves_no_read_transaction_open(
+    server: Server, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sample is read in one read transaction while the training child takes it, a
+    chunk at a time. A child that ended part way (its pipe broken) left the transaction
+    open, its connection checked out, until the garbage collector found the sample: on
+    PostgreSQL a session idle in a transaction (vacuum held back meanwhile), given back
+    to a pool disposed by then and never closed (psycopg's ResourceWarning)."""
+    run_many(api, "acme", MIN_LOGS)
+    settings = server.settings
+
+    async def ends_after_a_chunk(
+        request: training.Request, sample: AsyncIterator[list[bytes]]
+    ) -> training.Trained:
+        async for _ in sample:
+            break  # the child took a chunk and ended
+        raise TrainingFailed("the training process exited with status 1")
+
+    monkeypatch.setattr(compaction, "train_apart", ends_after_a_chunk)
+
+    async def run() -> tuple[int, list[tuple[object, ...]]]:
+        db = Database(settings.database_url)
+        try:
+            sweeping = Compaction(db, settings, min_logs=MIN_LOGS, settle_ms=0)
+            with pytest.raises(TrainingFailed):
+                await sweeping.sweep(by_hand=True)
+            in_use = db.engine.pool.checkedout()  # type: ignore[attr-defined]
+            idle_in_transaction = (
+                databases.rows(
+                    settings.data_dir,
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state LIKE 'idle in transaction%'",
+                )
+                if databases.on_postgres()
+                else []
+            )
+            return in_use, idle_in_transaction
+        finally:
+            await db.dispose()
+
+    in_use, idle_in_transaction = asyncio.run(run())
+    assert in_use == 0, "the sample's connection given back as the training failed"
+    assert idle_in_transaction == []
+
+
 def documents(count: int) -> list[bytes]:
     return [
         orjson.dumps({"executionId": f"e{n}", "data": payload("acme", n)}) for n in range(count)
