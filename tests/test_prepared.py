@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from sqlalchemy import event, text
 
 from solder.errors import Unavailable
 from solder.store import prepared, queue
@@ -60,6 +61,47 @@ def test_an_unreachable_postgresql_is_unavailable_within_the_connect_timeout() -
     with pytest.raises(Unavailable):
         asyncio.run(read())
     assert time.monotonic() - started < 10
+
+
+def test_closing_the_database_waits_for_a_write_under_way_and_closes_its_connection(
+    tmp_path: Path,
+) -> None:
+    """A write still under way as the database closes (one an interrupted execution
+    leaves to end by itself) commits, and its connection is closed with the others. Given
+    back after the pool was disposed, it went into the old pool, which nobody closes: on
+    PostgreSQL a session held until the garbage collector found it (and psycopg's
+    ResourceWarning then)."""
+    databases.execute(tmp_path, "CREATE TABLE closing (n INTEGER)")
+    url = databases.database_url(tmp_path) or f"sqlite:///{tmp_path / 'solder.db'}"
+    opened: list[object] = []
+    closed: list[object] = []
+
+    async def run() -> None:
+        db = Database(url)
+        event.listen(db.engine.sync_engine.pool, "connect", lambda c, _: opened.append(c))
+        event.listen(db.engine.sync_engine.pool, "close", lambda c, _: closed.append(c))
+
+        async def write() -> None:
+            async with db.write() as conn:
+                await asyncio.sleep(0.3)
+                await conn.execute(text("INSERT INTO closing VALUES (1)"))
+
+        writing = asyncio.create_task(write())
+        await asyncio.sleep(0.05)
+        await db.dispose()
+        await writing
+
+    asyncio.run(run())
+    assert databases.rows(tmp_path, "SELECT n FROM closing") == [(1,)]
+    assert opened
+    assert len(closed) == len(opened), "every connection opened was closed"
+    if databases.on_postgres():
+        sessions = databases.rows(
+            tmp_path,
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        assert sessions == [(0,)]
 
 
 sqlite_only = pytest.mark.skipif(

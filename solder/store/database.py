@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from solder.errors import Unavailable
 from solder.store.lock import FileLock
@@ -420,6 +421,26 @@ class Database:
             raise
 
     async def dispose(self) -> None:
+        """Close every connection. Those of the engine still in use (by a task the stop
+        did not wait for) are waited for, `_DISPOSE_WAIT_SECONDS` at most: one given back
+        after the engine's pool is disposed goes into the old pool, which nobody closes
+        (a PostgreSQL session held until the garbage collector finds it, and psycopg's
+        ResourceWarning then: a CI run failed on it). psycopg's own pools close what is
+        given back to them once closed."""
+        pool = self.engine.pool
+        if isinstance(pool, QueuePool) and pool.checkedout():
+            returned = asyncio.Event()
+            event.listen(pool, "checkin", _set_on_checkin(returned))
+            try:
+                async with asyncio.timeout(_DISPOSE_WAIT_SECONDS):
+                    while pool.checkedout():
+                        returned.clear()
+                        await returned.wait()
+            except TimeoutError:
+                log.warning(
+                    "closing the database with %d connections still in use",
+                    pool.checkedout(),
+                )
         await self.engine.dispose()
         if self._checkpoints is not None:
             self._checkpoints.cancel()
@@ -456,6 +477,17 @@ class Database:
 CONNECT_TIMEOUT = 5
 # Inline writes never checkpoint the WAL themselves (database.write_inline).
 _CHECKPOINT_SECONDS = 1.0
+# `Database.dispose`: how long it waits for the connections still in use.
+_DISPOSE_WAIT_SECONDS = 5.0
+
+
+def _set_on_checkin(returned: asyncio.Event) -> Any:
+    def checked_in(_dbapi_connection: Any, _record: Any) -> None:
+        returned.set()
+
+    return checked_in
+
+
 # pg_advisory_xact_lock takes a bigint: "solder" in ASCII.
 _MIGRATION_LOCK = 0x736F6C646572
 
