@@ -66,11 +66,11 @@ def test_an_unreachable_postgresql_is_unavailable_within_the_connect_timeout() -
 def test_closing_the_database_waits_for_a_write_under_way_and_closes_its_connection(
     tmp_path: Path,
 ) -> None:
-    """A write still under way as the database closes (one an interrupted execution
-    leaves to end by itself) commits, and its connection is closed with the others. Given
-    back after the pool was disposed, it went into the old pool, which nobody closes: on
-    PostgreSQL a session held until the garbage collector found it (and psycopg's
-    ResourceWarning then)."""
+    """A write still under way as the database closes (by a task the stop did not wait
+    for) commits, and its connection is closed with the others. Given back after the
+    pool was disposed, it went into the old pool, which nobody closes: on PostgreSQL a
+    session held until the garbage collector found it (and psycopg's ResourceWarning
+    then)."""
     databases.execute(tmp_path, "CREATE TABLE closing (n INTEGER)")
     url = databases.database_url(tmp_path) or f"sqlite:///{tmp_path / 'solder.db'}"
     opened: list[object] = []

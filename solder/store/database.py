@@ -430,7 +430,7 @@ class Database:
         pool = self.engine.pool
         if isinstance(pool, QueuePool) and pool.checkedout():
             returned = asyncio.Event()
-            event.listen(pool, "checkin", _set_on_checkin(returned))
+            event.listen(pool, "checkin", lambda _connection, _record: returned.set())
             try:
                 async with asyncio.timeout(_DISPOSE_WAIT_SECONDS):
                     while pool.checkedout():
@@ -479,13 +479,6 @@ CONNECT_TIMEOUT = 5
 _CHECKPOINT_SECONDS = 1.0
 # `Database.dispose`: how long it waits for the connections still in use.
 _DISPOSE_WAIT_SECONDS = 5.0
-
-
-def _set_on_checkin(returned: asyncio.Event) -> Any:
-    def checked_in(_dbapi_connection: Any, _record: Any) -> None:
-        returned.set()
-
-    return checked_in
 
 
 # pg_advisory_xact_lock takes a bigint: "solder" in ASCII.
