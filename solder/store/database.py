@@ -425,8 +425,8 @@ class Database:
         did not wait for) are waited for, `_DISPOSE_WAIT_SECONDS` at most: one given back
         after the engine's pool is disposed goes into the old pool, which nobody closes
         (a PostgreSQL session held until the garbage collector finds it, and psycopg's
-        ResourceWarning then: a CI run failed on it). psycopg's own pools close what is
-        given back to them once closed."""
+        ResourceWarning then). psycopg's own pools close what is given back to them once
+        closed."""
         pool = self.engine.pool
         if isinstance(pool, QueuePool) and pool.checkedout():
             returned = asyncio.Event()
