@@ -16,12 +16,14 @@ request updates: run requests never wait on it.
 Deleting executions (retention, a user's erasure) takes what they counted back out of
 the totals, in the transaction that deletes them (`forget`).
 
-On PostgreSQL, `fold` and `forget` both take the listing's totals row (creating it if
-need be, so that the two meet on it even the first time) before they read any
-position or execution: a fold that reads an execution a purge is deleting either
-commits before the purge's `forget` reads `summed_to` (which then takes the execution
-back out), or waits for the purge to commit (and finds it gone). `listing_unsummed` is
-written only under that lock too. Answers read one snapshot (`Database.read`).
+On PostgreSQL, `fold` and `forget` both take their listings' workflow's advisory lock
+(one of `_LOCKS`, by its number) before they read any position or execution: a fold
+that reads an execution a purge is deleting either commits before the purge's `forget`
+reads `summed_to` (which then takes the execution back out), or waits for the purge to
+commit (and finds it gone). `listing_totals` and `listing_unsummed` are written only
+under that lock. A lock, not the totals row: the two meet on it even for a listing that
+has no row yet, and a purge makes and locks no row for each listing it walks. SQLite
+has one writer at a time. Answers read one snapshot (`Database.read`).
 """
 
 from __future__ import annotations
@@ -32,14 +34,17 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
+    Integer,
     and_,
     bindparam,
+    cast,
     delete,
     func,
     insert,
     literal,
     or_,
     select,
+    text,
     union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -180,7 +185,7 @@ def _of(table: Any, keys: Iterable[Key]) -> Any:
 
 
 def _made(insert_of: Any) -> Any:
-    """A listing's totals row, made unless it is there (`_take`), in a dialect's words."""
+    """A listing's totals row, made unless it is there (`fold`), in a dialect's words."""
     return (
         insert_of(listing_totals)
         .values(
@@ -196,27 +201,38 @@ def _made(insert_of: Any) -> Any:
 
 _MADE = {"postgresql": _made(postgresql.insert), "sqlite": _made(sqlite.insert)}
 
+# PostgreSQL: the advisory locks `fold` and `forget` meet on, a listing's by its
+# workflow's number. A few dozen, so that erasing a user of a thousand workflows takes
+# at most that many (the server's lock table holds 64 a connection by default); two
+# workflows sharing one only wait for each other's folds and purges. The two-int keys:
+# "sold" in ASCII, then the lock's number (the one-bigint keys of `Database.try_lock`
+# and the migrations are another space).
+_LOCKS = 64
+_LOCK_SPACE = 0x736F6C64
+# Taken in the array's order, one row at a time (a function scan), so two takers queue
+# rather than deadlock.
+_LOCK = text(
+    "SELECT pg_advisory_xact_lock(:space, lock) FROM unnest(CAST(:locks AS integer[])) AS lock"
+)
+
 
 async def _take(conn: Conn, keys: Collection[Key], *, make: bool = False) -> dict[Key, int]:
-    """Lock the listings' totals rows, in their keys' order (so two takers queue rather
-    than deadlock); each one's `summed_to` (0 for a listing never summed).
-
-    The rows are made first if missing with `make` (a fold, which writes its row), and
-    always on PostgreSQL, so that a fold and a delete meet on one even the first time.
-    SQLite has one writer at a time: nothing to meet on, and no row made for each
-    listing a purge walks.
-    """
+    """Hold the listings' locks (on PostgreSQL), until the transaction ends; each
+    listing's `summed_to` (0 for a listing never summed). With `make` (a fold, which
+    writes its row), make the rows that are missing."""
+    if conn.dialect.name == "postgresql":
+        locks = sorted({workflow % _LOCKS for workflow, _ in keys})
+        await conn.execute(_LOCK, {"space": _LOCK_SPACE, "locks": locks})
     totals = listing_totals.c
     summed: dict[Key, int] = {}
     for some in _chunks(sorted(set(keys))):
-        if make or conn.dialect.name == "postgresql":
+        if make:
             made = _MADE[conn.dialect.name]
             await conn.execute(made, [{"b_workflow": w, "b_user": u} for w, u in some])
         rows = await conn.execute(
-            select(totals.workflow_number, totals.user_number, totals.summed_to)
-            .where(_of(listing_totals, some))
-            .order_by(totals.workflow_number, totals.user_number)
-            .with_for_update()
+            select(totals.workflow_number, totals.user_number, totals.summed_to).where(
+                _of(listing_totals, some)
+            )
         )
         summed.update({(int(w), int(u)): int(summed_to) for w, u, summed_to in rows.all()})
     return {key: summed.get(key, 0) for key in keys}
@@ -406,6 +422,10 @@ def _bound(name: str) -> Any:
 
 
 async def drop_workflow(conn: Conn, workflow: Any) -> None:
-    """Drop a deleted workflow's totals (`workflow`: its number, or a scalar subquery)."""
+    """Drop a deleted workflow's totals (`workflow`: its number, or a scalar subquery),
+    under its lock: a fold under way commits first, the rows it wrote then dropped."""
+    if conn.dialect.name == "postgresql":
+        lock = cast(workflow % _LOCKS, Integer)
+        await conn.execute(select(func.pg_advisory_xact_lock(_LOCK_SPACE, lock)))
     for table in (listing_totals, listing_unsummed):
         await conn.execute(delete(table).where(table.c.workflow_number == workflow))
